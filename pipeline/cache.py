@@ -1,0 +1,259 @@
+"""HDF5 caches, readable with plain h5py (DESIGN.md section 6).
+
+Aligned cache (schema "mer.aligned"): one group per clip, /<subject>/<clip>, holding
+  frames (T,H,W,3) uint8, chunked one frame per chunk; frame_numbers (T,); landmarks (68,2);
+  affine (2,3); group attributes for the source folder and reference frame.
+Dynamic-image cache (schema "mer.dynamic_images"): per-sample vectors sample_id, dataset,
+  subject, clip, label, onset, apex, offset, apex_source (N,) and one (N,H,W,3) uint8 dataset
+  per phase under images/.
+Both: file attributes schema, schema_version, params (JSON), tool_version; every dataset carries
+a sha256 attribute of its bytes so `mer cache verify` can detect damage. Nothing here records
+times, so the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import MerError
+
+ALIGNED_SCHEMA = "mer.aligned"
+DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
+SCHEMA_VERSION = 1
+_STRING = h5py.string_dtype("utf-8")
+SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
+_STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
+
+
+def array_sha256(array: np.ndarray) -> str:
+    data = np.ascontiguousarray(array)
+    if data.dtype.kind in "OUS":
+        return hashlib.sha256("\x1f".join(map(str, data.ravel())).encode()).hexdigest()
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+def _write(group: h5py.Group, name: str, data: np.ndarray, **kwargs: Any) -> h5py.Dataset:
+    if data.dtype.kind in "OU":
+        dataset = group.create_dataset(name, data=np.asarray(data, dtype=object), dtype=_STRING, track_times=False)
+    else:
+        dataset = group.create_dataset(name, data=data, track_times=False, **kwargs)
+    dataset.attrs["sha256"] = array_sha256(np.asarray(data))
+    return dataset
+
+
+def _read(dataset: h5py.Dataset) -> np.ndarray:
+    if h5py.check_string_dtype(dataset.dtype) is not None:
+        return dataset.asstr()[()]
+    return dataset[()]
+
+
+def _file_attrs(handle: h5py.File, schema: str, params: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    handle.attrs["schema"] = schema
+    handle.attrs["schema_version"] = SCHEMA_VERSION
+    handle.attrs["tool_version"] = __version__
+    handle.attrs["params"] = json.dumps(params, sort_keys=True)
+    for key, value in extra.items():
+        handle.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+
+
+def open_cache(path: str | Path, schema: str | None = None) -> h5py.File:
+    """Open a cache read-only, checking it is an HDF5 file of the expected schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise MerError(f"cache file not found: {path}")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise MerError(f"{path} is not a readable HDF5 file ({exc}); regenerate it with its stage") from exc
+    found = handle.attrs.get("schema")
+    if schema is not None and found != schema:
+        handle.close()
+        raise MerError(f"{path} has schema {found!r}, expected {schema!r}")
+    version = int(handle.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        handle.close()
+        raise MerError(f"{path} has schema version {version}, this tool reads {SCHEMA_VERSION}; regenerate it")
+    return handle
+
+
+# ---------------------------------------------------------------------------------------------
+# Aligned cache
+
+
+@dataclass
+class AlignedClip:
+    subject: str
+    clip: str
+    frames: np.ndarray  # (T,H,W,3) uint8
+    frame_numbers: np.ndarray  # (T,) int
+    landmarks: np.ndarray  # (68,2) float, in the source frame's pixel coordinates
+    affine: np.ndarray  # (2,3) float, source -> aligned
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class AlignedCacheWriter:
+    """Appends clips to an aligned cache; the caller owns atomic placement of the file."""
+
+    def __init__(self, path: str | Path, dataset: str, params: Mapping[str, Any]):
+        self._handle = h5py.File(path, "w", track_order=False)
+        _file_attrs(self._handle, ALIGNED_SCHEMA, params, {"dataset": dataset})
+
+    def add(self, clip: AlignedClip) -> None:
+        group = self._handle.require_group(clip.subject).create_group(clip.clip)
+        frames = np.ascontiguousarray(clip.frames, dtype=np.uint8)
+        _write(group, "frames", frames, chunks=(1, *frames.shape[1:]), compression="lzf")
+        _write(group, "frame_numbers", np.asarray(clip.frame_numbers, dtype=np.int64))
+        _write(group, "landmarks", np.asarray(clip.landmarks, dtype=np.float32))
+        _write(group, "affine", np.asarray(clip.affine, dtype=np.float64))
+        for key, value in clip.attrs.items():
+            group.attrs[key] = value
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "AlignedCacheWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def aligned_clip_keys(handle: h5py.File) -> list[tuple[str, str]]:
+    return [(subject, clip) for subject in sorted(handle) for clip in sorted(handle[subject])]
+
+
+def read_aligned_clip(handle: h5py.File, subject: str, clip: str, frames: bool = True) -> AlignedClip:
+    if subject not in handle or clip not in handle[subject]:
+        raise MerError(f"clip {subject}/{clip} is not in the aligned cache {handle.filename}; rerun align")
+    group = handle[subject][clip]
+    return AlignedClip(
+        subject=subject,
+        clip=clip,
+        frames=group["frames"][()] if frames else np.empty((0,), np.uint8),
+        frame_numbers=group["frame_numbers"][()],
+        landmarks=group["landmarks"][()],
+        affine=group["affine"][()],
+        attrs=dict(group.attrs),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic-image cache
+
+
+@dataclass
+class DynamicImageSet:
+    """The whole DI cache in memory: it is small (CASME II is about 250 clips x 3 images)."""
+
+    samples: dict[str, np.ndarray]  # SAMPLE_FIELDS -> (N,)
+    images: dict[str, np.ndarray]  # phase name -> (N,H,W,3) uint8
+    label_names: list[str]
+    attrs: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.samples["sample_id"])
+
+    @property
+    def phases(self) -> list[str]:
+        return list(self.images)
+
+
+def write_dynamic_images(
+    path: str | Path,
+    samples: Mapping[str, Iterable[Any]],
+    images: Mapping[str, np.ndarray],
+    label_names: list[str],
+    params: Mapping[str, Any],
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a complete DI cache at `path` (the caller owns atomic placement of the file)."""
+    columns = {name: np.asarray(list(samples[name])) for name in SAMPLE_FIELDS}
+    n = len(columns["sample_id"])
+    for name, column in columns.items():
+        if len(column) != n:
+            raise ValueError(f"sample field {name} has {len(column)} entries, expected {n}")
+    with h5py.File(path, "w", track_order=False) as handle:
+        attrs = {"label_names": list(label_names), "phases": list(images), **(extra_attrs or {})}
+        _file_attrs(handle, DYNAMIC_IMAGES_SCHEMA, params, attrs)
+        for name, column in columns.items():
+            dtype = object if name in _STRING_FIELDS else np.int64
+            _write(handle, name, column.astype(dtype))
+        group = handle.create_group("images")
+        for phase, stack in images.items():
+            stack = np.ascontiguousarray(stack, dtype=np.uint8)
+            if stack.ndim != 4 or stack.shape[0] != n or stack.shape[3] != 3:
+                raise ValueError(f"images/{phase} has shape {stack.shape}, expected ({n}, H, W, 3)")
+            _write(group, phase, stack, chunks=(1, *stack.shape[1:]), compression="gzip", compression_opts=4)
+
+
+def read_dynamic_images(path: str | Path) -> DynamicImageSet:
+    with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
+        samples = {name: _read(handle[name]) for name in SAMPLE_FIELDS}
+        phases = json.loads(handle.attrs["phases"])
+        images = {phase: handle["images"][phase][()] for phase in phases}
+        attrs = {key: handle.attrs[key] for key in handle.attrs}
+    label_names = json.loads(attrs["label_names"])
+    return DynamicImageSet(samples=samples, images=images, label_names=label_names, attrs=attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspection
+
+
+def verify(path: str | Path) -> list[str]:
+    """Check schema, shapes and stored checksums; return the problems found (empty when sound)."""
+    problems: list[str] = []
+    try:
+        handle = open_cache(path)
+    except MerError as exc:
+        return [str(exc)]
+    with handle:
+        schema = handle.attrs.get("schema")
+        if schema not in (ALIGNED_SCHEMA, DYNAMIC_IMAGES_SCHEMA):
+            return [f"{path}: unknown schema {schema!r}"]
+
+        def check(name: str, obj: object) -> None:
+            if not isinstance(obj, h5py.Dataset):
+                return
+            stored = obj.attrs.get("sha256")
+            if stored is None:
+                problems.append(f"{name}: no stored checksum")
+                return
+            try:
+                actual = array_sha256(_read(obj))
+            except OSError as exc:
+                problems.append(f"{name}: unreadable ({exc})")
+                return
+            if actual != stored:
+                problems.append(f"{name}: checksum mismatch (data damaged)")
+
+        handle.visititems(check)
+        if schema == DYNAMIC_IMAGES_SCHEMA:
+            n = handle["sample_id"].shape[0] if "sample_id" in handle else -1
+            for name in SAMPLE_FIELDS:
+                if name not in handle:
+                    problems.append(f"missing dataset {name}")
+                elif handle[name].shape != (n,):
+                    problems.append(f"{name} has shape {handle[name].shape}, expected ({n},)")
+            for phase in json.loads(handle.attrs.get("phases", "[]")):
+                if f"images/{phase}" not in handle:
+                    problems.append(f"missing dataset images/{phase}")
+                elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:
+                    problems.append(f"images/{phase} has shape {handle['images'][phase].shape}, expected ({n}, H, W, 3)")
+        else:
+            for subject, clip in aligned_clip_keys(handle):
+                group = handle[subject][clip]
+                for name in ("frames", "frame_numbers", "landmarks", "affine"):
+                    if name not in group:
+                        problems.append(f"{subject}/{clip}: missing dataset {name}")
+                if "frames" in group and "frame_numbers" in group and group["frames"].shape[0] != group["frame_numbers"].shape[0]:
+                    problems.append(f"{subject}/{clip}: {group['frames'].shape[0]} frames but {group['frame_numbers'].shape[0]} frame numbers")
+    return problems
