@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from pipeline import __version__
 from pipeline.errors import MerError
 
 
+# Commands are imported when used, so `mer align` does not pay for importing torch.
+_COMMANDS = {
+    "demo-data": "stages.demo_data:demo_data",
+    "align": "stages.align:align",
+    "annotate": "stages.annotate:annotate",
+    "dynimg": "stages.dynimg:dynimg",
+    "train": "stages.train:train",
+    "evaluate": "stages.evaluate:evaluate",
+    "cache": "stages.cache_tools:cache",
+}
+
+
 class _Group(click.Group):
-    """Turns MerError into a clean one-message failure with a non-zero exit, no traceback."""
+    """Lazily loaded subcommands; MerError becomes one clean message and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        module, attribute = _COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -22,22 +45,6 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="mer")
 def cli() -> None:
     """Micro-expression recognition with dual-phase dynamic images (arXiv 2510.15466)."""
-
-
-def _register() -> None:
-    from stages.align import align
-    from stages.annotate import annotate
-    from stages.cache_tools import cache
-    from stages.demo_data import demo_data
-    from stages.dynimg import dynimg
-    from stages.evaluate import evaluate
-    from stages.train import train
-
-    for command in (demo_data, align, annotate, dynimg, train, evaluate, cache):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

@@ -1,0 +1,118 @@
+"""Stage `dynimg`: full and phase dynamic images of every sample into the DI cache."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import click
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.annotations import label_names_for, read_samples
+from pipeline.atomic import atomic_output
+from pipeline.cache import ALIGNED_SCHEMA, open_cache, write_dynamic_images
+from pipeline.dynamic_images import VARIANTS, clip_dynamic_images, parse_phases
+from pipeline.errors import InputProblems, MerError
+from pipeline.parallel import limit_native_threads, ordered_map
+from stages.common import jobs_option, params_option, stage_params
+
+
+@functools.lru_cache(maxsize=2)
+def _aligned_handle(path: str) -> h5py.File:
+    """One read-only handle per worker process, reused across the clips it is given."""
+    return open_cache(path, ALIGNED_SCHEMA)
+
+
+def _compute(aligned_path: str, sample: dict, phases, variant: str, size: int, per_channel: bool):
+    limit_native_threads()
+    key = f"{sample['subject']}/{sample['clip']}"
+    handle = _aligned_handle(aligned_path)
+    if key not in handle:
+        return f"{key}: not in the aligned cache {aligned_path} (was the clip aligned?)"
+    group = handle[key]
+    try:
+        return clip_dynamic_images(
+            group["frames"][()], group["frame_numbers"][()], sample["onset"], sample["apex"], sample["offset"],
+            phases, variant, size, per_channel,
+        )
+    except ValueError as exc:
+        return f"{key}: {exc}"
+
+
+def _fingerprint(samples_path: str, aligned_path: str, samples: list[dict], params: dict) -> str:
+    """Hash of everything the DIs depend on: samples table, aligned frames used, params."""
+    digest = hashlib.sha256(Path(samples_path).read_bytes())
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    handle = _aligned_handle(aligned_path)
+    for sample in samples:
+        key = f"{sample['subject']}/{sample['clip']}/frames"
+        digest.update(str(handle[key].attrs.get("sha256", "")).encode() if key in handle else b"-")
+    return digest.hexdigest()
+
+
+@click.command("dynimg")
+@click.option("--aligned", type=click.Path(dir_okay=False), required=True, help="Aligned cache from `mer align`.")
+@click.option("--samples", type=click.Path(dir_okay=False), required=True, help="Samples table from `mer annotate`.")
+@click.option("--classes", default=None, help="Class preset whose label order the cache records (default: params).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Dynamic-image cache to write (.h5).")
+@jobs_option
+@params_option
+def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int | None, params_file: str) -> None:
+    """Compute full, onset-apex and apex-offset dynamic images into an HDF5 cache."""
+    params = stage_params(params_file, "dynimg", jobs=jobs, classes=classes)
+    try:
+        phases = parse_phases(params.get("phases"))
+        variant = params.get("variant", "harmonic")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        normalize = params.get("normalize", "global")
+        if normalize not in ("global", "per_channel"):
+            raise ValueError(f"normalize must be global or per_channel, got {normalize!r}")
+        size = int(params.get("size", 112))
+        if size < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {size}")
+    except (TypeError, ValueError) as exc:
+        raise MerError(f"{params_file}: invalid dynimg settings: {exc}") from exc
+    rows = read_samples(samples)
+    if not rows:
+        raise MerError(f"{samples} holds no samples; check the annotate stage's summary")
+    label_names = label_names_for(params["classes"]) if params.get("classes") else sorted({r["label"] for r in rows})
+    unknown = sorted({r["label"] for r in rows} - set(label_names))
+    if unknown:
+        raise MerError(f"{samples}: labels {unknown} are not in class preset {params.get('classes')!r}")
+    _aligned_handle(str(aligned))  # fail early, in this process, on a missing or wrong cache
+
+    stacks: dict[str, list[np.ndarray]] = {name: [] for name in phases}
+    problems, single_frame = [], Counter()
+    work = ((str(aligned), row, phases, variant, size, normalize == "per_channel") for row in rows)
+    results = ordered_map(_compute, work, int(params.get("jobs", 1)))
+    for row, result in zip(rows, tqdm(results, total=len(rows), desc="dynamic images", unit="clip", disable=None)):
+        if isinstance(result, str):
+            problems.append(result)
+            continue
+        images, lengths = result
+        for name, image in images.items():
+            stacks[name].append(image)
+            single_frame[name] += lengths[name] == 1
+    if problems:
+        raise InputProblems(f"dynamic images failed for {len(problems)} of {len(rows)} clips; nothing was written", problems)
+
+    columns = {field: [r[field] for r in rows] for field in ("dataset", "subject", "clip", "onset", "apex", "offset", "apex_source")}
+    columns["sample_id"] = [f"{r['dataset']}/{r['subject']}/{r['clip']}" for r in rows]
+    columns["label"] = [label_names.index(r["label"]) for r in rows]
+    with atomic_output(out) as tmp:
+        write_dynamic_images(
+            tmp, columns, {name: np.stack(stack) for name, stack in stacks.items()}, label_names, params,
+            extra_attrs={"fingerprint": _fingerprint(samples, str(aligned), rows, params), "variant": variant},
+        )
+    counts = Counter(r["label"] for r in rows)
+    click.echo(f"{len(rows)} clips x {len(phases)} phases ({', '.join(phases)}) -> {out}")
+    click.echo("  per class: " + ", ".join(f"{name} {counts[name]}" for name in label_names))
+    for name, count in single_frame.items():
+        if count:
+            click.echo(f"  warning: {count} clip(s) have a one-frame {name} phase (no motion; DI is the frame itself)")

@@ -1,0 +1,26 @@
+"""Shared fixtures: no test reaches the network, and params files are written per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never try to download weights in tests
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project_params() -> dict:
+    """The project's params.yaml as a dict, to adjust and write into a test's folder."""
+    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+
+
+def write_params(folder: Path, params: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path

@@ -1,0 +1,95 @@
+"""Rank pooling against the formula, phases, normalization and the dynimg stage on an aligned cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.dynamic_images import (
+    SingleFrameWarning,
+    clip_dynamic_images,
+    dynamic_image,
+    parse_phases,
+    phase_frames,
+    rank_pooling_coefficients,
+    to_uint8,
+)
+
+
+def _direct_harmonic(frames: np.ndarray) -> np.ndarray:
+    """The textbook formula, term by term: a_t = sum_{k=t..T} (2k - T - 1) / k."""
+    T = len(frames)
+    out = np.zeros(frames.shape[1:], np.float64)
+    for t in range(1, T + 1):
+        a_t = sum((2 * k - T - 1) / k for k in range(t, T + 1))
+        out += a_t * frames[t - 1].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("T", [2, 3, 7, 31, 64, 200])
+def test_dynamic_image_matches_the_rank_pooling_formula(T):
+    rng = np.random.default_rng(T)
+    frames = rng.integers(0, 256, size=(T, 9, 7, 3), dtype=np.uint8)
+    expected = _direct_harmonic(frames)
+    got = dynamic_image(frames, "harmonic")
+    assert got.dtype == np.float32 and got.shape == (9, 7, 3)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("variant", ["harmonic", "linear"])
+@pytest.mark.parametrize("T", range(2, 60))
+def test_coefficients_sum_to_zero_so_static_content_cancels(variant, T):
+    assert abs(rank_pooling_coefficients(T, variant).sum()) < 1e-9 * T * T
+    still = np.full((T, 4, 4, 3), 200, np.uint8)
+    assert np.abs(dynamic_image(still, variant)).max() < 1e-2
+
+
+def test_linear_variant_and_single_frame():
+    assert rank_pooling_coefficients(4, "linear").tolist() == [-3, -1, 1, 3]
+    with pytest.warns(SingleFrameWarning):
+        single = dynamic_image(np.full((1, 2, 2, 3), 5, np.uint8))
+    assert np.all(single == 5)
+    with pytest.raises(ValueError, match="variant"):
+        rank_pooling_coefficients(3, "mean")
+
+
+def test_brightening_clip_gives_positive_di_and_reversed_clip_negative():
+    ramp = np.stack([np.full((2, 2, 3), v, np.uint8) for v in range(10, 60, 5)])
+    assert np.all(dynamic_image(ramp) > 0)
+    assert np.all(dynamic_image(ramp[::-1]) < 0)
+
+
+def test_to_uint8_global_and_per_channel():
+    image = np.stack([np.linspace(0, 1, 4).reshape(2, 2), np.linspace(10, 12, 4).reshape(2, 2), np.zeros((2, 2))], -1)
+    glob = to_uint8(image.astype(np.float32))
+    assert glob.min() == 0 and glob.max() == 255
+    per = to_uint8(image.astype(np.float32), per_channel=True)
+    assert per[..., 0].max() == 255 and per[..., 1].min() == 0 and per[..., 2].max() == 0  # flat channel -> 0
+
+
+def test_phases_with_shifts_and_clipping():
+    phases = parse_phases({"full": ["onset", "offset"], "rise": ["onset+2", "apex"], "late": ["apex - 1", "offset+9"]})
+    assert phase_frames(phases["full"], 10, 15, 30) == (10, 30)
+    assert phase_frames(phases["rise"], 10, 15, 30) == (12, 15)
+    assert phase_frames(phases["late"], 10, 15, 30) == (14, 30)  # clipped to the clip
+    with pytest.raises(ValueError, match="onset, apex or offset"):
+        parse_phases({"bad": ["start", "apex"]})
+    with pytest.raises(ValueError, match="before it starts"):
+        phase_frames(parse_phases({"x": ["apex", "onset"]})["x"], 10, 15, 30)
+
+
+def test_onset_apex_and_apex_offset_images_have_opposite_motion():
+    """A blob that brightens up to the apex and fades after: the two phase DIs are negatives."""
+    T, apex = 21, 8
+    intensity = np.concatenate([np.linspace(0, 1, apex + 1), np.linspace(1, 0, T - apex)[1:]])
+    frames = np.zeros((T, 16, 16, 3), np.float32)
+    frames[:, 4:12, 4:12, :] = 100 + 80 * intensity[:, None, None, None]
+    numbers = np.arange(100, 100 + T)
+    images, lengths = clip_dynamic_images(frames, numbers, 100, 100 + apex, 100 + T - 1, parse_phases(None), size=None)
+    assert lengths == {"full": T, "onset_apex": apex + 1, "apex_offset": T - apex}
+    rise = dynamic_image(frames[: apex + 1])[6, 6, 0]
+    fall = dynamic_image(frames[apex:])[6, 6, 0]
+    assert rise > 0 > fall
+    centre, corner = (6, 6, 0), (0, 0, 0)
+    assert images["onset_apex"][centre] > images["onset_apex"][corner]
+    assert images["apex_offset"][centre] < images["apex_offset"][corner]
