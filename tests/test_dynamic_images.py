@@ -41,7 +41,9 @@ def test_dynamic_image_matches_the_rank_pooling_formula(T):
 def test_coefficients_sum_to_zero_so_static_content_cancels(variant, T):
     assert abs(rank_pooling_coefficients(T, variant).sum()) < 1e-9 * T * T
     still = np.full((T, 4, 4, 3), 200, np.uint8)
-    assert np.abs(dynamic_image(still, variant)).max() < 1e-2
+    # float32 rounding only: far below one grey level of a DI whose weights total sum|a_t|
+    bound = 1e-6 * 200 * np.abs(rank_pooling_coefficients(T, variant)).sum()
+    assert np.abs(dynamic_image(still, variant)).max() < bound
 
 
 def test_linear_variant_and_single_frame():
