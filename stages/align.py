@@ -11,7 +11,7 @@ from pipeline.cache import AlignedCacheWriter
 from pipeline.errors import InputProblems, MerError
 from pipeline.frames import DATASETS, ClipFolder, find_clip_folders
 from pipeline.parallel import limit_native_threads, ordered_map
-from stages.common import jobs_option, params_option, stage_params
+from stages.common import jobs_option, params_option, recorded_params, stage_params
 
 
 def _align_one(folder: ClipFolder, settings: AlignSettings):
@@ -40,7 +40,7 @@ def align(dataset: str, root: str, out: str, jobs: int | None, params_file: str)
         raise MerError(f"no clip folders found under {root}")
     failures: list[str] = []
     n_frames = 0
-    with atomic_output(out) as tmp, AlignedCacheWriter(tmp, dataset, params) as writer:
+    with atomic_output(out) as tmp, AlignedCacheWriter(tmp, dataset, recorded_params(params)) as writer:
         results = ordered_map(_align_one, ((f, settings) for f in folders), int(params.get("jobs", 1)))
         for result in tqdm(results, total=len(folders), desc=f"align {dataset}", unit="clip", disable=None):
             if isinstance(result, str):

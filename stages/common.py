@@ -24,3 +24,8 @@ def stage_params(params_file: str, section: str, **overrides: Any) -> dict[str, 
     params = dict(load_section(params_file, section))
     params.update({key: value for key, value in overrides.items() if value is not None})
     return params
+
+
+def recorded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape a stage's output, as stored in it: `jobs` only changes the speed."""
+    return {key: value for key, value in params.items() if key != "jobs"}

@@ -19,7 +19,7 @@ from pipeline.cache import ALIGNED_SCHEMA, open_cache, write_dynamic_images
 from pipeline.dynamic_images import VARIANTS, clip_dynamic_images, parse_phases
 from pipeline.errors import InputProblems, MerError
 from pipeline.parallel import limit_native_threads, ordered_map
-from stages.common import jobs_option, params_option, stage_params
+from stages.common import jobs_option, params_option, recorded_params, stage_params
 
 
 @functools.lru_cache(maxsize=2)
@@ -81,7 +81,7 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     rows = read_samples(samples)
     if not rows:
         raise MerError(f"{samples} holds no samples; check the annotate stage's summary")
-    label_names = label_names_for(params["classes"]) if params.get("classes") else sorted({r["label"] for r in rows})
+    label_names = label_names_for(params["classes"], rows[0]["dataset"]) if params.get("classes") else sorted({r["label"] for r in rows})
     unknown = sorted({r["label"] for r in rows} - set(label_names))
     if unknown:
         raise MerError(f"{samples}: labels {unknown} are not in class preset {params.get('classes')!r}")
@@ -107,8 +107,8 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     columns["label"] = [label_names.index(r["label"]) for r in rows]
     with atomic_output(out) as tmp:
         write_dynamic_images(
-            tmp, columns, {name: np.stack(stack) for name, stack in stacks.items()}, label_names, params,
-            extra_attrs={"fingerprint": _fingerprint(samples, str(aligned), rows, params), "variant": variant},
+            tmp, columns, {name: np.stack(stack) for name, stack in stacks.items()}, label_names, recorded_params(params),
+            extra_attrs={"fingerprint": _fingerprint(samples, str(aligned), rows, recorded_params(params))},
         )
     counts = Counter(r["label"] for r in rows)
     click.echo(f"{len(rows)} clips x {len(phases)} phases ({', '.join(phases)}) -> {out}")

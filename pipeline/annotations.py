@@ -1,0 +1,868 @@
+"""CASME II and SAMM coding spreadsheets -> one normalized row per clip (the samples table).
+
+What is read (DESIGN.md section 4):
+
+- CASME II `CASME2-coding-*.xlsx` (or a CSV export): header on row 1, columns Subject, Filename,
+  OnsetFrame, ApexFrame, OffsetFrame, Action Units, Estimated Emotion; subject an integer; a
+  missing apex written '/'.
+- SAMM `SAMM_Micro_FACS_Codes_v2.xlsx`: 13 preamble rows, header on row 14, columns Subject,
+  Filename, Onset Frame, Apex Frame, Offset Frame, Action Units, Estimated Emotion (and others);
+  subject text '006' or the number 6; a missing apex written -1.
+
+The header row is found by content and column names are matched loosely (case, spaces and '_'
+ignored), so other versions and exports of the sheets read the same. Rows are matched to clip
+folders by (subject, clip), never by position, and every problem is reported with its
+spreadsheet row number as Excel shows it. A missing apex is imputed from the frames on disk as
+the frame of peak motion relative to the onset (`estimate_apex`) and flagged `imputed`; it is
+never silently the midpoint.
+
+Class presets map emotions to the labels a study uses, in a fixed label order:
+`casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), or a user mapping.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import InputProblems, MerError
+from .frames import DATASETS, ClipFolder, find_clip_folders, normalize_subject
+
+SAMPLE_COLUMNS = (
+    "dataset", "subject", "clip", "onset", "apex", "offset", "apex_source",
+    "n_frames", "emotion", "label", "action_units", "source_row",
+)
+INT_COLUMNS = ("onset", "apex", "offset", "n_frames", "source_row")
+DROPPED_COLUMNS = ("source_row", "subject", "clip", "emotion", "reason", "detail")
+APEX_SOURCES = ("annotated", "imputed")
+HEADER_SEARCH_ROWS = 30  # the header must be within the first rows of a sheet
+
+# --------------------------------------------------------------------------------------------
+# Class presets
+# --------------------------------------------------------------------------------------------
+
+_SAME_FOR_BOTH = object()
+# preset -> dataset (or _SAME_FOR_BOTH) -> ((label, (emotions...)), ...) in label order.
+_PRESETS: dict[str, dict[object, tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "casme2-5": {
+        _SAME_FOR_BOTH: (
+            ("happiness", ("happiness",)),
+            ("disgust", ("disgust",)),
+            ("repression", ("repression",)),
+            ("surprise", ("surprise",)),
+            ("others", ("others",)),
+        )
+    },
+    "samm-5": {
+        _SAME_FOR_BOTH: (
+            ("anger", ("anger",)),
+            ("contempt", ("contempt",)),
+            ("happiness", ("happiness",)),
+            ("surprise", ("surprise",)),
+            ("other", ("others",)),
+        )
+    },
+    # MEGC 2019 composite classes: which emotions count as negative differs per dataset.
+    "megc-3": {
+        "casme2": (
+            ("positive", ("happiness",)),
+            ("negative", ("disgust", "repression")),
+            ("surprise", ("surprise",)),
+        ),
+        "samm": (
+            ("positive", ("happiness",)),
+            ("negative", ("anger", "contempt", "disgust", "fear", "sadness")),
+            ("surprise", ("surprise",)),
+        ),
+    },
+}
+PRESETS = tuple(_PRESETS)
+DEFAULT_PRESET = {"casme2": "casme2-5", "samm": "samm-5"}
+
+
+@dataclass(frozen=True)
+class ClassScheme:
+    """Which emotions are kept and under which label; `labels` is the label order."""
+
+    name: str
+    labels: tuple[str, ...]
+    mapping: Mapping[str, str]  # emotion key (see emotion_key) -> label
+
+    def label_of(self, emotion: str) -> str | None:
+        return self.mapping.get(emotion_key(emotion))
+
+
+def emotion_key(emotion: str) -> str:
+    """The emotion as used for class lookup: lower case, single spaces, 'other' == 'others'."""
+    key = " ".join(str(emotion).split()).lower()
+    return "others" if key == "other" else key
+
+
+def _scheme_from_mapping(name: str, mapping: Mapping[Any, Any]) -> ClassScheme:
+    """A user mapping, either {emotion: class} or {class: [emotions]}; label order = first seen."""
+    if not mapping:
+        raise ValueError("the class mapping is empty")
+    labels: list[str] = []
+    table: dict[str, str] = {}
+
+    def add(emotion: Any, label: Any) -> None:
+        if label is None or str(label).strip() == "":
+            return  # an explicit null drops the emotion
+        key, label = emotion_key(emotion), str(label).strip()
+        if not key:
+            raise ValueError(f"empty emotion name in the class mapping (class {label!r})")
+        if key in table and table[key] != label:
+            raise ValueError(f"emotion {emotion!r} is mapped to two classes: {table[key]!r} and {label!r}")
+        table[key] = label
+        if label not in labels:
+            labels.append(label)
+
+    for k, v in mapping.items():
+        if isinstance(v, (list, tuple)):
+            for emotion in v:
+                add(emotion, k)
+        else:
+            add(k, v)
+    if not labels:
+        raise ValueError("the class mapping keeps no emotion")
+    return ClassScheme(name, tuple(labels), table)
+
+
+def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
+    """Resolve a class spec for a dataset.
+
+    `spec` is a preset name (`casme2-5`, `samm-5`, `megc-3`), a mapping {emotion: class} or
+    {class: [emotions]}, or the same inline as a string: 'happiness=positive,disgust=negative'.
+    The label order of a mapping is the order in which its classes first appear.
+    """
+    if dataset not in DATASETS:
+        raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
+    if isinstance(spec, Mapping):
+        try:
+            return _scheme_from_mapping("custom", spec)
+        except ValueError as exc:
+            raise MerError(f"invalid class mapping: {exc}") from exc
+    text = str(spec).strip()
+    if "=" in text or ":" in text:
+        try:
+            mapping = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                pieces = re.split(r"\s*[=:]\s*", part, maxsplit=1)
+                if len(pieces) != 2:
+                    raise ValueError(f"{part!r} is not 'emotion=class'")
+                mapping[pieces[0]] = pieces[1]
+            return _scheme_from_mapping(text, mapping)
+        except ValueError as exc:
+            raise MerError(f"invalid class spec {text!r}: {exc}; write it as 'emotion=class,emotion=class'") from exc
+    if text not in _PRESETS:
+        raise MerError(
+            f"unknown class preset {text!r}; expected one of {', '.join(PRESETS)} "
+            "or a mapping such as 'happiness=positive,disgust=negative,surprise=surprise'"
+        )
+    table = _PRESETS[text]
+    groups = table.get(dataset, table.get(_SAME_FOR_BOTH))
+    return ClassScheme(text, tuple(label for label, _ in groups), {e: label for label, emotions in groups for e in emotions})
+
+
+def label_names_for(spec: str | Mapping[str, Any], dataset: str = "casme2") -> list[str]:
+    """The label order of a class preset or mapping: index i of this list is label i."""
+    return list(class_scheme(spec, dataset).labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the coding sheet
+# --------------------------------------------------------------------------------------------
+
+# field -> accepted column names after `_column_key` (the first one present wins).
+_FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "subject": ("subject", "sub", "participant", "subjects"),
+    "clip": ("filename", "clip", "clipname", "file", "video", "folder"),
+    "onset": ("onsetframe", "onset", "onsetframes"),
+    "apex": ("apexframe", "apex", "apexframes"),
+    "offset": ("offsetframe", "offset", "offsetframes"),
+    "emotion": ("estimatedemotion", "emotion", "estimatedemotions", "emotions"),
+    "action_units": ("actionunits", "actionunit", "aus", "au"),
+}
+REQUIRED_FIELDS = ("subject", "clip", "onset", "apex", "offset", "emotion")
+# Column names for messages about columns the sheet lacks, as each dataset's sheet spells them.
+_FIELD_TITLES = {
+    "subject": "Subject", "clip": "Filename", "onset": "OnsetFrame", "apex": "ApexFrame",
+    "offset": "OffsetFrame", "emotion": "Estimated Emotion", "action_units": "Action Units",
+}
+_SAMM_TITLES = {**_FIELD_TITLES, "onset": "Onset Frame", "apex": "Apex Frame", "offset": "Offset Frame"}
+
+
+def _titles(dataset: str) -> dict[str, str]:
+    return _SAMM_TITLES if dataset == "samm" else _FIELD_TITLES
+_MISSING_APEX = {"", "/", "-", "\\", "?", "n/a", "na", "none", "-1"}
+
+
+def _column_key(name: Any) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower()) if name is not None else ""
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _header_columns(row: Sequence[Any]) -> dict[str, int]:
+    """field -> column index of a candidate header row."""
+    keys = [_column_key(v) for v in row]
+    columns = {}
+    for name, aliases in _FIELD_ALIASES.items():
+        for alias in aliases:
+            if alias in keys:
+                columns[name] = keys.index(alias)
+                break
+    return columns
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one spreadsheet row (or the whole sheet when source_row is None)."""
+
+    source_row: int | None
+    subject: str | None
+    clip: str | None
+    reason: str  # short category, used to count dropped rows
+    detail: str  # what is wrong and what to do
+
+    def line(self) -> str:
+        where = f"row {self.source_row}" if self.source_row is not None else "sheet"
+        who = f"subject {self.subject or '?'}, clip {self.clip or '?'}"
+        return f"{where} ({who}): {self.detail}"
+
+
+@dataclass(frozen=True)
+class CodingRow:
+    """One parsed spreadsheet row; apex None when the sheet leaves it out."""
+
+    source_row: int
+    subject: str
+    clip: str
+    onset: int
+    apex: int | None
+    offset: int
+    emotion: str
+    action_units: str
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """What identifies a data row, also when it could not be parsed in full."""
+
+    source_row: int
+    subject: str | None
+    clip: str | None
+    emotion: str
+    values: tuple | None  # (onset, apex, offset, emotion) when the row parsed
+
+
+@dataclass
+class CodingSheet:
+    path: Path
+    dataset: str
+    sheet_name: str | None
+    header_row: int
+    n_rows: int = 0  # non-blank data rows
+    rows: list[CodingRow] = field(default_factory=list)
+    keys: list[RowKey] = field(default_factory=list)  # every data row, parsed or not
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _expected_columns(dataset: str) -> str:
+    titles = _titles(dataset)
+    return ", ".join(titles[f] for f in ("subject", "clip", "onset", "apex", "offset", "action_units", "emotion"))
+
+
+def _xlsx_tables(path: Path) -> list[tuple[str | None, list[tuple]]]:
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise MerError(
+            f"cannot read {path} as an .xlsx workbook ({exc}); open it in a spreadsheet program "
+            "and save it as .xlsx, or export it as .csv"
+        ) from exc
+    tables = []
+    try:
+        for sheet in workbook.worksheets:
+            if hasattr(sheet, "reset_dimensions"):
+                sheet.reset_dimensions()  # stored dimensions are sometimes wrong; read every row
+            tables.append((sheet.title, [tuple(row) for row in sheet.iter_rows(min_row=1, values_only=True)]))
+    finally:
+        workbook.close()
+    return tables
+
+
+def _csv_text(path: Path) -> str:
+    raw = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")
+
+
+def _csv_tables(path: Path) -> Iterator[tuple[str | None, list[tuple]]]:
+    text = _csv_text(path)
+    # Spreadsheet programs export with ',' or, in many locales, ';' (or tabs): try each.
+    for delimiter in (",", ";", "\t"):
+        yield None, [tuple(row) for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)]
+
+
+def _tables(path: Path) -> Iterable[tuple[str | None, list[tuple]]]:
+    suffix = path.suffix.lower()
+    if suffix == ".xls":
+        raise MerError(f"{path}: the legacy .xls format cannot be read; open it and save it as .xlsx, or export it as .csv")
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"
+    if suffix in (".xlsx", ".xlsm") or (suffix not in (".csv", ".txt", ".tsv") and is_zip):
+        return _xlsx_tables(path)
+    return _csv_tables(path)
+
+
+def _find_header(table: list[tuple]) -> tuple[int, dict[str, int]] | None:
+    """(0-based index, columns) of the first row within the search window holding >= 3 fields."""
+    for index, row in enumerate(table[:HEADER_SEARCH_ROWS]):
+        columns = _header_columns(row)
+        if sum(f in columns for f in REQUIRED_FIELDS) >= 3:
+            return index, columns
+    return None
+
+
+def _int_cell(value: Any) -> int | None:
+    """An integer from a numeric cell or numeric text; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([+-]?\d+)(?:\.0*)?\s*", value)
+        return int(match.group(1)) if match else None
+    return None
+
+
+def normalize_action_units(value: Any) -> str:
+    """Canonical AU string: 12 -> '12', '4+7+L10' -> '4+7+L10', 'R12 + R15' -> 'R12+R15'."""
+    if _blank(value):
+        return ""
+    number = _int_cell(value) if not isinstance(value, str) else None
+    if number is not None:
+        return str(number)
+    text = str(value).strip()
+    if text in ("/", "-"):
+        return ""
+    tokens = []
+    for token in re.split(r"[+,;&]", text):
+        token = " ".join(token.split())
+        if not token:
+            continue
+        match = re.fullmatch(r"(?:au\s*)?([lrbu])?\s*(\d+)(?:\.0+)?\s*([a-e])?", token, flags=re.IGNORECASE)
+        if match:
+            side, number, intensity = match.groups()
+            token = f"{(side or '').upper()}{int(number)}{(intensity or '').upper()}"
+        tokens.append(token)
+    return "+".join(tokens)
+
+
+def normalize_emotion(value: Any) -> str:
+    """Lower case with single spaces: ' Happiness ' -> 'happiness'."""
+    return " ".join(str(value).split()).lower() if not _blank(value) else ""
+
+
+def _parse_row(
+    dataset: str, number: int, cells: Sequence[Any], columns: Mapping[str, int], titles: Mapping[str, str]
+) -> tuple[CodingRow | None, list[Problem], RowKey]:
+    def cell(name: str) -> Any:
+        index = columns.get(name)
+        return cells[index] if index is not None and index < len(cells) else None
+
+    problems: list[Problem] = []
+    subject = clip = None
+    raw_subject = cell("subject")
+    try:
+        subject = normalize_subject(dataset, raw_subject) if not _blank(raw_subject) else None
+    except ValueError:
+        pass
+    raw_clip = cell("clip")
+    if not _blank(raw_clip):
+        clip = str(int(raw_clip)) if isinstance(raw_clip, float) and raw_clip.is_integer() else str(raw_clip).strip()
+
+    def problem(reason: str, detail: str) -> None:
+        problems.append(Problem(number, subject, clip, reason, detail))
+
+    if subject is None:
+        example = "an integer such as 1 (folder sub01)" if dataset == "casme2" else "a number such as 006 or 6"
+        if _blank(raw_subject):
+            problem("missing subject", f"no Subject; fill it in with {example}")
+        else:
+            problem("bad subject", f"{titles['subject']} {raw_subject!r} is not a subject id; write {example}")
+    if clip is None:
+        problem("missing filename", "no Filename; fill in the clip folder name (e.g. EP02_01f or 006_1_2)")
+
+    frames: dict[str, int | None] = {}
+    for name in ("onset", "apex", "offset"):
+        value = cell(name)
+        title = titles[name]
+        if name == "apex" and (_blank(value) or str(value).strip().lower() in _MISSING_APEX or _int_cell(value) == -1):
+            frames[name] = None  # imputed later from the frames
+            continue
+        if _blank(value):
+            problem("missing frame number", f"{title} is empty; fill in the frame number")
+            frames[name] = None
+            continue
+        number_value = _int_cell(value)
+        if number_value is None:
+            kind = "text" if isinstance(value, str) else type(value).__name__
+            problem("text in frame column", f"{title} holds {kind} {value!r}, not a frame number; write the integer frame number")
+        elif number_value < 0:
+            problem("bad frame number", f"{title} is negative ({number_value}); write the frame number")
+            number_value = None
+        frames[name] = number_value
+
+    emotion = normalize_emotion(cell("emotion"))
+    if not emotion:
+        problem("missing emotion", f"{titles['emotion']} is empty; fill it in")
+
+    onset, apex, offset = frames["onset"], frames["apex"], frames["offset"]
+    if onset is not None and offset is not None:
+        if onset > offset:
+            problem("frame order", f"{titles['onset']} {onset} is after {titles['offset']} {offset}; correct the frame numbers")
+        elif apex is not None and not onset <= apex <= offset:
+            problem("frame order", f"{titles['apex']} {apex} is outside {titles['onset']}..{titles['offset']} "
+                                   f"({onset}..{offset}); correct the frame numbers")
+    if problems:
+        return None, problems, RowKey(number, subject, clip, emotion, None)
+    row = CodingRow(number, subject, clip, onset, apex, offset, emotion, normalize_action_units(cell("action_units")))
+    return row, [], RowKey(number, subject, clip, emotion, (onset, apex, offset, emotion))
+
+
+def read_coding(path: str | Path, dataset: str) -> CodingSheet:
+    """Parse a coding sheet (.xlsx or .csv) into rows and per-row problems.
+
+    Raises MerError when the file is missing, unreadable, has no header row within its first
+    rows, or lacks a required column; row-level problems (text in a frame column, onset after
+    offset, ...) are collected in `problems`, one per problem, with the spreadsheet row.
+    Duplicates and folders are checked by `annotate_samples`.
+    """
+    if dataset not in DATASETS:
+        raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise MerError(f"coding spreadsheet not found: {path} (set the dataset's coding file in params.yaml)")
+    best_partial: tuple[str | None, int, dict[str, int]] | None = None
+    chosen = None
+    for sheet_name, table in _tables(path):
+        found = _find_header(table)
+        if found is None:
+            continue
+        index, columns = found
+        if all(f in columns for f in REQUIRED_FIELDS):
+            chosen = (sheet_name, index, columns, table)
+            break
+        if best_partial is None:
+            best_partial = (sheet_name, index, columns, table)
+    if chosen is None and best_partial is not None:
+        sheet_name, index, columns, table = best_partial
+        missing = [_titles(dataset)[f] for f in REQUIRED_FIELDS if f not in columns]
+        present = ", ".join(str(v) for v in table[index] if not _blank(v))
+        where = f"sheet '{sheet_name}' " if sheet_name else ""
+        raise MerError(
+            f"{path}: the header on {where}row {index + 1} lacks the column(s) {', '.join(missing)} "
+            f"(it has: {present}); add them, expected columns: {_expected_columns(dataset)}"
+        )
+    if chosen is None:
+        raise MerError(
+            f"{path} does not look like a {dataset} coding sheet: no header row within its first "
+            f"{HEADER_SEARCH_ROWS} rows holds the columns {_expected_columns(dataset)} "
+            "(names are matched ignoring case, spaces and '_')"
+        )
+    sheet_name, index, columns, table = chosen
+    sheet = CodingSheet(path, dataset, sheet_name, index + 1)
+    header = table[index]
+    # Messages name the columns as this sheet spells them ('OnsetFrame', 'Onset Frame', ...).
+    titles = {f: str(header[i]).strip() for f, i in columns.items()}
+    for number, cells in enumerate(table[index + 1 :], start=index + 2):
+        key_cells = [cells[columns[f]] if columns[f] < len(cells) else None for f in ("subject", "clip", "onset", "offset")]
+        if all(_blank(v) for v in key_cells):
+            continue  # blank rows and notes below the table
+        sheet.n_rows += 1
+        row, problems, key = _parse_row(dataset, number, cells, columns, titles)
+        sheet.keys.append(key)
+        if row is not None:
+            sheet.rows.append(row)
+        sheet.problems.extend(problems)
+    return sheet
+
+
+# --------------------------------------------------------------------------------------------
+# Apex imputation
+# --------------------------------------------------------------------------------------------
+
+
+def motion_profile(frames: np.ndarray, onset_index: int = 0) -> np.ndarray:
+    """Mean absolute difference of each frame from frame `onset_index`, for frames from there on."""
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or len(frames) == 0:
+        raise ValueError(f"expected frames of shape (T,H,W) or (T,H,W,C) with T >= 1, got {frames.shape}")
+    if not 0 <= onset_index < len(frames):
+        raise ValueError(f"onset_index {onset_index} is outside the {len(frames)} frames")
+    reference = frames[onset_index].astype(np.float32)
+    if reference.ndim == 3:
+        reference = reference.mean(axis=2)
+    profile = np.empty(len(frames) - onset_index, np.float64)
+    for i, frame in enumerate(frames[onset_index:]):  # one frame at a time: no (T,H,W) float copy
+        frame = frame.astype(np.float32)
+        if frame.ndim == 3:
+            frame = frame.mean(axis=2)
+        profile[i] = float(np.abs(frame - reference).mean())
+    return profile
+
+
+def _running(profile: np.ndarray, window: int, reduce) -> np.ndarray:
+    """Centred running `reduce` (np.median, np.mean) over `window` frames, edges padded."""
+    half = window // 2
+    padded = np.pad(profile, half, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
+    return reduce(windows, axis=1)
+
+
+def estimate_apex(frames: np.ndarray, onset_index: int = 0, smooth: int = 5) -> int:
+    """Index (into `frames`) of the frame of peak motion relative to the onset frame.
+
+    Motion is the mean absolute grey-level difference to frame `onset_index`. It is smoothed
+    over `smooth` frames (25 ms at 200 fps): a running median first, so that one or two odd
+    frames (a corrupt or duplicated frame, a blink of the lights) cannot win, then a running
+    mean; the first maximum is returned. Pure: works on any (T,H,W) or (T,H,W,C) array, raw
+    frames as well as aligned ones.
+    """
+    profile = motion_profile(frames, onset_index)
+    window = max(1, min(int(smooth), len(profile)))
+    if window > 2:
+        profile = _running(_running(profile, window, np.median), window, np.mean)
+    return onset_index + int(np.argmax(profile))
+
+
+_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def load_motion_frames(paths: Sequence[str | Path], min_side: int = 96) -> np.ndarray:
+    """(T,h,w) uint8 grayscale frames decoded at reduced size (JPEG DCT scaling, fast).
+
+    The reduction is the largest of 1/2/4/8 that keeps the shorter side at least `min_side`
+    pixels: 640x480 CASME II frames are read at 160x120, 2040x1088 SAMM frames at 255x136.
+    """
+    if not paths:
+        raise ValueError("no frames to read")
+    first = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+    if first is None:
+        raise MerError(f"cannot decode image {paths[0]} (corrupt, truncated or not an image)")
+    factor = max([f for f in _REDUCED if min(first.shape) // f >= min_side] or [1])
+    frames = []
+    for path in paths:
+        image = cv2.imread(str(path), _REDUCED[factor])
+        if image is None:
+            raise MerError(f"cannot decode image {path} (corrupt, truncated or not an image)")
+        if frames and image.shape != frames[0].shape:
+            raise MerError(f"{path} is {image.shape[1]}x{image.shape[0]}, unlike the clip's other frames")
+        frames.append(image)
+    return np.stack(frames)
+
+
+def impute_apex(folder: ClipFolder, onset: int, offset: int) -> int:
+    """The apex frame number of a clip from its frames on disk (peak motion relative to onset)."""
+    paths = [path for number, path in folder.frames if onset <= number <= offset]
+    numbers = [number for number, _ in folder.frames if onset <= number <= offset]
+    return numbers[estimate_apex(load_motion_frames(paths), 0)]
+
+
+# --------------------------------------------------------------------------------------------
+# Building the samples table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    dataset: str
+    subject: str
+    clip: str
+    onset: int
+    apex: int | None
+    offset: int
+    apex_source: str  # annotated | imputed ('missing' only when folders were not checked)
+    emotion: str
+    label: str
+    action_units: str
+    source_row: int
+
+    @property
+    def n_frames(self) -> int:
+        return self.offset - self.onset + 1
+
+    def as_row(self) -> dict[str, Any]:
+        row = {name: getattr(self, name) for name in SAMPLE_COLUMNS}
+        if row["apex"] is None:
+            row["apex"] = ""
+        return row
+
+
+@dataclass(frozen=True)
+class DroppedRow:
+    source_row: int
+    subject: str | None
+    clip: str | None
+    emotion: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class Annotation:
+    """The result of annotate_samples: kept samples, dropped rows and what went wrong."""
+
+    dataset: str
+    coding: Path
+    scheme: ClassScheme
+    header_row: int
+    n_rows: int
+    samples: list[Sample]
+    dropped: list[DroppedRow]
+    problems: list[Problem]
+    folders_checked: bool
+
+    @property
+    def n_imputed(self) -> int:
+        return sum(s.apex_source == "imputed" for s in self.samples)
+
+
+def _ranges(numbers: Iterable[int]) -> str:
+    """[1,2,3,7,9,10] -> '1-3, 7, 9-10'."""
+    numbers = sorted(numbers)
+    parts: list[str] = []
+    start = prev = None
+    for n in numbers + [None]:
+        if start is not None and (n is None or n != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if n is not None and start is None:
+            start = n
+        prev = n
+    return ", ".join(parts)
+
+
+def _compact_ranges(numbers: Sequence[int], limit: int = 6) -> str:
+    text = _ranges(numbers)
+    parts = text.split(", ")
+    return text if len(parts) <= limit else ", ".join(parts[:limit]) + f", ... ({len(numbers)} frames)"
+
+
+def _duplicate_problems(keys: Sequence[RowKey]) -> list[Problem]:
+    """Rows coding the same (subject, clip): a repeat with the same values flags the later rows;
+    rows that disagree (or could not all be parsed) are all flagged, as the right one is unknown."""
+    by_clip: dict[tuple[str, str], list[RowKey]] = defaultdict(list)
+    for key in keys:
+        if key.subject is not None and key.clip is not None:
+            by_clip[(key.subject, key.clip)].append(key)
+    problems = []
+    for (subject, clip), group in by_clip.items():
+        if len(group) < 2:
+            continue
+        first = group[0]
+        if first.values is not None and all(k.values == first.values for k in group):
+            for k in group[1:]:
+                problems.append(Problem(k.source_row, subject, clip, "duplicate row",
+                                        f"repeats row {first.source_row} (same clip, same values); delete one of the two rows"))
+        else:
+            for k in group:
+                rest = ", ".join(str(o.source_row) for o in group if o is not k)
+                problems.append(Problem(k.source_row, subject, clip, "conflicting duplicate rows",
+                                        f"the same clip is also coded on row {rest} with different values; "
+                                        "keep the correct row and delete the other"))
+    return problems
+
+
+def _folder_problem(row: CodingRow, clips: Mapping[tuple[str, str], ClipFolder], root: Path) -> Problem | None:
+    folder = clips.get((row.subject, row.clip))
+    if folder is None:
+        hints = [f"{s}/{c}" for (s, c) in clips if c.lower() == row.clip.lower()]
+        hint = f" (found {', '.join(sorted(hints)[:3])}: is Subject or Filename wrong?)" if hints else ""
+        return Problem(row.source_row, row.subject, row.clip, "clip folder missing",
+                       f"no clip folder {row.subject}/{row.clip} under {root}{hint}; restore the folder or fix the row")
+    present = set(folder.frame_numbers)
+    missing = [n for n in range(row.onset, row.offset + 1) if n not in present]
+    if missing:
+        held = _compact_ranges(folder.frame_numbers) if present else "no frames"
+        return Problem(row.source_row, row.subject, row.clip, "frames missing",
+                       f"folder {folder.path} lacks frame(s) {_compact_ranges(missing)} of OnsetFrame..OffsetFrame "
+                       f"{row.onset}..{row.offset} (it holds {held}); correct the frame numbers or restore the frames")
+    return None
+
+
+def annotate_samples(
+    dataset: str,
+    coding: str | Path,
+    root: str | Path | None,
+    classes: str | Mapping[str, Any] | None = None,
+    on_problem: str = "fail",
+) -> Annotation:
+    """Read a coding sheet, validate it against the clip folders and map emotions to classes.
+
+    With `root=None` the folders are not checked and missing apexes stay missing
+    (apex_source 'missing'); the stage always passes the root. Rows whose emotion the class
+    scheme does not keep are dropped (reason 'not in class preset'), not validated against
+    folders. `on_problem='fail'` raises InputProblems listing every problem (spreadsheet
+    row, subject, clip, what to do); 'drop' drops the rows concerned and reports them in
+    `dropped`.
+    """
+    if on_problem not in ("fail", "drop"):
+        raise MerError(f"on_problem must be 'fail' or 'drop', got {on_problem!r}")
+    scheme = class_scheme(classes if classes is not None else DEFAULT_PRESET[dataset], dataset)
+    sheet = read_coding(coding, dataset)
+    problems = list(sheet.problems)
+    problems += _duplicate_problems(sheet.keys)
+    bad_rows = {p.source_row for p in problems}
+
+    clips = find_clip_folders(dataset, root) if root is not None else None
+    excluded: list[DroppedRow] = []
+    candidates: list[tuple[CodingRow, str]] = []
+    for row in sheet.rows:
+        if row.source_row in bad_rows:
+            continue
+        label = scheme.label_of(row.emotion)
+        if label is None:
+            excluded.append(DroppedRow(row.source_row, row.subject, row.clip, row.emotion, "not in class preset",
+                                       f"emotion '{row.emotion}' is in no class of {scheme.name}"))
+            continue
+        if clips is not None:
+            problem = _folder_problem(row, clips, Path(root))
+            if problem is not None:
+                problems.append(problem)
+                continue
+        candidates.append((row, label))
+
+    samples: list[Sample] = []
+    for row, label in candidates:
+        apex, source = row.apex, "annotated"
+        if apex is None:
+            if clips is None:
+                source = "missing"
+            else:
+                try:
+                    apex, source = impute_apex(clips[(row.subject, row.clip)], row.onset, row.offset), "imputed"
+                except MerError as exc:
+                    problems.append(Problem(row.source_row, row.subject, row.clip, "unreadable frames",
+                                            f"the apex is missing and cannot be imputed: {exc}"))
+                    continue
+        samples.append(Sample(dataset, row.subject, row.clip, row.onset, apex, row.offset, source,
+                              row.emotion, label, row.action_units, row.source_row))
+
+    problems.sort(key=lambda p: p.source_row if p.source_row is not None else -1)  # stable: sheet, then duplicates, then folders
+    if problems and on_problem == "fail":
+        n_rows = len({p.source_row for p in problems})
+        raise InputProblems(
+            f"{sheet.path}: {n_rows} of {sheet.n_rows} {dataset} rows have problems; nothing was written. "
+            "Fix the rows below, or set annotate.on_problem: drop (--on-problem drop) to drop them",
+            [p.line() for p in problems],
+        )
+    dropped = list(excluded)
+    emotions = {key.source_row: key.emotion for key in sheet.keys}
+    by_row: dict[int, list[Problem]] = defaultdict(list)
+    for p in problems:
+        by_row[p.source_row].append(p)
+    for number, group in by_row.items():
+        dropped.append(DroppedRow(number, group[0].subject, group[0].clip, emotions.get(number, ""), group[0].reason,
+                                  "; ".join(p.detail for p in group)))
+    dropped.sort(key=lambda d: d.source_row)
+    samples.sort(key=lambda s: (s.subject, s.clip))
+    return Annotation(dataset, sheet.path, scheme, sheet.header_row, sheet.n_rows, samples, dropped, problems, clips is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# The samples table on disk
+# --------------------------------------------------------------------------------------------
+
+
+def write_samples(path: str | Path, samples: Iterable[Sample]) -> None:
+    """The samples CSV: SAMPLE_COLUMNS, one row per clip, in the order given."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SAMPLE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for sample in samples:
+            writer.writerow(sample.as_row())
+
+
+def write_dropped(path: str | Path, dropped: Iterable[DroppedRow]) -> None:
+    """The rows left out of the samples table and why (DROPPED_COLUMNS)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(DROPPED_COLUMNS)
+        for d in dropped:
+            writer.writerow([d.source_row, d.subject or "", d.clip or "", d.emotion, d.reason, d.detail])
+
+
+def dropped_path(out: str | Path) -> Path:
+    """Where the dropped-rows report of a samples table goes: NAME.csv -> NAME.dropped.csv."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.dropped.csv")
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """The samples table as dicts with onset, apex, offset, n_frames and source_row as int."""
+    path = Path(path)
+    if not path.is_file():
+        raise MerError(f"samples table not found: {path} (run `mer annotate` first)")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in SAMPLE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise MerError(f"{path} is not a samples table: columns {', '.join(missing)} are missing (re-run `mer annotate`)")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            try:
+                for name in INT_COLUMNS:
+                    row[name] = int(row[name])
+            except ValueError as exc:
+                raise MerError(f"{path} line {number}: {exc}; re-run `mer annotate`") from exc
+            rows.append(dict(row))
+    return rows
+
+
+def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str]:
+    """What the stage prints: rows read, kept per class, dropped per reason, imputed apexes."""
+    kept = Counter(s.label for s in result.samples)
+    subjects = len({s.subject for s in result.samples})
+    lines = [
+        f"{result.dataset}: read {result.n_rows} rows from {result.coding.name} (header on row {result.header_row})",
+        f"  kept {len(result.samples)} clips of {subjects} subjects, classes {result.scheme.name}: "
+        + ", ".join(f"{label} {kept[label]}" for label in result.scheme.labels),
+    ]
+    if result.dropped:
+        reasons = Counter(d.reason for d in result.dropped)
+        lines.append(f"  dropped {len(result.dropped)} rows: " + ", ".join(f"{r} {n}" for r, n in reasons.most_common()))
+        excluded = Counter(d.emotion for d in result.dropped if d.reason == "not in class preset")
+        if excluded:
+            lines.append("    not in the classes: " + ", ".join(f"{e} {n}" for e, n in excluded.most_common()))
+        for d in result.dropped:
+            if d.reason != "not in class preset":
+                lines.append(f"    row {d.source_row} ({d.subject or '?'}/{d.clip or '?'}): {d.detail}")
+    else:
+        lines.append("  dropped 0 rows")
+    lines.append(f"  apex imputed for {result.n_imputed} clips (peak motion relative to the onset frame)")
+    if out is not None:
+        lines.append(f"  -> {out}")
+    return lines

@@ -1,0 +1,187 @@
+"""MER metrics over LOSO predictions pooled across all folds (DESIGN.md section 7).
+
+- accuracy: correct / all predictions;
+- UF1 (unweighted F1): the mean over classes of the per-class F1;
+- UAR (unweighted average recall): the mean over classes of the per-class recall.
+
+Classes are those present in the ground truth of the evaluated set, as in the MER literature (MEGC
+2019 and later): a class no sample belongs to has no defined recall, and counting it as 0 would
+penalize every method for the class preset rather than for its predictions. Predictions of such a
+class still count, as errors against the true class. The per-class table lists every class of the
+run, absent ones with support 0. Per dataset and per subject figures follow the same rules on
+their own subset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
+
+from .errors import MerError
+
+REQUIRED_COLUMNS = ("sample_id", "subject", "true_label", "pred_label")
+
+
+@dataclass
+class Predictions:
+    """One row per clip, labels as indices into label_names."""
+
+    sample_ids: np.ndarray
+    subjects: np.ndarray
+    datasets: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y_true)
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise MerError(f"{path} not found: is {run_dir} a run folder written by `mer train`?")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MerError(f"{path} is not valid JSON ({exc}); rerun `mer train`") from exc
+    names = info.get("label_names") if isinstance(info, dict) else None
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise MerError(f"{path} has no valid label_names list; rerun `mer train`")
+    return info
+
+
+def read_predictions(path: str | Path, label_names: Sequence[str], expected_folds: dict[str, int] | None = None) -> Predictions:
+    """Read a predictions CSV, checking its shape and labels; errors name the file, line and fold.
+
+    `expected_folds` maps fold (subject) -> number of test samples, as recorded in run.json; a
+    fold with fewer or more rows (a truncated file, an interrupted copy) is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MerError(f"{path} not found: is {path.parent} a run folder written by `mer train`?")
+    index = {name: i for i, name in enumerate(label_names)}
+    rows: list[dict[str, str]] = []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise MerError(f"{path} is empty; rerun `mer train`")
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise MerError(f"{path}: missing column(s) {missing} in the header")
+        for record in reader:
+            if len(record) != len(header):
+                fold = record[header.index("subject")] if len(record) > header.index("subject") else "?"
+                raise MerError(
+                    f"{path}, line {reader.line_num} (fold {fold}): {len(record)} fields, expected {len(header)}; "
+                    "the file is truncated or damaged, rerun `mer train`"
+                )
+            rows.append(dict(zip(header, record)))
+    if not rows:
+        raise MerError(f"{path} holds no predictions; rerun `mer train`")
+    y_true, y_pred = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        for column, target in (("true_label", y_true), ("pred_label", y_pred)):
+            if row[column] not in index:
+                raise MerError(
+                    f"{path}, line {i + 2} (fold {row['subject']}, sample {row['sample_id']}): {column} {row[column]!r} "
+                    f"is not one of the run's classes {list(label_names)} (run.json label_names)"
+                )
+            target[i] = index[row[column]]
+    subjects = np.array([row["subject"] for row in rows])
+    if expected_folds is not None:
+        found = dict(zip(*np.unique(subjects, return_counts=True)))
+        problems = [f"fold {fold}: {found.get(fold, 0)} predictions, run.json expects {n}" for fold, n in sorted(expected_folds.items()) if found.get(fold, 0) != n]
+        problems += [f"fold {fold}: {n} predictions but the fold is not in run.json" for fold, n in sorted(found.items()) if fold not in expected_folds]
+        if problems:
+            raise MerError(f"{path} does not match run.json (truncated or mixed runs?): " + "; ".join(problems))
+    ids = np.array([row["sample_id"] for row in rows])
+    if len(set(ids.tolist())) != len(ids):
+        raise MerError(f"{path}: some sample_id values occur more than once (mixed runs?)")
+    datasets = np.array([row.get("dataset") or "" for row in rows])
+    return Predictions(ids, subjects, datasets, y_true, y_pred, list(label_names))
+
+
+def present_labels(y_true: np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(y_true))
+
+
+def uf1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Mean per-class F1 over the classes present in y_true."""
+    return float(f1_score(y_true, y_pred, labels=present_labels(y_true), average="macro", zero_division=0))
+
+
+def uar(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Mean per-class recall over the classes present in y_true."""
+    return float(recall_score(y_true, y_pred, labels=present_labels(y_true), average="macro", zero_division=0))
+
+
+def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+
+
+def summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    return {"accuracy": accuracy(y_true, y_pred), "uf1": uf1(y_true, y_pred), "uar": uar(y_true, y_pred), "n_samples": int(len(y_true))}
+
+
+def compute_metrics(predictions: Predictions) -> dict[str, Any]:
+    """Flat accuracy / uf1 / uar / n_samples, plus per_class, per_subject and per_dataset tables."""
+    names = predictions.label_names
+    y_true, y_pred = predictions.y_true, predictions.y_pred
+    labels = np.arange(len(names))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    result = summary(y_true, y_pred)
+    result["n_subjects"] = int(len(set(predictions.subjects.tolist())))
+    result["classes"] = [names[i] for i in present_labels(y_true)]
+    result["per_class"] = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(names)
+    }
+    result["per_subject"] = {}
+    for subject in sorted(set(predictions.subjects.tolist())):
+        mask = predictions.subjects == subject
+        result["per_subject"][subject] = {
+            "accuracy": accuracy(y_true[mask], y_pred[mask]),
+            "n_samples": int(mask.sum()),
+            "n_correct": int((y_true[mask] == y_pred[mask]).sum()),
+        }
+    datasets = sorted(set(predictions.datasets.tolist()) - {""})
+    if len(datasets) > 1:
+        result["per_dataset"] = {d: summary(y_true[predictions.datasets == d], y_pred[predictions.datasets == d]) for d in datasets}
+    return result
+
+
+def confusion(predictions: Predictions) -> np.ndarray:
+    """(K, K) counts, rows = true class, columns = predicted class, in label_names order."""
+    return confusion_matrix(predictions.y_true, predictions.y_pred, labels=np.arange(len(predictions.label_names)))
+
+
+def write_per_class_csv(path: str | Path, metrics: dict[str, Any]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for name, row in metrics["per_class"].items():
+            writer.writerow([name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]])
+
+
+def write_per_subject_csv(path: str | Path, metrics: dict[str, Any]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["subject", "accuracy", "n_correct", "n_samples"])
+        for name, row in metrics["per_subject"].items():
+            writer.writerow([name, f"{row['accuracy']:.6f}", row["n_correct"], row["n_samples"]])
+
+
+def write_confusion_csv(path: str | Path, counts: np.ndarray, label_names: Sequence[str]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["true \\ predicted", *label_names])
+        for name, row in zip(label_names, counts):
+            writer.writerow([name, *map(int, row)])

@@ -1,0 +1,55 @@
+"""Stage `annotate`: a coding spreadsheet and the clip folders -> the normalized samples table."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.annotations import (
+    DEFAULT_PRESET,
+    annotate_samples,
+    dropped_path,
+    summary_lines,
+    write_dropped,
+    write_samples,
+)
+from pipeline.atomic import atomic_output
+from pipeline.errors import MerError
+from pipeline.frames import DATASETS
+from stages.common import params_option, stage_params
+
+
+@click.command("annotate")
+@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Coding-sheet and folder layout.")
+@click.option("--root", type=click.Path(), required=True, help="Folder holding the subject folders.")
+@click.option("--coding", type=click.Path(dir_okay=False), required=True, help="Coding spreadsheet (.xlsx or .csv export).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Samples table to write (.csv).")
+@click.option(
+    "--classes",
+    default=None,
+    help="Class preset (casme2-5, samm-5, megc-3) or mapping 'emotion=class,...' "
+    "(default: params annotate.classes, else the dataset's own 5-class preset).",
+)
+@click.option(
+    "--on-problem",
+    type=click.Choice(("fail", "drop")),
+    default=None,
+    help="fail: list every problem and write nothing; drop: drop those rows and report them (default: params).",
+)
+@params_option
+def annotate(dataset: str, root: str, coding: str, out: str, classes: str | None, on_problem: str | None, params_file: str) -> None:
+    """Parse a CASME II or SAMM coding sheet into one validated row per clip."""
+    params = stage_params(params_file, "annotate", on_problem=on_problem, classes=classes)
+    spec = params.get("classes") or DEFAULT_PRESET[dataset]
+    result = annotate_samples(dataset, coding, root, spec, str(params.get("on_problem", "fail")))
+    if not result.samples:
+        raise MerError(
+            f"no clip of {coding} is kept with classes {result.scheme.name}: " + "; ".join(summary_lines(result)[1:3])
+        )
+    report = dropped_path(out)
+    with atomic_output(out) as tmp_out, atomic_output(report) as tmp_report:
+        write_samples(tmp_out, result.samples)
+        write_dropped(tmp_report, result.dropped)
+    for line in summary_lines(result, out):
+        click.echo(line)
+    if result.dropped:
+        click.echo(f"  dropped rows listed in {report}")

@@ -1,0 +1,95 @@
+"""The dynimg stage on a small aligned cache, and `mer cache info` / `mer cache verify`."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cache import AlignedCacheWriter, AlignedClip, read_dynamic_images
+from stages.cli import cli
+from tests.conftest import write_params
+
+SAMPLE_COLUMNS = ["dataset", "subject", "clip", "onset", "apex", "offset", "apex_source", "n_frames", "emotion", "label", "action_units", "source_row"]
+
+
+def _blob_clip(subject: str, clip: str, first: int, n: int, apex: int, seed: int) -> AlignedClip:
+    """A square that brightens until the apex and fades after it, on a noisy face-sized image."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    intensity = np.where(t <= apex, t / max(apex, 1), (n - 1 - t) / max(n - 1 - apex, 1))
+    frames = np.repeat(rng.integers(60, 120, (1, 64, 64, 3)), n, axis=0).astype(np.float32)
+    frames[:, 20:40, 20:40] += 60 * intensity[:, None, None, None]
+    return AlignedClip(subject, clip, frames.astype(np.uint8), np.arange(first, first + n), np.zeros((68, 2)), np.eye(2, 3))
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    clips = [("sub01", "EP01_01", 46, 12, 5, "happiness"), ("sub01", "EP02_01f", 3, 9, 2, "surprise"), ("sub02", "EP07_02", 120, 15, 9, "disgust")]
+    aligned = tmp_path / "aligned.h5"
+    with AlignedCacheWriter(aligned, "casme2", {"size": 64}) as writer:
+        for i, (subject, clip, first, n, apex, _) in enumerate(clips):
+            writer.add(_blob_clip(subject, clip, first, n, apex, i))
+    samples = tmp_path / "samples.csv"
+    with samples.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(SAMPLE_COLUMNS)
+        for row, (subject, clip, first, n, apex, emotion) in enumerate(clips, start=2):
+            out.writerow(["casme2", subject, clip, first, first + apex, first + n - 1, "annotated", n, emotion, emotion, "12", row])
+    return aligned, samples
+
+
+def _dynimg(tmp_path, inputs, params, *extra):
+    aligned, samples = inputs
+    out = tmp_path / "di.h5"
+    args = ["dynimg", "--aligned", str(aligned), "--samples", str(samples), "--classes", "casme2-5", "--out", str(out), "--params", str(write_params(tmp_path, params)), *extra]
+    return CliRunner().invoke(cli, args), out
+
+
+def test_dynimg_writes_a_cache_that_info_and_verify_accept(tmp_path, inputs, project_params):
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    data = read_dynamic_images(out)
+    assert data.phases == ["full", "onset_apex", "apex_offset"]
+    assert data.images["full"].shape == (3, 112, 112, 3)
+    assert data.label_names == ["happiness", "disgust", "repression", "surprise", "others"]
+    assert data.samples["label"].tolist() == [0, 3, 1]
+    assert data.samples["sample_id"].tolist() == ["casme2/sub01/EP01_01", "casme2/sub01/EP02_01f", "casme2/sub02/EP07_02"]
+    # the square brightens then fades: the two phase DIs have opposite sign in it
+    rise, fall = data.images["onset_apex"][0], data.images["apex_offset"][0]
+    assert rise[56, 56].mean() > rise[5, 5].mean() and fall[56, 56].mean() < fall[5, 5].mean()
+
+    info = CliRunner().invoke(cli, ["cache", "info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "mer.dynamic_images" in info.output and "happiness 1" in info.output and "fingerprint" in info.output
+    assert CliRunner().invoke(cli, ["cache", "verify", str(out)]).exit_code == 0
+
+
+def test_same_inputs_give_identical_files_whatever_the_jobs(tmp_path, inputs, project_params):
+    _, first = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    copy = first.read_bytes()
+    result, second = _dynimg(tmp_path, inputs, project_params, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert second.read_bytes() == copy
+
+
+def test_verify_detects_a_flipped_byte(tmp_path, inputs, project_params):
+    _, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    data = bytearray(out.read_bytes())
+    with __import__("h5py").File(out) as handle:
+        offset = handle["images/full"].id.get_chunk_info(0).byte_offset
+    data[offset + 10] ^= 0xFF
+    out.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["cache", "verify", str(out)])
+    assert result.exit_code != 0
+    assert "images/full" in result.output
+
+
+def test_bad_phase_setting_is_rejected_before_anything_is_written(tmp_path, inputs, project_params):
+    project_params["dynimg"]["phases"] = {"full": ["onset", "middle"]}
+    result, out = _dynimg(tmp_path, inputs, project_params)
+    assert result.exit_code != 0
+    assert "invalid dynimg settings" in result.output and "middle" in result.output
+    assert not out.exists()

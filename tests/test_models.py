@@ -1,0 +1,143 @@
+"""LEARNet against the authors' Keras definition, timm models offline, local pretrained weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import MerError
+from pipeline.models import LEARNet, SameConv2d, build_model, count_parameters, same_padding
+
+
+@pytest.mark.parametrize(
+    "size, kernel, expected",
+    [(112, 3, (0, 1)), (56, 1, (0, 0)), (56, 3, (0, 1)), (28, 3, (0, 1)), (14, 5, (1, 2)), (7, 3, (1, 1)), (7, 5, (2, 2))],
+)
+def test_same_padding_matches_tensorflow(size, kernel, expected):
+    assert same_padding(size, kernel, 2) == expected
+    before, after = expected
+    assert (size + before + after - kernel) // 2 + 1 == -(-size // 2)  # output = ceil(size / 2)
+
+
+@pytest.mark.parametrize("size", [112, 7])
+def test_same_conv_pads_like_tensorflow(size):
+    """A kernel that picks its top-left tap reads x[2i - pad_top, 2j - pad_left] (TF: extra pad at the end)."""
+    conv = SameConv2d(1, 1, 3)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0
+    x = torch.rand(1, 1, size, size) + 0.1
+    y = conv(x)
+    top = same_padding(size, 3, 2)[0]
+    padded = F.pad(x, (top, 0, top, 0))
+    assert y.shape[-1] == -(-size // 2)
+    assert torch.equal(y, padded[..., ::2, ::2][..., : y.shape[-2], : y.shape[-1]])
+
+
+def test_learnet_layer_shapes_follow_the_paper():
+    model = LEARNet(num_classes=5).eval()
+    shapes: dict[str, tuple] = {}
+    for name, module in model.named_modules():
+        if name and name.count(".") <= 1:
+            module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])) if torch.is_tensor(o) else None)
+    out = model(torch.rand(2, 3, 112, 112))
+    assert out.shape == (2, 5)
+    expected = {"stem": (16, 56, 56), "bn": (256, 7, 7), "conv": (256, 4, 4), "fc1": (256,), "dropout": (256,), "fc2": (5,)}
+    for pair in ("pair1", "pair2"):
+        expected |= {
+            f"{pair}.a1": (16, 28, 28), f"{pair}.b1": (16, 28, 28), f"{pair}.bn1": (16, 28, 28),
+            f"{pair}.a2": (32, 14, 14), f"{pair}.b2": (32, 14, 14), f"{pair}.bn2": (32, 14, 14),
+            f"{pair}.a3": (64, 7, 7), f"{pair}.b3": (64, 7, 7),
+        }
+    assert {k: shapes[k] for k in expected} == expected
+
+
+def test_learnet_parameter_count():
+    model = LEARNet(num_classes=5)
+    # Keras summary of the authors' model: conv 448 + 2 x (2 x (272 + 4640 + 51264)) + conv 590,080
+    # + dense 1,048,832 + 1,285, batch norm 2 x (16 + 32) x 2 + 256 x 2 trainable.
+    assert count_parameters(model) == 1_866_053
+    running = sum(b.numel() for n, b in model.named_buffers() if "running" in n)
+    assert count_parameters(model) + running == 1_866_757  # Keras' total, which counts running statistics
+    assert sum(p.numel() for p in model.conv.parameters()) == 590_080
+    assert sum(p.numel() for p in model.fc1.parameters()) == 1_048_832
+    assert count_parameters(LEARNet(num_classes=3)) == 1_866_053 - 2 * 257
+
+
+def test_learnet_forward_backward():
+    torch.manual_seed(0)
+    model = build_model("learnet", 5)
+    x, y = torch.randn(4, 3, 112, 112), torch.tensor([0, 1, 2, 4])
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x[:1]), model(x)[:1], atol=1e-5)  # eval mode: per-sample, no dropout
+
+
+def test_timm_model_offline_at_small_input():
+    model = build_model("resnet18", 3, input_size=32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    vit = build_model("vit_tiny_patch16_224", 3, input_size=32)  # transformers get img_size
+    assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_unknown_model_name():
+    with pytest.raises(MerError, match="unknown model 'no_such_net'"):
+        build_model("no_such_net", 3)
+
+
+def test_pretrained_offline_says_how_to_supply_weights(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MerError, match=r"weights: /path/to/file\.safetensors"):
+        build_model("resnet18", 3, pretrained=True)
+    with pytest.raises(MerError, match="no published pretrained LEARNet weights"):
+        build_model("learnet", 3, pretrained=True)
+
+
+def test_pretrained_download_failure_says_how_to_supply_weights(monkeypatch):
+    import timm
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    real = timm.create_model
+
+    def no_network(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_network)
+    with pytest.raises(MerError) as info:
+        build_model("resnet18", 3, pretrained=True)
+    message = str(info.value)
+    assert "could not download" in message and "couldn't connect" in message
+    assert "weights: /path/to/file.safetensors" in message and "pretrained: false" in message
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_load_backbone_and_drop_the_head(tmp_path, suffix):
+    torch.manual_seed(1)
+    source = build_model("resnet18", 10)  # "pretrained" with another number of classes
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(source.state_dict(), str(path))
+    else:
+        torch.save({"state_dict": source.state_dict()}, path)
+    torch.manual_seed(2)
+    model = build_model("resnet18", 3, pretrained=True, weights=path)  # weights win over the hub: offline is fine
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.weight.shape == (3, 512) and not torch.equal(model.fc.weight[:3], source.fc.weight[:3])
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(MerError, match="weights file not found"):
+        build_model("resnet18", 3, weights=tmp_path / "missing.pth")
+    other = tmp_path / "other.pth"
+    torch.save({"something.else": torch.zeros(3)}, other)
+    with pytest.raises(MerError, match="none of its tensors match"):
+        build_model("resnet18", 3, weights=other)
