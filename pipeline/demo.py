@@ -534,7 +534,7 @@ PORTRAIT_RESOURCE = files("pipeline") / "data" / "astronaut.jpg"
 
 # Head-and-shoulders cut-out of the portrait, in its pixels: an ellipse around the hair and a
 # polygon for the neck, helmet ring and suit; the flag and shuttle model are left out.
-_HEAD_ELLIPSE = ((225, 92), (82, 86))
+_HEAD_ELLIPSE = ((225, 94), (76, 80))
 _BODY_POLYGON = [(175, 120), (275, 120), (300, 150), (318, 190), (335, 240), (365, 300), (430, 420), (512, 512),
                  (0, 512), (20, 420), (60, 300), (105, 230), (120, 175), (150, 150)]  # fmt: skip
 

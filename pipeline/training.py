@@ -278,6 +278,7 @@ def train_fold(
         x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases]))
         y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases)))
         x_test = [torch.from_numpy(np.ascontiguousarray(data.images[p][test_idx])) for p in settings.test_phases]
+        x_train, y_train = x_train.to(device), y_train.to(device)  # the whole training set moves once
 
         model = build_model(settings.model, len(data.label_names), settings.pretrained, settings.weights, settings.input_size)
         model.to(device)
@@ -292,7 +293,7 @@ def train_fold(
                 x = x_train[batch]
                 if settings.augment_flip or settings.augment_rotation:
                     x = augment_batch(x, generator, settings.augment_flip, settings.augment_rotation)
-                x, y = x.to(device, non_blocking=True), y_train[batch].to(device, non_blocking=True)
+                y = y_train[batch]
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)

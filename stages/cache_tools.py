@@ -7,7 +7,8 @@ from collections import Counter
 
 import click
 
-from pipeline.cache import ALIGNED_SCHEMA, aligned_clip_keys, open_cache, verify
+from pipeline.atomic import atomic_output
+from pipeline.cache import ALIGNED_SCHEMA, aligned_clip_keys, open_cache, read_dynamic_images, verify
 from pipeline.errors import MerError
 
 
@@ -61,3 +62,20 @@ def verify_command(file: str) -> None:
     if problems:
         raise MerError(f"{file} failed verification:\n" + "\n".join(f"  - {p}" for p in problems))
     click.echo(f"{file}: OK")
+
+
+@cache.command("preview")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG to write.")
+@click.option("--count", type=int, default=6, show_default=True, help="Samples to show (spread over the classes).")
+def preview(file: str, out: str, count: int) -> None:
+    """Draw the full DI and the phase DIs of a few clips side by side (PNG)."""
+    from pipeline.preview import dynamic_image_sheet, pick_samples  # matplotlib only when drawing
+
+    data = read_dynamic_images(file)
+    if len(data) == 0:
+        raise MerError(f"{file} holds no samples")
+    figure = dynamic_image_sheet(data, pick_samples(data, max(1, count)))
+    with atomic_output(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    click.echo(f"preview of {min(count, len(data))} clips -> {out}")

@@ -23,7 +23,7 @@ def _progress(results, total: int, dataset: str):
 @jobs_option
 @params_option
 def demo_data(out: str, preset: str | None, fmt: str | None, seed: int | None, jobs: int | None, params_file: str) -> None:
-    """Generate synthetic CASME II / SAMM copies with learnable micro-expressions."""
+    """Generate synthetic CASME II and SAMM copies."""
     params = stage_params(params_file, "demo", preset=preset, format=fmt, seed=seed, jobs=jobs)
     preset, fmt = str(params.get("preset", "demo")), str(params.get("format", "both"))
     if preset not in PRESET_NAMES:

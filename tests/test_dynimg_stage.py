@@ -93,3 +93,14 @@ def test_bad_phase_setting_is_rejected_before_anything_is_written(tmp_path, inpu
     assert result.exit_code != 0
     assert "invalid dynimg settings" in result.output and "middle" in result.output
     assert not out.exists()
+
+
+def test_preview_draws_every_phase_of_a_few_clips(tmp_path, inputs, project_params):
+    _, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    png = tmp_path / "preview.png"
+    result = CliRunner().invoke(cli, ["cache", "preview", str(out), "--out", str(png), "--count", "2"])
+    assert result.exit_code == 0, result.output
+    import cv2
+
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 300 and image.shape[1] > 500  # 2 rows x 3 phase columns
