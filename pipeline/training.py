@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .cache import DynamicImageSet
 from .errors import MerError
-from .models import build_model, count_parameters, input_normalization
+from .models import build_model, count_parameters
 
 MODES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baseline": (("full",), ("full",)),
@@ -437,6 +437,3 @@ def write_run(
     (out_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     return run
 
-
-def model_normalization(settings: TrainSettings, num_classes: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return input_normalization(build_model(settings.model, num_classes, False, None, settings.input_size))

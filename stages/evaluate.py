@@ -54,7 +54,12 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
     }
     counts = confusion(predictions)
     title = f"{info.get('model', '')} {info.get('mode', '')}: acc {metrics['accuracy']:.3f}, UF1 {metrics['uf1']:.3f}, UAR {metrics['uar']:.3f}"
-    text = json.dumps(metrics, indent=2) + "\n"
+    # `dvc metrics show` lists every number of the file: keep it to the headline figures and put the
+    # per-class and per-subject tables in the reports folder.
+    headline = {key: metrics[key] for key in ("accuracy", "uf1", "uar", "n_samples", "n_subjects", "model", "mode")}
+    if "per_dataset" in metrics:
+        headline["per_dataset"] = metrics["per_dataset"]
+    text = json.dumps(headline, indent=2) + "\n"
     with atomic_output(out, directory=True) as tmp:
         plot_confusion(counts, label_names, tmp / "confusion_matrix.png", bool(params.get("confusion_normalize", True)), title.strip())
         write_confusion_csv(tmp / "confusion_matrix.csv", counts, label_names)
@@ -67,6 +72,7 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
             for scope, row in scopes:
                 writer.writerow([Path(run_dir).name, info.get("model", ""), info.get("mode", ""), scope,
                                  f"{row['accuracy']:.4f}", f"{row['uf1']:.4f}", f"{row['uar']:.4f}", row["n_samples"]])
+        (tmp / "details.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if metrics_file is None:
             (tmp / "metrics.json").write_text(text)
     if metrics_file is not None:

@@ -7,14 +7,24 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline.cache import read_dynamic_images, write_dynamic_images
-from pipeline.errors import MerError
 from pipeline.metrics import Predictions, compute_metrics, uar, uf1
-from pipeline.training import TrainSettings, fold_dir_name, fold_keys, load_loso_data, prepare_images, train_fold
+from pipeline.errors import MerError
+from pipeline.training import (
+    TrainSettings,
+    augment_batch,
+    fold_dir_name,
+    fold_keys,
+    load_loso_data,
+    prepare_images,
+    resolve_device,
+    train_fold,
+)
 from stages.cli import cli
 from tests.conftest import PROJECT, write_params
 
@@ -104,11 +114,13 @@ def test_train_writes_every_fold_and_the_pooled_predictions(dual_run):
 
 def test_evaluate_writes_metrics_and_reports(dual_run):
     metrics = json.loads(dual_run["metrics"].read_text())
-    for key in ("accuracy", "uf1", "uar", "n_samples", "per_class", "per_subject"):
-        assert key in metrics
-    assert metrics["n_samples"] == 18 and sorted(metrics["per_subject"]) == SUBJECTS
+    assert {"accuracy", "uf1", "uar", "n_samples", "n_subjects"} <= set(metrics)
+    assert "per_subject" not in metrics  # `dvc metrics show` stays readable; details go to the reports
+    assert metrics["n_samples"] == 18
     assert metrics["accuracy"] > 0.6, metrics  # chance is 1/3 on this learnable toy set
     reports = dual_run["reports"]
+    details = json.loads((reports / "details.json").read_text())
+    assert sorted(details["per_subject"]) == SUBJECTS and set(details["per_class"]) == set(CLASSES)
     assert (reports / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     per_class = read_csv(reports / "per_class.csv")
     assert [r["class"] for r in per_class] == CLASSES and all(int(r["support"]) == 6 for r in per_class)
@@ -158,6 +170,24 @@ def test_prepare_images_resizes_once_and_normalizes():
     out = prepare_images(stack, 16, (0.5,) * 3, (0.5,) * 3)
     assert out.shape == (2, 3, 16, 16) and out.dtype == np.float32
     assert np.allclose(out[0], -1) and np.allclose(out[1], 1)
+
+
+def test_augmentation_flips_or_keeps_each_sample_and_rotation_keeps_shape():
+    x = torch.rand(16, 3, 8, 8)
+    flipped = augment_batch(x, torch.Generator().manual_seed(0), flip=True, rotation=0)
+    same = [torch.equal(a, b) for a, b in zip(flipped, x)]
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 16
+    rotated = augment_batch(x, torch.Generator().manual_seed(0), flip=False, rotation=10)
+    assert rotated.shape == x.shape and not torch.equal(rotated, x)
+    assert TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10}).augment_flip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_requested_without_a_gpu():
+    with pytest.raises(MerError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
 
 
 def test_fold_keys_prefix_the_dataset_when_datasets_are_mixed():
