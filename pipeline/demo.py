@@ -688,7 +688,7 @@ def intensity_curve(n_frames: int, apex_index: int, residual: float = 0.0) -> np
 
 
 # Peak landmark displacement, in pixels for a face 265 px wide (a 640x480 CASME II frame).
-AMPLITUDE_RANGE = (2.0, 3.6)
+AMPLITUDE_RANGE = (1.5, 3.0)
 REFERENCE_FACE_WIDTH = 265.0
 _NOISE_PAD = 32
 
