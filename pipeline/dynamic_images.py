@@ -97,14 +97,39 @@ def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBoun
 
 
 def phase_frames(
-    bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int
+    bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, min_frames: int = 1
 ) -> tuple[int, int]:
-    """The phase's first and last frame number, clipped to the clip's onset..offset."""
+    """The phase's first and last frame number, clipped to the clip's onset..offset.
+
+    A phase shorter than `min_frames` is widened one frame at a time, alternately at its end and
+    at its start, staying within onset..offset, until it is long enough or spans the whole clip:
+    an onset-apex phase with the apex on the onset frame becomes [onset, onset + 1] rather than a
+    motionless single frame.
+    """
     start = max(onset, min(offset, bounds[0].frame(onset, apex, offset)))
     end = max(onset, min(offset, bounds[1].frame(onset, apex, offset)))
     if end < start:
         raise ValueError(f"phase ends (frame {end}) before it starts (frame {start})")
+    grow_end = True
+    while end - start + 1 < min_frames and (start > onset or end < offset):
+        if (grow_end and end < offset) or start == onset:
+            end += 1
+        else:
+            start -= 1
+        grow_end = not grow_end
     return start, end
+
+
+def phase_weights(frame_numbers: np.ndarray, windows: Mapping[str, tuple[int, int]], variant: str = "harmonic") -> np.ndarray:
+    """(P, T) float32 matrix whose row p holds phase p's rank-pooling weights over the clip's frames."""
+    index = {int(n): i for i, n in enumerate(frame_numbers)}
+    weights = np.zeros((len(windows), len(frame_numbers)), np.float32)
+    for row, (name, (start, end)) in enumerate(windows.items()):
+        missing = [n for n in range(start, end + 1) if n not in index]
+        if missing:
+            raise ValueError(f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} of phase {name} are not in the aligned clip")
+        weights[row, index[start] : index[end] + 1] = rank_pooling_coefficients(end - start + 1, variant)
+    return weights
 
 
 def clip_dynamic_images(
@@ -117,24 +142,89 @@ def clip_dynamic_images(
     variant: str = "harmonic",
     size: int | None = None,
     per_channel: bool = False,
+    min_frames: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """uint8 DIs of one clip for every phase, and the number of frames each phase spans.
 
-    Rank pooling and resizing are both linear, so the DI is computed at the aligned resolution
-    and resized once, instead of resizing every frame.
+    All phases come from one matrix product over the clip, so its frames are converted to float
+    and read once whatever the number of phases. Rank pooling and resizing are both linear, so
+    each DI is resized once at the end instead of resizing every frame.
     """
-    index = {int(n): i for i, n in enumerate(frame_numbers)}
-    images, lengths = {}, {}
-    for name, bounds in phases.items():
-        start, end = phase_frames(bounds, onset, apex, offset)
-        missing = [n for n in (start, end) if n not in index]
-        if missing:
-            raise ValueError(f"frames {missing} of phase {name} are not in the aligned clip")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SingleFrameWarning)  # counted and reported by the stage
-            image = dynamic_image(frames[index[start] : index[end] + 1], variant)
+    windows = {name: phase_frames(bounds, onset, apex, offset, min_frames) for name, bounds in phases.items()}
+    weights = phase_weights(frame_numbers, windows, variant)
+    used = np.flatnonzero(weights.any(axis=0))  # frames outside every phase are not even converted
+    shape = frames.shape[1:]
+    flat = frames[used[0] : used[-1] + 1].reshape(used[-1] - used[0] + 1, -1).astype(np.float32)
+    stack = (weights[:, used[0] : used[-1] + 1] @ flat).reshape(len(windows), *shape)
+    images = {}
+    for name, image in zip(windows, stack):
         if size is not None and image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         images[name] = to_uint8(image, per_channel)
-        lengths[name] = end - start + 1
-    return images, lengths
+    return images, {name: end - start + 1 for name, (start, end) in windows.items()}
+
+
+APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
+
+
+@dataclass(frozen=True)
+class DynamicImageSettings:
+    """The dynimg section of params.yaml, validated."""
+
+    phases: dict
+    variant: str = "harmonic"
+    normalize: str = "global"  # global | per_channel
+    size: int = 112
+    apex: str = "annotated_or_estimated"
+    min_phase_frames: int = 2
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> "DynamicImageSettings":
+        settings = cls(
+            phases=parse_phases(params.get("phases")),  # type: ignore[arg-type]
+            variant=str(params.get("variant", "harmonic")),
+            normalize=str(params.get("normalize", "global")),
+            size=int(params.get("size", 112)),  # type: ignore[arg-type]
+            apex=str(params.get("apex", "annotated_or_estimated")),
+            min_phase_frames=int(params.get("min_phase_frames", 2)),  # type: ignore[arg-type]
+        )
+        if settings.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {settings.variant!r}")
+        if settings.normalize not in ("global", "per_channel"):
+            raise ValueError(f"normalize must be global or per_channel, got {settings.normalize!r}")
+        if settings.apex not in APEX_SOURCES:
+            raise ValueError(f"apex must be one of {APEX_SOURCES}, got {settings.apex!r}")
+        if settings.size < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {settings.size}")
+        if settings.min_phase_frames < 1:
+            raise ValueError(f"min_phase_frames must be at least 1, got {settings.min_phase_frames}")
+        return settings
+
+
+def apply_overrides(samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None) -> tuple[list[dict], list[str]]:
+    """Samples with per-clip corrections {"subject/clip": {onset|apex|offset: frame}} applied.
+
+    Returns the corrected samples (apex_source "override" where the apex was set) and one
+    message per override that names no sample or holds anything but those three keys.
+    """
+    overrides = dict(overrides or {})
+    problems = []
+    by_key = {f"{s['subject']}/{s['clip']}": s for s in samples}
+    for key, values in overrides.items():
+        if key not in by_key:
+            problems.append(f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)")
+        elif not isinstance(values, Mapping) or not set(values) <= set(ANCHORS) or not values:
+            problems.append(f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}")
+    if problems:
+        return samples, problems
+    corrected = []
+    for sample in samples:
+        change = overrides.get(f"{sample['subject']}/{sample['clip']}")
+        if change:
+            sample = {**sample, **{k: int(v) for k, v in change.items()}}  # type: ignore[arg-type]
+            if "apex" in change:
+                sample["apex_source"] = "override"
+            if not sample["onset"] <= sample["apex"] <= sample["offset"]:
+                problems.append(f"override {sample['subject']}/{sample['clip']}: onset <= apex <= offset does not hold")
+        corrected.append(sample)
+    return corrected, problems

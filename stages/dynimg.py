@@ -13,10 +13,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.annotations import label_names_for, read_samples
+from pipeline.annotations import estimate_apex, label_names_for, read_samples
 from pipeline.atomic import atomic_output
 from pipeline.cache import ALIGNED_SCHEMA, open_cache, write_dynamic_images
-from pipeline.dynamic_images import VARIANTS, clip_dynamic_images, parse_phases
+from pipeline.dynamic_images import DynamicImageSettings, apply_overrides, clip_dynamic_images
 from pipeline.errors import InputProblems, MerError
 from pipeline.parallel import limit_native_threads, ordered_map
 from stages.common import jobs_option, params_option, recorded_params, stage_params
@@ -28,20 +28,28 @@ def _aligned_handle(path: str) -> h5py.File:
     return open_cache(path, ALIGNED_SCHEMA)
 
 
-def _compute(aligned_path: str, sample: dict, phases, variant: str, size: int, per_channel: bool):
+def _compute(aligned_path: str, sample: dict, settings: DynamicImageSettings):
+    """DIs of one clip, or a message naming the clip when it cannot be computed."""
     limit_native_threads()
     key = f"{sample['subject']}/{sample['clip']}"
     handle = _aligned_handle(aligned_path)
     if key not in handle:
         return f"{key}: not in the aligned cache {aligned_path} (was the clip aligned?)"
-    group = handle[key]
+    frames, numbers = handle[key]["frames"][()], handle[key]["frame_numbers"][()]
+    onset, apex, offset = sample["onset"], sample["apex"], sample["offset"]
     try:
-        return clip_dynamic_images(
-            group["frames"][()], group["frame_numbers"][()], sample["onset"], sample["apex"], sample["offset"],
-            phases, variant, size, per_channel,
+        if settings.apex == "estimated" and sample["apex_source"] != "override":
+            inside = np.flatnonzero((numbers >= onset) & (numbers <= offset))
+            if len(inside) == 0:
+                raise ValueError(f"no aligned frame between onset {onset} and offset {offset}")
+            apex = int(numbers[inside[estimate_apex(frames[inside])]])
+        images, lengths = clip_dynamic_images(
+            frames, numbers, onset, apex, offset, settings.phases, settings.variant, settings.size,
+            settings.normalize == "per_channel", settings.min_phase_frames,
         )
     except ValueError as exc:
         return f"{key}: {exc}"
+    return images, lengths, apex
 
 
 def _fingerprint(samples_path: str, aligned_path: str, samples: list[dict], params: dict) -> str:
@@ -66,39 +74,36 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     """Compute full, onset-apex and apex-offset dynamic images into an HDF5 cache."""
     params = stage_params(params_file, "dynimg", jobs=jobs, classes=classes)
     try:
-        phases = parse_phases(params.get("phases"))
-        variant = params.get("variant", "harmonic")
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        normalize = params.get("normalize", "global")
-        if normalize not in ("global", "per_channel"):
-            raise ValueError(f"normalize must be global or per_channel, got {normalize!r}")
-        size = int(params.get("size", 112))
-        if size < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {size}")
+        settings = DynamicImageSettings.from_params(params)
     except (TypeError, ValueError) as exc:
         raise MerError(f"{params_file}: invalid dynimg settings: {exc}") from exc
     rows = read_samples(samples)
     if not rows:
         raise MerError(f"{samples} holds no samples; check the annotate stage's summary")
+    rows, problems = apply_overrides(rows, params.get("overrides"))
+    if problems:
+        raise InputProblems(f"{params_file}: dynimg.overrides cannot be applied", problems)
+    skipped = [r for r in rows if settings.apex == "annotated" and r["apex_source"] == "imputed"]
+    rows = [r for r in rows if r not in skipped]
     label_names = label_names_for(params["classes"], rows[0]["dataset"]) if params.get("classes") else sorted({r["label"] for r in rows})
     unknown = sorted({r["label"] for r in rows} - set(label_names))
     if unknown:
         raise MerError(f"{samples}: labels {unknown} are not in class preset {params.get('classes')!r}")
     _aligned_handle(str(aligned))  # fail early, in this process, on a missing or wrong cache
 
-    stacks: dict[str, list[np.ndarray]] = {name: [] for name in phases}
-    problems, single_frame = [], Counter()
-    work = ((str(aligned), row, phases, variant, size, normalize == "per_channel") for row in rows)
-    results = ordered_map(_compute, work, int(params.get("jobs", 1)))
+    stacks: dict[str, list[np.ndarray]] = {name: [] for name in settings.phases}
+    problems, short = [], Counter()
+    results = ordered_map(_compute, ((str(aligned), row, settings) for row in rows), int(params.get("jobs", 1)))
     for row, result in zip(rows, tqdm(results, total=len(rows), desc="dynamic images", unit="clip", disable=None)):
         if isinstance(result, str):
             problems.append(result)
             continue
-        images, lengths = result
+        images, lengths, apex = result
+        if settings.apex == "estimated" and row["apex_source"] != "override":
+            row["apex"], row["apex_source"] = apex, "estimated"
         for name, image in images.items():
             stacks[name].append(image)
-            single_frame[name] += lengths[name] == 1
+            short[name] += lengths[name] == 1
     if problems:
         raise InputProblems(f"dynamic images failed for {len(problems)} of {len(rows)} clips; nothing was written", problems)
 
@@ -110,9 +115,14 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
             tmp, columns, {name: np.stack(stack) for name, stack in stacks.items()}, label_names, recorded_params(params),
             extra_attrs={"fingerprint": _fingerprint(samples, str(aligned), rows, recorded_params(params))},
         )
-    counts = Counter(r["label"] for r in rows)
-    click.echo(f"{len(rows)} clips x {len(phases)} phases ({', '.join(phases)}) -> {out}")
+    counts, sources = Counter(r["label"] for r in rows), Counter(r["apex_source"] for r in rows)
+    click.echo(f"{len(rows)} clips x {len(settings.phases)} phases ({', '.join(settings.phases)}) -> {out}")
     click.echo("  per class: " + ", ".join(f"{name} {counts[name]}" for name in label_names))
-    for name, count in single_frame.items():
+    click.echo("  apex: " + ", ".join(f"{source} {n}" for source, n in sorted(sources.items())))
+    if skipped:
+        click.echo(f"  skipped {len(skipped)} clip(s) without an annotated apex (apex: annotated): "
+                   + ", ".join(f"{r['subject']}/{r['clip']}" for r in skipped))
+    for name, count in short.items():
         if count:
-            click.echo(f"  warning: {count} clip(s) have a one-frame {name} phase (no motion; DI is the frame itself)")
+            click.echo(f"  warning: {count} clip(s) have a one-frame {name} phase even after widening "
+                       f"(clip shorter than min_phase_frames): no motion, the DI is the frame itself")

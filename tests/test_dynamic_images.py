@@ -95,3 +95,23 @@ def test_onset_apex_and_apex_offset_images_have_opposite_motion():
     centre, corner = (6, 6, 0), (0, 0, 0)
     assert images["onset_apex"][centre] > images["onset_apex"][corner]
     assert images["apex_offset"][centre] < images["apex_offset"][corner]
+
+
+def test_short_phases_are_widened_within_the_clip():
+    onset_apex = parse_phases(None)["onset_apex"]
+    assert phase_frames(onset_apex, 10, 10, 30, min_frames=2) == (10, 11)  # apex on the onset frame
+    assert phase_frames(onset_apex, 10, 10, 30, min_frames=4) == (10, 13)  # cannot grow before the onset
+    apex_offset = parse_phases(None)["apex_offset"]
+    assert phase_frames(apex_offset, 10, 30, 30, min_frames=3) == (28, 30)
+    assert phase_frames(parse_phases({"mid": ["apex", "apex"]})["mid"], 10, 20, 30, min_frames=3) == (19, 21)
+    assert phase_frames(onset_apex, 10, 10, 10, min_frames=3) == (10, 10)  # a one-frame clip stays one frame
+
+
+def test_all_phases_come_from_one_product_equal_to_separate_dynamic_images():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (25, 12, 10, 3), dtype=np.uint8)
+    numbers = np.arange(300, 325)
+    phases = parse_phases({"full": ["onset", "offset"], "a": ["onset", "apex"], "b": ["apex", "offset-3"]})
+    images, _ = clip_dynamic_images(frames, numbers, 302, 311, 324, phases, size=None)
+    for name, (lo, hi) in {"full": (2, 24), "a": (2, 11), "b": (11, 21)}.items():
+        assert np.array_equal(images[name], to_uint8(dynamic_image(frames[lo : hi + 1])))

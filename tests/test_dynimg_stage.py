@@ -104,3 +104,17 @@ def test_preview_draws_every_phase_of_a_few_clips(tmp_path, inputs, project_para
 
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 500  # 2 rows x 3 phase columns
+
+
+def test_apex_sources_and_overrides(tmp_path, inputs, project_params):
+    project_params["dynimg"].update(apex="estimated", overrides={"sub02/EP07_02": {"apex": 125}})
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    data = read_dynamic_images(out)
+    # the squares peak at frames 46+5 and 3+2: estimated from the aligned frames; the third is overridden
+    assert (np.abs(data.samples["apex"] - [51, 5, 125]) <= [1, 1, 0]).all()
+    assert data.samples["apex_source"].tolist() == ["estimated", "estimated", "override"]
+
+    project_params["dynimg"].update(apex="annotated", overrides={"sub09/EP01_01": {"apex": 3}})
+    result, _ = _dynimg(tmp_path, inputs, project_params)
+    assert result.exit_code != 0 and "sub09/EP01_01" in result.output and "no such clip" in result.output
