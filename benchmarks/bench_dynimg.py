@@ -1,0 +1,90 @@
+"""Dynamic-image regeneration speed on the casme2-scale demo (issue: DIs must be fast to redo).
+
+Measures, in one run on the same aligned cache:
+  read   - only reading every sample's aligned frames from the HDF5 cache (the I/O floor);
+  regen  - the dynimg stage's computation of all phase DIs (`clip_dynamic_images`), reading included;
+  loop   - a straightforward reference: per phase, frames read one by one and accumulated in a
+           Python loop with each coefficient computed from the formula's sum.
+and prints regen/read (target <= 2) and loop/regen (target >= 20).
+
+Usage: python benchmarks/bench_dynimg.py [--workdir /tmp/mer-bench] [--clips N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+
+from benchmarks.workload import casme2_scale, machine_line
+from pipeline.annotations import read_samples
+from pipeline.dynamic_images import DynamicImageSettings, clip_dynamic_images, phase_frames, to_uint8
+from pipeline.params import load_section
+
+
+def read_only(handle: h5py.File, samples: list[dict]) -> float:
+    start = time.perf_counter()
+    for s in samples:
+        handle[f"{s['subject']}/{s['clip']}/frames"][()]
+    return time.perf_counter() - start
+
+
+def regenerate(handle: h5py.File, samples: list[dict], settings: DynamicImageSettings) -> float:
+    start = time.perf_counter()
+    for s in samples:
+        group = handle[f"{s['subject']}/{s['clip']}"]
+        clip_dynamic_images(group["frames"][()], group["frame_numbers"][()], s["onset"], s["apex"], s["offset"],
+                            settings.phases, settings.variant, settings.size, False, settings.min_phase_frames)
+    return time.perf_counter() - start
+
+
+def loop_reference(handle: h5py.File, samples: list[dict], settings: DynamicImageSettings) -> float:
+    start = time.perf_counter()
+    for s in samples:
+        group = handle[f"{s['subject']}/{s['clip']}"]
+        numbers = group["frame_numbers"][()].tolist()
+        for bounds in settings.phases.values():
+            first, last = phase_frames(bounds, s["onset"], s["apex"], s["offset"], settings.min_phase_frames)
+            T = last - first + 1
+            di = np.zeros(group["frames"].shape[1:], np.float64)
+            for t in range(1, T + 1):
+                a_t = sum((2 * k - T - 1) / k for k in range(t, T + 1))
+                di += a_t * group["frames"][numbers.index(first + t - 1)].astype(np.float64)
+            to_uint8(cv2.resize(di.astype(np.float32), (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
+    parser.add_argument("--clips", type=int, default=None, help="use only the first N clips (quicker)")
+    parser.add_argument("--loop-clips", type=int, default=25, help="clips timed with the slow loop reference")
+    args = parser.parse_args()
+    work = casme2_scale(args.workdir)
+    settings = DynamicImageSettings.from_params(load_section(work["params"], "dynimg"))
+    samples = read_samples(work["samples"])[: args.clips]
+    n_frames = sum(s["offset"] - s["onset"] + 1 for s in samples)
+    print(machine_line())
+    with h5py.File(work["aligned"], "r") as handle:
+        shape = handle[f"{samples[0]['subject']}/{samples[0]['clip']}/frames"].shape[1:]
+        print(f"workload: casme2-scale, {len(samples)} clips, {n_frames} frames of {shape}, "
+              f"phases {', '.join(settings.phases)}, DI size {settings.size}, one process")
+        read_only(handle, samples[:5])  # warm the page cache equally for everyone
+        t_read = read_only(handle, samples)
+        t_regen = regenerate(handle, samples, settings)
+        subset = samples[: args.loop_clips]
+        t_loop_subset = loop_reference(handle, subset, settings)
+        t_regen_subset = regenerate(handle, subset, settings)
+    print(f"read aligned frames:   {t_read:7.2f} s")
+    print(f"regenerate all DIs:    {t_regen:7.2f} s")
+    print(f"per-frame loop ({len(subset)} clips): {t_loop_subset:7.2f} s vs {t_regen_subset:.2f} s for the same clips")
+    print(f"ratio regen / read:    {t_regen / t_read:7.2f}  (target <= 2)")
+    print(f"ratio loop / regen:    {t_loop_subset / t_regen_subset:7.2f}  (target >= 20)")
+
+
+if __name__ == "__main__":
+    main()
