@@ -24,3 +24,13 @@ def write_params(folder: Path, params: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """The `tiny` demo copy (CASME II and SAMM layouts with ground truth), generated once per run."""
+    from pipeline.demo import generate
+
+    out = tmp_path_factory.mktemp("tiny-demo") / "demo"
+    generate(out, preset="tiny", fmt="both", seed=7)
+    return out

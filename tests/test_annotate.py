@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -380,17 +379,13 @@ def test_one_noisy_frame_does_not_win():
 
 
 # --------------------------------------------------------------------------------------------
-# The demo data generator (written in parallel; used only when present)
+# The demo data, whose true apexes are known
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("pipeline.demo") is None, reason="pipeline.demo not available")
-def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params):
+def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params, tiny_demo):
     params = write_params(tmp_path, project_params)
-    demo = tmp_path / "demo"
-    result = CliRunner().invoke(cli, ["demo-data", "--out", str(demo), "--preset", "tiny", "--params", str(params)])
-    assert result.exit_code == 0, result.output
+    demo = tiny_demo
     layouts = {"casme2": ("CASME2_RAW_selected", "CASME2-coding-20140508.xlsx"), "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx")}
     n_imputed = 0
     for dataset, (folder, coding) in layouts.items():
