@@ -16,7 +16,7 @@ from tqdm import tqdm
 from pipeline.annotations import estimate_apex, label_names_for, read_samples
 from pipeline.atomic import atomic_output
 from pipeline.cache import ALIGNED_SCHEMA, open_cache, write_dynamic_images
-from pipeline.dynamic_images import DynamicImageSettings, apply_overrides, clip_dynamic_images
+from pipeline.dynamic_images import DynamicImageSettings, apply_overrides, clip_dynamic_images, phase_frames
 from pipeline.errors import InputProblems, MerError
 from pipeline.parallel import limit_native_threads, ordered_map
 from stages.common import jobs_option, params_option, recorded_params, stage_params
@@ -92,7 +92,7 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     _aligned_handle(str(aligned))  # fail early, in this process, on a missing or wrong cache
 
     stacks: dict[str, list[np.ndarray]] = {name: [] for name in settings.phases}
-    problems, short = [], Counter()
+    problems, short, widened = [], Counter(), Counter()
     results = ordered_map(_compute, ((str(aligned), row, settings) for row in rows), int(params.get("jobs", 1)))
     for row, result in zip(rows, tqdm(results, total=len(rows), desc="dynamic images", unit="clip", disable=None)):
         if isinstance(result, str):
@@ -103,6 +103,8 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
             row["apex"], row["apex_source"] = apex, "estimated"
         for name, image in images.items():
             stacks[name].append(image)
+            start, end = phase_frames(settings.phases[name], row["onset"], row["apex"], row["offset"])
+            widened[name] += lengths[name] > end - start + 1
             short[name] += lengths[name] == 1
     if problems:
         raise InputProblems(f"dynamic images failed for {len(problems)} of {len(rows)} clips; nothing was written", problems)
@@ -122,6 +124,9 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     if skipped:
         click.echo(f"  skipped {len(skipped)} clip(s) without an annotated apex (apex: annotated): "
                    + ", ".join(f"{r['subject']}/{r['clip']}" for r in skipped))
+    for name, count in widened.items():
+        if count:
+            click.echo(f"  {count} clip(s) had a {name} phase shorter than {settings.min_phase_frames} frames: widened within the clip")
     for name, count in short.items():
         if count:
             click.echo(f"  warning: {count} clip(s) have a one-frame {name} phase even after widening "
