@@ -4,8 +4,9 @@ Measures, in one run on the same aligned cache:
   read   - only reading every sample's aligned frames from the HDF5 cache (the I/O floor);
   regen  - the dynimg stage's computation of all phase DIs (`clip_dynamic_images`), reading included;
   loop   - a straightforward reference: per phase, frames read one by one and accumulated in a
-           Python loop with each coefficient computed from the formula's sum.
-and prints regen/read (target <= 2) and loop/regen (target >= 20).
+           Python loop with each coefficient computed from the formula's sum;
+  compute - the same two computations on frames already in memory (no reading at all).
+and prints regen/read (target <= 2) and loop/regen (target >= 20), end to end and compute only.
 
 Usage: python benchmarks/bench_dynimg.py [--workdir /tmp/mer-bench] [--clips N]
 """
@@ -58,6 +59,29 @@ def loop_reference(handle: h5py.File, samples: list[dict], settings: DynamicImag
     return time.perf_counter() - start
 
 
+def loop_in_memory(clips: list[tuple[np.ndarray, np.ndarray, dict]], settings: DynamicImageSettings) -> float:
+    start = time.perf_counter()
+    for frames, numbers, s in clips:
+        position = {int(n): i for i, n in enumerate(numbers)}
+        for bounds in settings.phases.values():
+            first, last = phase_frames(bounds, s["onset"], s["apex"], s["offset"], settings.min_phase_frames)
+            T = last - first + 1
+            di = np.zeros(frames.shape[1:], np.float64)
+            for t in range(1, T + 1):
+                a_t = sum((2 * k - T - 1) / k for k in range(t, T + 1))
+                di += a_t * frames[position[first + t - 1]].astype(np.float64)
+            to_uint8(cv2.resize(di.astype(np.float32), (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+    return time.perf_counter() - start
+
+
+def regen_in_memory(clips: list[tuple[np.ndarray, np.ndarray, dict]], settings: DynamicImageSettings) -> float:
+    start = time.perf_counter()
+    for frames, numbers, s in clips:
+        clip_dynamic_images(frames, numbers, s["onset"], s["apex"], s["offset"], settings.phases, settings.variant,
+                            settings.size, False, settings.min_phase_frames)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
@@ -79,11 +103,17 @@ def main() -> None:
         subset = samples[: args.loop_clips]
         t_loop_subset = loop_reference(handle, subset, settings)
         t_regen_subset = regenerate(handle, subset, settings)
+        loaded = [(handle[f"{s['subject']}/{s['clip']}/frames"][()], handle[f"{s['subject']}/{s['clip']}/frame_numbers"][()], s)
+                  for s in subset]
+    t_loop_memory = loop_in_memory(loaded, settings)
+    t_regen_memory = regen_in_memory(loaded, settings)
     print(f"read aligned frames:   {t_read:7.2f} s")
     print(f"regenerate all DIs:    {t_regen:7.2f} s")
     print(f"per-frame loop ({len(subset)} clips): {t_loop_subset:7.2f} s vs {t_regen_subset:.2f} s for the same clips")
     print(f"ratio regen / read:    {t_regen / t_read:7.2f}  (target <= 2)")
-    print(f"ratio loop / regen:    {t_loop_subset / t_regen_subset:7.2f}  (target >= 20)")
+    print(f"ratio loop / regen:    {t_loop_subset / t_regen_subset:7.2f}  (target >= 20), reading included")
+    print(f"compute only, frames in memory ({len(subset)} clips): loop {t_loop_memory:.2f} s, regen {t_regen_memory:.2f} s, "
+          f"ratio {t_loop_memory / t_regen_memory:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def casme2_scale(workdir: Path, jobs: int = 2) -> dict[str, Path]:
     params = workdir / "params.yaml"
     settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
     settings["demo"].update(preset="casme2-scale", format="casme2")
-    params.write_text(yaml.safe_dump(settings))
+    params.write_text(yaml.safe_dump(settings, sort_keys=False))
     demo, aligned, samples = workdir / "demo", workdir / "aligned.h5", workdir / "samples.csv"
     root, coding = demo / "casme2" / "CASME2_RAW_selected", demo / "casme2" / "CASME2-coding-20140508.xlsx"
     if not demo.exists():
