@@ -185,3 +185,110 @@ def write_confusion_csv(path: str | Path, counts: np.ndarray, label_names: Seque
         writer.writerow(["true \\ predicted", *label_names])
         for name, row in zip(label_names, counts):
             writer.writerow([name, *map(int, row)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty over subjects: LOSO folds are subjects, so subjects are the unit to resample.
+
+def metrics_from_confusion(counts: np.ndarray) -> dict[str, float]:
+    """Accuracy, UF1 and UAR from a (K, K) confusion matrix (rows true), same rules as above."""
+    total = counts.sum()
+    true_per_class, predicted_per_class, hits = counts.sum(axis=1), counts.sum(axis=0), np.diag(counts)
+    present = true_per_class > 0
+    recall = hits[present] / true_per_class[present]
+    precision = np.divide(hits[present], predicted_per_class[present], out=np.zeros(present.sum()), where=predicted_per_class[present] > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=(precision + recall) > 0)
+    return {"accuracy": float(hits.sum() / total), "uf1": float(f1.mean()), "uar": float(recall.mean())}
+
+
+def _per_subject_confusions(subjects: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """(S, K, K) confusion matrices, one per subject, so a resample of subjects is a sum."""
+    names, subject_index = np.unique(subjects, return_inverse=True)
+    flat = np.zeros((len(names), k * k), np.int64)
+    np.add.at(flat, (subject_index, y_true * k + y_pred), 1)
+    return flat.reshape(len(names), k, k)
+
+
+def _subject_draws(n_subjects: int, n_resamples: int, seed: int) -> np.ndarray:
+    """`n_resamples` draws of whole subjects with replacement: subjects are LOSO's unit."""
+    return np.random.default_rng(seed).integers(0, n_subjects, size=(n_resamples, n_subjects))
+
+
+def _interval(values: Sequence[float], level: float) -> list[float]:
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def bootstrap_intervals(
+    predictions: Predictions, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, list[float]]:
+    """Percentile intervals of the pooled metrics, resampling whole subjects with replacement."""
+    k = len(predictions.label_names)
+    confusions = _per_subject_confusions(predictions.subjects, predictions.y_true, predictions.y_pred, k)
+    draws = [metrics_from_confusion(confusions[d].sum(axis=0)) for d in _subject_draws(len(confusions), n_resamples, seed)]
+    return {name: _interval([d[name] for d in draws], level) for name in ("accuracy", "uf1", "uar")}
+
+
+def paired_comparison(
+    reference: Predictions, candidate: Predictions, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Candidate minus reference on the same clips, with a subject bootstrap of the difference.
+
+    Both runs must hold the same clips. For each metric: both values, the observed difference,
+    its percentile interval, and the share of resamples in which the candidate is not better
+    (a one-sided bootstrap p-value: small means the gain is unlikely to be subject noise).
+    """
+    order, other = np.argsort(reference.sample_ids), np.argsort(candidate.sample_ids)
+    if not np.array_equal(reference.sample_ids[order], candidate.sample_ids[other]):
+        raise MerError("the two runs do not hold the same clips; compare runs made from the same DI cache")
+    k = len(reference.label_names)
+    subjects, y_true = reference.subjects[order], reference.y_true[order]
+    a = _per_subject_confusions(subjects, y_true, reference.y_pred[order], k)
+    b = _per_subject_confusions(subjects, y_true, candidate.y_pred[other], k)
+    draws = _subject_draws(len(a), n_resamples, seed)
+    observed_a, observed_b = metrics_from_confusion(a.sum(axis=0)), metrics_from_confusion(b.sum(axis=0))
+    resampled_a = [metrics_from_confusion(a[d].sum(axis=0)) for d in draws]
+    resampled_b = [metrics_from_confusion(b[d].sum(axis=0)) for d in draws]
+    result = {}
+    for name in ("accuracy", "uf1", "uar"):
+        values = [y[name] - x[name] for x, y in zip(resampled_a, resampled_b)]
+        low, high = _interval(values, level)
+        result[name] = {
+            "reference": observed_a[name],
+            "candidate": observed_b[name],
+            "difference": observed_b[name] - observed_a[name],
+            "low": low,
+            "high": high,
+            "p_not_better": float(np.mean(np.asarray(values) <= 0)),
+        }
+    return result
+
+
+def leakage_problems(run_dir: str | Path) -> list[str]:
+    """Problems that would make LOSO results invalid: a fold trained on its held-out subject, or a
+    clip tested in two folds. Read from each fold's manifest and predictions under folds/ (a run
+    without fold folders, such as predictions from another tool, cannot be checked)."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    folds = sorted(p for p in (Path(run_dir) / "folds").glob("*") if p.is_dir())
+    for fold in folds:
+        manifest_path = fold / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"fold {fold.name}: unreadable manifest {manifest_path} ({exc})")
+            continue
+        held_out = manifest.get("held_out_subject")
+        if held_out in set(manifest.get("trained_on_subjects", [])):
+            problems.append(f"fold {fold.name}: trained on its held-out subject {held_out} (test set leaked into training)")
+        try:
+            with open(fold / "predictions.csv", newline="") as handle:
+                ids = [row["sample_id"] for row in csv.DictReader(handle)]
+        except (OSError, KeyError) as exc:
+            problems.append(f"fold {fold.name}: unreadable predictions ({exc})")
+            continue
+        for sample_id in ids:
+            if sample_id in seen:
+                problems.append(f"clip {sample_id} is tested in two folds: {seen[sample_id]} and {fold.name}")
+            seen[sample_id] = fold.name
+    return problems

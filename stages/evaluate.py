@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import atomic_output
-from pipeline.errors import MerError
+from pipeline.errors import InputProblems, MerError
 from pipeline.metrics import (
+    bootstrap_intervals,
     compute_metrics,
     confusion,
+    leakage_problems,
     read_predictions,
     read_run_info,
     write_confusion_csv,
@@ -22,7 +24,7 @@ from pipeline.metrics import (
 from pipeline.plots import plot_confusion
 from stages.common import params_option, stage_params
 
-_KNOWN = {"confusion_normalize"}
+_KNOWN = {"confusion_normalize", "bootstrap", "confidence"}
 
 
 @click.command("evaluate")
@@ -38,6 +40,11 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
     if unknown:
         raise MerError(f"{params_file}: unknown evaluate keys {unknown}; known keys: {sorted(_KNOWN)}")
     info = read_run_info(run_dir)
+    if not (Path(run_dir) / "folds").is_dir():
+        click.echo(f"warning: {run_dir} has no folds/ folder: cannot check the folds for subject leakage", err=True)
+    leaks = leakage_problems(run_dir)
+    if leaks:
+        raise InputProblems(f"{run_dir} is not a valid leave-one-subject-out run; nothing was evaluated", leaks)
     label_names = info["label_names"]
     folds = info.get("folds")
     expected = {fold: int(entry["n_test_samples"]) for fold, entry in folds.items()} if isinstance(folds, dict) else None
@@ -57,6 +64,11 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
     # `dvc metrics show` lists every number of the file: keep it to the headline figures and put the
     # per-class and per-subject tables in the reports folder.
     headline = {key: metrics[key] for key in ("accuracy", "uf1", "uar", "n_samples", "n_subjects", "model", "mode")}
+    resamples = int(params.get("bootstrap", 1000))
+    if resamples > 0:
+        level = float(params.get("confidence", 0.95))
+        intervals = bootstrap_intervals(predictions, resamples, level)
+        metrics["intervals"] = headline["intervals"] = {"level": level, "resamples": resamples, **intervals}
     if "per_dataset" in metrics:
         headline["per_dataset"] = metrics["per_dataset"]
     text = json.dumps(headline, indent=2) + "\n"
