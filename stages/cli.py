@@ -18,6 +18,7 @@ _COMMANDS = {
     "dynimg": "stages.dynimg:dynimg",
     "train": "stages.train:train",
     "evaluate": "stages.evaluate:evaluate",
+    "report": "stages.report:report",
     "cache": "stages.cache_tools:cache",
 }
 
