@@ -16,8 +16,20 @@ spreadsheet row number as Excel shows it. A missing apex is imputed from the fra
 the frame of peak motion relative to the onset (`estimate_apex`) and flagged `imputed`; it is
 never silently the midpoint.
 
+- `generic` (MMEW, CAS(ME)^3, SMIC, a lab's own data): a CSV (or .xlsx) with the columns
+  subject, clip, onset, apex, offset, emotion and optionally action_units; a blank apex is
+  imputed; subjects are kept as written; clip folders are found by a folder pattern relative
+  to the root (`{subject}/{clip}` by default, see `pipeline.frames`).
+
 Class presets map emotions to the labels a study uses, in a fixed label order:
-`casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), or a user mapping.
+`casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), or a user mapping. A generic
+sheet without a class spec keeps every emotion as its own class (`emotions`, sorted).
+
+An overrides file (`read_overrides`: CSV or .xlsx with columns subject, clip, onset, apex,
+offset; a blank cell keeps the sheet's value) corrects the sheet without editing it: the
+values replace the sheet's cells before validation, so they are checked like the sheet's
+own; an apex set by an override gets apex_source `override`; an apex written `/` or -1 in the
+overrides file is re-imputed.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import io
 import re
 import zipfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -35,7 +47,7 @@ import cv2
 import numpy as np
 
 from .errors import InputProblems, MerError
-from .frames import DATASETS, ClipFolder, find_clip_folders, normalize_subject
+from .frames import DATASETS, DEFAULT_FOLDER_PATTERN, ClipFolder, find_clip_folders, normalize_subject
 
 SAMPLE_COLUMNS = (
     "dataset", "subject", "clip", "onset", "apex", "offset", "apex_source",
@@ -43,7 +55,7 @@ SAMPLE_COLUMNS = (
 )
 INT_COLUMNS = ("onset", "apex", "offset", "n_frames", "source_row")
 DROPPED_COLUMNS = ("source_row", "subject", "clip", "emotion", "reason", "detail")
-APEX_SOURCES = ("annotated", "imputed")
+APEX_SOURCES = ("annotated", "imputed", "override")
 HEADER_SEARCH_ROWS = 30  # the header must be within the first rows of a sheet
 
 # --------------------------------------------------------------------------------------------
@@ -83,10 +95,19 @@ _PRESETS: dict[str, dict[object, tuple[tuple[str, tuple[str, ...]], ...]]] = {
             ("negative", ("anger", "contempt", "disgust", "fear", "sadness")),
             ("surprise", ("surprise",)),
         ),
+        # Other datasets (SMIC codes positive / negative / surprise directly; MMEW and CAS(ME)^3
+        # code basic emotions): every negative emotion of both sheets counts as negative.
+        "generic": (
+            ("positive", ("happiness", "happy", "positive")),
+            ("negative", ("anger", "angry", "contempt", "disgust", "fear", "sadness", "sad", "repression", "negative")),
+            ("surprise", ("surprise", "surprised")),
+        ),
     },
 }
 PRESETS = tuple(_PRESETS)
+# No default for generic: without a class spec every emotion of the sheet is its own class.
 DEFAULT_PRESET = {"casme2": "casme2-5", "samm": "samm-5"}
+EMOTIONS_SCHEME = "emotions"
 
 
 @dataclass(frozen=True)
@@ -169,13 +190,24 @@ def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
             "or a mapping such as 'happiness=positive,disgust=negative,surprise=surprise'"
         )
     table = _PRESETS[text]
-    groups = table.get(dataset, table.get(_SAME_FOR_BOTH))
+    groups = table.get(dataset, table.get(_SAME_FOR_BOTH, table.get("generic")))
     return ClassScheme(text, tuple(label for label, _ in groups), {e: label for label, emotions in groups for e in emotions})
 
 
 def label_names_for(spec: str | Mapping[str, Any], dataset: str = "casme2") -> list[str]:
-    """The label order of a class preset or mapping: index i of this list is label i."""
-    return list(class_scheme(spec, dataset).labels)
+    """The label order of a class preset or mapping: index i of this list is label i.
+
+    Any dataset name is accepted (a composite may name its parts freely, e.g. `mmew`); names
+    other than casme2 / samm resolve like `generic`. Every preset has the same label order
+    for every dataset.
+    """
+    return list(class_scheme(spec, dataset if dataset in DATASETS else "generic").labels)
+
+
+def emotions_scheme(emotions: Iterable[str]) -> ClassScheme:
+    """Every emotion its own class, labels sorted: the default for a generic sheet."""
+    keys = sorted({emotion_key(e) for e in emotions if emotion_key(e)})
+    return ClassScheme(EMOTIONS_SCHEME, tuple(keys), {k: k for k in keys})
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,10 +231,11 @@ _FIELD_TITLES = {
     "offset": "OffsetFrame", "emotion": "Estimated Emotion", "action_units": "Action Units",
 }
 _SAMM_TITLES = {**_FIELD_TITLES, "onset": "Onset Frame", "apex": "Apex Frame", "offset": "Offset Frame"}
+_GENERIC_TITLES = {f: f for f in _FIELD_TITLES}
 
 
 def _titles(dataset: str) -> dict[str, str]:
-    return _SAMM_TITLES if dataset == "samm" else _FIELD_TITLES
+    return {"samm": _SAMM_TITLES, "generic": _GENERIC_TITLES}.get(dataset, _FIELD_TITLES)
 _MISSING_APEX = {"", "/", "-", "\\", "?", "n/a", "na", "none", "-1"}
 
 
@@ -235,9 +268,10 @@ class Problem:
     clip: str | None
     reason: str  # short category, used to count dropped rows
     detail: str  # what is wrong and what to do
+    where: str | None = None  # another file's row (an overrides file); None: the coding sheet
 
     def line(self) -> str:
-        where = f"row {self.source_row}" if self.source_row is not None else "sheet"
+        where = self.where or (f"row {self.source_row}" if self.source_row is not None else "sheet")
         who = f"subject {self.subject or '?'}, clip {self.clip or '?'}"
         return f"{where} ({who}): {self.detail}"
 
@@ -254,6 +288,7 @@ class CodingRow:
     offset: int
     emotion: str
     action_units: str
+    overridden: tuple[str, ...] = ()  # fields whose value came from the overrides file
 
 
 @dataclass(frozen=True)
@@ -277,6 +312,8 @@ class CodingSheet:
     rows: list[CodingRow] = field(default_factory=list)
     keys: list[RowKey] = field(default_factory=list)  # every data row, parsed or not
     problems: list[Problem] = field(default_factory=list)
+    overridden: dict[int, tuple[Override, str]] = field(default_factory=dict)  # sheet row -> override, note
+    override_problems: list[Problem] = field(default_factory=list)  # problems of the overrides file
 
 
 def _expected_columns(dataset: str) -> str:
@@ -393,21 +430,15 @@ def _parse_row(
         return cells[index] if index is not None and index < len(cells) else None
 
     problems: list[Problem] = []
-    subject = clip = None
     raw_subject = cell("subject")
-    try:
-        subject = normalize_subject(dataset, raw_subject) if not _blank(raw_subject) else None
-    except ValueError:
-        pass
-    raw_clip = cell("clip")
-    if not _blank(raw_clip):
-        clip = str(int(raw_clip)) if isinstance(raw_clip, float) and raw_clip.is_integer() else str(raw_clip).strip()
+    subject, clip = _row_identity(dataset, cells, columns)
 
     def problem(reason: str, detail: str) -> None:
         problems.append(Problem(number, subject, clip, reason, detail))
 
     if subject is None:
-        example = "an integer such as 1 (folder sub01)" if dataset == "casme2" else "a number such as 006 or 6"
+        example = {"casme2": "an integer such as 1 (folder sub01)", "samm": "a number such as 006 or 6"}.get(
+            dataset, "the subject as its folder is named (without '/')")
         if _blank(raw_subject):
             problem("missing subject", f"no Subject; fill it in with {example}")
         else:
@@ -452,13 +483,134 @@ def _parse_row(
     return row, [], RowKey(number, subject, clip, emotion, (onset, apex, offset, emotion))
 
 
-def read_coding(path: str | Path, dataset: str) -> CodingSheet:
+def _cell(cells: Sequence[Any], columns: Mapping[str, int], name: str) -> Any:
+    index = columns.get(name)
+    return cells[index] if index is not None and index < len(cells) else None
+
+
+def _row_identity(dataset: str, cells: Sequence[Any], columns: Mapping[str, int]) -> tuple[str | None, str | None]:
+    """(subject, clip) of a data row, normalized; None for a part that is blank or invalid."""
+    subject = clip = None
+    raw_subject = _cell(cells, columns, "subject")
+    try:
+        subject = normalize_subject(dataset, raw_subject) if not _blank(raw_subject) else None
+    except ValueError:
+        pass
+    raw_clip = _cell(cells, columns, "clip")
+    if not _blank(raw_clip):
+        clip = str(int(raw_clip)) if isinstance(raw_clip, float) and raw_clip.is_integer() else str(raw_clip).strip()
+    return subject, clip
+
+
+# --------------------------------------------------------------------------------------------
+# Per-clip overrides
+# --------------------------------------------------------------------------------------------
+
+OVERRIDE_FIELDS = ("onset", "apex", "offset")
+REIMPUTE = "/"  # an override apex written '/' or -1: forget the sheet's apex and impute it
+
+
+@dataclass(frozen=True)
+class Override:
+    """One row of an overrides file: the frame numbers it sets (REIMPUTE for the apex)."""
+
+    source_row: int
+    subject: str
+    clip: str
+    values: Mapping[str, int | str]
+
+
+@dataclass
+class Overrides:
+    path: Path
+    rows: list[Override] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def where(self, row: int) -> str:
+        return f"{self.path.name} row {row}"
+
+
+def read_overrides(path: str | Path, dataset: str) -> Overrides:
+    """Parse an overrides file (.csv or .xlsx): columns subject, clip and any of onset, apex, offset.
+
+    A blank cell keeps the coding sheet's value; an apex written '/' or -1 is re-imputed.
+    Subjects are normalized like the sheet's (1 -> sub01 for CASME II). Raises MerError when
+    the file is missing or has no header; row problems (text in a frame column, a row that
+    changes nothing, the same clip twice) are collected with the file's row number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MerError(f"overrides file not found: {path} (annotate.overrides / --overrides)")
+    overrides = Overrides(path)
+    header = None
+    for _, table in _tables(path):
+        for index, row in enumerate(table[:HEADER_SEARCH_ROWS]):
+            columns = _header_columns(row)
+            if "subject" in columns and "clip" in columns and any(f in columns for f in OVERRIDE_FIELDS):
+                header = (index, columns, table)
+                break
+        if header is not None:
+            break
+    if header is None:
+        raise MerError(f"{path} is not an overrides file: no header row with the columns subject, clip and "
+                       "at least one of onset, apex, offset (names matched ignoring case, spaces and '_')")
+    index, columns, table = header
+    seen: dict[tuple[str, str], int] = {}
+    for number, cells in enumerate(table[index + 1 :], start=index + 2):
+        if all(_blank(c) for c in cells):
+            continue
+        subject, clip = _row_identity(dataset, cells, columns)
+
+        def problem(reason: str, detail: str) -> None:
+            overrides.problems.append(Problem(None, subject, clip, reason, detail, overrides.where(number)))
+
+        n_before = len(overrides.problems)
+        if subject is None:
+            problem("override", f"subject {_cell(cells, columns, 'subject')!r} is missing or not a subject id")
+        if clip is None:
+            problem("override", "clip is empty; write the clip folder name")
+        values: dict[str, int | str] = {}
+        for name in OVERRIDE_FIELDS:
+            value = _cell(cells, columns, name)
+            if _blank(value):
+                continue
+            number_value = _int_cell(value)
+            if name == "apex" and (number_value == -1 or (number_value is None and str(value).strip().lower() in _MISSING_APEX)):
+                values[name] = REIMPUTE
+            elif number_value is None:
+                problem("override", f"{name} holds {value!r}, not a frame number; write the integer frame number or leave it blank")
+            elif number_value < 0:
+                problem("override", f"{name} is negative ({number_value})")
+            else:
+                values[name] = number_value
+        if not values and len(overrides.problems) == n_before:
+            problem("override", "sets none of onset, apex, offset; fill one in or delete the row")
+        if subject is not None and clip is not None:
+            if (subject, clip) in seen:
+                problem("override", f"the clip is also overridden on row {seen[(subject, clip)]}; keep one row per clip")
+            else:
+                seen[(subject, clip)] = number
+        if len(overrides.problems) == n_before:
+            overrides.rows.append(Override(number, subject, clip, values))
+    return overrides
+
+
+def _apply_override(cells: Sequence[Any], columns: Mapping[str, int], override: Override) -> list[Any]:
+    cells = list(cells) + [None] * max(0, max(columns.values()) + 1 - len(cells))
+    for name, value in override.values.items():
+        cells[columns[name]] = value
+    return cells
+
+
+def read_coding(path: str | Path, dataset: str, overrides: Overrides | None = None) -> CodingSheet:
     """Parse a coding sheet (.xlsx or .csv) into rows and per-row problems.
 
     Raises MerError when the file is missing, unreadable, has no header row within its first
     rows, or lacks a required column; row-level problems (text in a frame column, onset after
     offset, ...) are collected in `problems`, one per problem, with the spreadsheet row.
-    Duplicates and folders are checked by `annotate_samples`.
+    Duplicates and folders are checked by `annotate_samples`. With `overrides`, their values
+    replace the sheet's cells before the rows are parsed, and an override naming a clip that
+    no row codes is a problem reported with the overrides file's row.
     """
     if dataset not in DATASETS:
         raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
@@ -497,16 +649,37 @@ def read_coding(path: str | Path, dataset: str) -> CodingSheet:
     header = table[index]
     # Messages name the columns as this sheet spells them ('OnsetFrame', 'Onset Frame', ...).
     titles = {f: str(header[i]).strip() for f, i in columns.items()}
+    by_clip = {(o.subject, o.clip): o for o in overrides.rows} if overrides is not None else {}
+    used: set[tuple[str, str]] = set()
     for number, cells in enumerate(table[index + 1 :], start=index + 2):
         key_cells = [cells[columns[f]] if columns[f] < len(cells) else None for f in ("subject", "clip", "onset", "offset")]
         if all(_blank(v) for v in key_cells):
             continue  # blank rows and notes below the table
         sheet.n_rows += 1
+        override = by_clip.get(_row_identity(dataset, cells, columns)) if by_clip else None
+        if override is not None:
+            used.add((override.subject, override.clip))
+            cells = _apply_override(cells, columns, override)
+            sheet.overridden[number] = (override, f"{', '.join(override.values)} from {overrides.where(override.source_row)}")
         row, problems, key = _parse_row(dataset, number, cells, columns, titles)
+        if override is not None and row is not None:
+            row = replace(row, overridden=tuple(override.values))
         sheet.keys.append(key)
         if row is not None:
             sheet.rows.append(row)
         sheet.problems.extend(problems)
+    if overrides is not None:
+        sheet.override_problems = list(overrides.problems)
+        known = {(k.subject, k.clip) for k in sheet.keys}
+        for o in overrides.rows:
+            if (o.subject, o.clip) not in used:
+                hints = sorted(f"{s}/{c}" for s, c in known if c is not None and s is not None and c.lower() == o.clip.lower())
+                hint = f" (the sheet has {', '.join(hints[:3])})" if hints else ""
+                sheet.override_problems.append(Problem(
+                    None, o.subject, o.clip, "override",
+                    f"no row of {path.name} codes subject {o.subject}, clip {o.clip}{hint}; fix the subject or clip of the override",
+                    overrides.where(o.source_row)))
+        sheet.override_problems.sort(key=lambda p: int(p.where.rsplit(" ", 1)[1]))  # by the overrides file's row
     return sheet
 
 
@@ -604,7 +777,7 @@ class Sample:
     onset: int
     apex: int | None
     offset: int
-    apex_source: str  # annotated | imputed ('missing' only when folders were not checked)
+    apex_source: str  # annotated | imputed | override ('missing' only when folders were not checked)
     emotion: str
     label: str
     action_units: str
@@ -644,6 +817,8 @@ class Annotation:
     dropped: list[DroppedRow]
     problems: list[Problem]
     folders_checked: bool
+    overrides: Path | None = None  # the overrides file applied, if any
+    n_overridden: int = 0  # kept samples with values from the overrides file
 
     @property
     def n_imputed(self) -> int:
@@ -696,20 +871,33 @@ def _duplicate_problems(keys: Sequence[RowKey]) -> list[Problem]:
     return problems
 
 
-def _folder_problem(row: CodingRow, clips: Mapping[tuple[str, str], ClipFolder], root: Path) -> Problem | None:
+def _folder_problem(
+    row: CodingRow, clips: Mapping[tuple[str, str], ClipFolder], root: Path, dataset: str = "casme2", pattern: str | None = None
+) -> Problem | None:
     folder = clips.get((row.subject, row.clip))
     if folder is None:
         hints = [f"{s}/{c}" for (s, c) in clips if c.lower() == row.clip.lower()]
         hint = f" (found {', '.join(sorted(hints)[:3])}: is Subject or Filename wrong?)" if hints else ""
+        name = f"{row.subject}/{row.clip}"
+        if dataset == "generic":
+            name = (pattern or DEFAULT_FOLDER_PATTERN).replace("{subject}", row.subject).replace("{clip}", row.clip)
         return Problem(row.source_row, row.subject, row.clip, "clip folder missing",
-                       f"no clip folder {row.subject}/{row.clip} under {root}{hint}; restore the folder or fix the row")
+                       f"no clip folder {name} under {root}{hint}; restore the folder or fix the row")
     present = set(folder.frame_numbers)
     missing = [n for n in range(row.onset, row.offset + 1) if n not in present]
     if missing:
         held = _compact_ranges(folder.frame_numbers) if present else "no frames"
+        span = "onset..offset" if dataset == "generic" else "OnsetFrame..OffsetFrame"
+        advice = "correct the frame numbers or restore the frames"
+        if dataset == "generic" and not present:
+            inner = sorted(p.name for p in folder.path.iterdir() if p.is_dir())
+            if inner:
+                current = pattern or DEFAULT_FOLDER_PATTERN
+                advice = (f"it holds folder(s) {', '.join(inner[:3])}: if the frames are there, set the folder pattern "
+                          f"(--folder-pattern / annotate.folder_pattern), e.g. {current}/{inner[0]}")
         return Problem(row.source_row, row.subject, row.clip, "frames missing",
-                       f"folder {folder.path} lacks frame(s) {_compact_ranges(missing)} of OnsetFrame..OffsetFrame "
-                       f"{row.onset}..{row.offset} (it holds {held}); correct the frame numbers or restore the frames")
+                       f"folder {folder.path} lacks frame(s) {_compact_ranges(missing)} of {span} "
+                       f"{row.onset}..{row.offset} (it holds {held}); {advice}")
     return None
 
 
@@ -719,6 +907,8 @@ def annotate_samples(
     root: str | Path | None,
     classes: str | Mapping[str, Any] | None = None,
     on_problem: str = "fail",
+    overrides: str | Path | None = None,
+    folder_pattern: str | None = None,
 ) -> Annotation:
     """Read a coding sheet, validate it against the clip folders and map emotions to classes.
 
@@ -727,17 +917,33 @@ def annotate_samples(
     scheme does not keep are dropped (reason 'not in class preset'), not validated against
     folders. `on_problem='fail'` raises InputProblems listing every problem (spreadsheet
     row, subject, clip, what to do); 'drop' drops the rows concerned and reports them in
-    `dropped`.
+    `dropped`. `overrides` is an overrides file (see `read_overrides`); its own problems (an
+    unknown clip, text in a frame column) always stop the run, with its row numbers.
+    `folder_pattern` locates generic clip folders (default `{subject}/{clip}`). Without
+    `classes`, CASME II and SAMM use their 5-class presets and a generic sheet keeps every
+    emotion as its own class.
     """
     if on_problem not in ("fail", "drop"):
         raise MerError(f"on_problem must be 'fail' or 'drop', got {on_problem!r}")
-    scheme = class_scheme(classes if classes is not None else DEFAULT_PRESET[dataset], dataset)
-    sheet = read_coding(coding, dataset)
+    if dataset not in DATASETS:
+        raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
+    spec = classes if classes is not None else DEFAULT_PRESET.get(dataset)
+    scheme = class_scheme(spec, dataset) if spec is not None else None
+    patch = read_overrides(overrides, dataset) if overrides is not None else None
+    sheet = read_coding(coding, dataset, patch)
+    if scheme is None:
+        scheme = emotions_scheme(k.emotion for k in sheet.keys)
     problems = list(sheet.problems)
     problems += _duplicate_problems(sheet.keys)
     bad_rows = {p.source_row for p in problems}
+    if sheet.override_problems and on_problem == "drop":
+        raise InputProblems(
+            f"{patch.path}: {len({p.where for p in sheet.override_problems})} override rows have problems; nothing was "
+            "written. Overrides are never dropped: fix or delete the rows below", [p.line() for p in sheet.override_problems])
 
-    clips = find_clip_folders(dataset, root) if root is not None else None
+    clips = None
+    if root is not None:
+        clips = find_clip_folders(dataset, root, folder_pattern) if dataset == "generic" else find_clip_folders(dataset, root)
     excluded: list[DroppedRow] = []
     candidates: list[tuple[CodingRow, str]] = []
     for row in sheet.rows:
@@ -749,7 +955,7 @@ def annotate_samples(
                                        f"emotion '{row.emotion}' is in no class of {scheme.name}"))
             continue
         if clips is not None:
-            problem = _folder_problem(row, clips, Path(root))
+            problem = _folder_problem(row, clips, Path(root), dataset, folder_pattern)
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -757,7 +963,7 @@ def annotate_samples(
 
     samples: list[Sample] = []
     for row, label in candidates:
-        apex, source = row.apex, "annotated"
+        apex, source = row.apex, "override" if "apex" in row.overridden else "annotated"
         if apex is None:
             if clips is None:
                 source = "missing"
@@ -772,12 +978,19 @@ def annotate_samples(
                               row.emotion, label, row.action_units, row.source_row))
 
     problems.sort(key=lambda p: p.source_row if p.source_row is not None else -1)  # stable: sheet, then duplicates, then folders
-    if problems and on_problem == "fail":
-        n_rows = len({p.source_row for p in problems})
+    # Say which values of a problem row came from the overrides file.
+    problems = [replace(p, detail=f"{p.detail} [{sheet.overridden[p.source_row][1]}]") if p.source_row in sheet.overridden else p
+                for p in problems]
+    if (problems or sheet.override_problems) and on_problem == "fail":
+        parts = []
+        if problems:
+            parts.append(f"{sheet.path}: {len({p.source_row for p in problems})} of {sheet.n_rows} {dataset} rows")
+        if sheet.override_problems:
+            parts.append(f"{patch.path}: {len({p.where for p in sheet.override_problems})} override row(s)")
         raise InputProblems(
-            f"{sheet.path}: {n_rows} of {sheet.n_rows} {dataset} rows have problems; nothing was written. "
-            "Fix the rows below, or set annotate.on_problem: drop (--on-problem drop) to drop them",
-            [p.line() for p in problems],
+            f"{' and '.join(parts)} have problems; nothing was written. Fix the rows below"
+            + (", or set annotate.on_problem: drop (--on-problem drop) to drop them" if problems else ""),
+            [p.line() for p in problems + sheet.override_problems],
         )
     dropped = list(excluded)
     emotions = {key.source_row: key.emotion for key in sheet.keys}
@@ -789,7 +1002,10 @@ def annotate_samples(
                                   "; ".join(p.detail for p in group)))
     dropped.sort(key=lambda d: d.source_row)
     samples.sort(key=lambda s: (s.subject, s.clip))
-    return Annotation(dataset, sheet.path, scheme, sheet.header_row, sheet.n_rows, samples, dropped, problems, clips is not None)
+    kept = {s.source_row for s in samples}
+    return Annotation(dataset, sheet.path, scheme, sheet.header_row, sheet.n_rows, samples, dropped, problems, clips is not None,
+                      overrides=patch.path if patch is not None else None,
+                      n_overridden=sum(number in kept for number in sheet.overridden))
 
 
 # --------------------------------------------------------------------------------------------
@@ -863,6 +1079,9 @@ def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str
     else:
         lines.append("  dropped 0 rows")
     lines.append(f"  apex imputed for {result.n_imputed} clips (peak motion relative to the onset frame)")
+    if result.overrides is not None:
+        n_apex = sum(s.apex_source == "override" for s in result.samples)
+        lines.append(f"  {result.n_overridden} clips corrected by {result.overrides.name} (apex set for {n_apex})")
     if out is not None:
         lines.append(f"  -> {out}")
     return lines

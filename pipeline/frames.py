@@ -4,6 +4,11 @@ CASME II: ROOT/sub01/EP02_01f/img46.jpg (frame numbers not zero-padded, so sorti
 would put img100 before img46). SAMM: ROOT/006/006_1_2/006_05562.jpg. Archives often unpack
 with the top folder doubled (CASME2_RAW_selected/CASME2_RAW_selected/sub01/...), and subject
 folders can hold non-image files; both are handled here once for every stage.
+
+`generic` is any other layout (MMEW, CAS(ME)^3, SMIC, a lab's own data): clip folders found
+by a folder pattern relative to the root, `{subject}/{clip}` by default (e.g. `s{subject}/{clip}`,
+`{subject}/{clip}/color`, `{subject}/*/{clip}`), frames any image files whose name ends in a
+number. Subjects are kept as written (stripped), not renumbered.
 """
 
 from __future__ import annotations
@@ -11,23 +16,33 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 
 from .errors import MerError
 
-DATASETS = ("casme2", "samm")
+DATASETS = ("casme2", "samm", "generic")
+DEFAULT_FOLDER_PATTERN = "{subject}/{clip}"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 _SUBJECT_FOLDER = {"casme2": re.compile(r"^sub(\d+)$", re.IGNORECASE), "samm": re.compile(r"^(\d+)$")}
 _TRAILING_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
 def normalize_subject(dataset: str, value: object) -> str:
-    """Canonical subject id: 'sub01' for CASME II, '006' for SAMM; accepts 1, '1', 'sub1', '006'."""
+    """Canonical subject id: 'sub01' for CASME II, '006' for SAMM; accepts 1, '1', 'sub1', '006'.
+
+    For `generic` the subject is kept as written, stripped ('01' stays '01'; a numeric
+    spreadsheet cell 1.0 is '1'); an empty one or one holding '/' is rejected.
+    """
     text = str(value).strip()
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
+    if dataset == "generic":
+        if not text or "/" in text or "\\" in text:
+            raise ValueError(f"not a subject id: {value!r}")
+        return text
     match = re.fullmatch(r"(?:sub)?0*(\d+)(?:\.0+)?", text, flags=re.IGNORECASE)
     if not match:
         raise ValueError(f"not a subject id: {value!r}")
@@ -61,7 +76,9 @@ def _subject_dirs(dataset: str, folder: Path) -> list[Path]:
 
 def resolve_root(dataset: str, root: str | Path) -> Path:
     """The folder that directly holds the subject folders, descending through doubled top folders."""
-    if dataset not in DATASETS:
+    if dataset not in _SUBJECT_FOLDER:
+        if dataset == "generic":
+            raise MerError("a generic copy has no fixed layout: use find_clip_folders('generic', root, pattern)")
         raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
     folder = Path(root)
     if not folder.is_dir():
@@ -89,18 +106,115 @@ def list_frames(folder: Path) -> tuple[tuple[int, Path], ...]:
     return tuple(frames)
 
 
-def find_clip_folders(dataset: str, root: str | Path) -> dict[tuple[str, str], ClipFolder]:
-    """All clip folders of a dataset copy, keyed by (subject, clip)."""
+def _clip_folder(dataset: str, subject: str, clip: str, clip_dir: Path) -> ClipFolder:
+    try:
+        frames = list_frames(clip_dir)
+    except PermissionError as exc:
+        raise MerError(f"cannot read clip folder {clip_dir}: {exc.strerror}; check its permissions") from exc
+    return ClipFolder(dataset, subject, clip, clip_dir, frames)
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def compile_folder_pattern(pattern: str) -> list[re.Pattern]:
+    """One regex per path segment of a folder pattern such as `s{subject}/{clip}/color`.
+
+    `{subject}` and `{clip}` must each occur once, in different segments or separated by literal
+    text; `*` matches any text within one segment. Raises MerError on a malformed pattern.
+    """
+    text = str(pattern).strip().replace("\\", "/").strip("/")
+    if not text:
+        raise MerError("the folder pattern is empty; use e.g. {subject}/{clip}")
+    if str(pattern).strip().startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text):
+        raise MerError(f"folder pattern {pattern!r} must be relative to the root, e.g. {DEFAULT_FOLDER_PATTERN}")
+    names = _PLACEHOLDER.findall(text)
+    unknown = sorted(set(names) - {"subject", "clip"})
+    if unknown:
+        raise MerError(f"folder pattern {pattern!r}: unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
+                       "only {subject} and {clip} are filled in")
+    if names.count("subject") != 1 or names.count("clip") != 1:
+        raise MerError(f"folder pattern {pattern!r} must hold {{subject}} and {{clip}} once each, e.g. {DEFAULT_FOLDER_PATTERN}")
+    segments = []
+    for segment in text.split("/"):
+        if segment in ("", ".", ".."):
+            raise MerError(f"folder pattern {pattern!r} has an empty, '.' or '..' path part")
+        if "{" in _PLACEHOLDER.sub("", segment) or "}" in _PLACEHOLDER.sub("", segment):
+            raise MerError(f"folder pattern {pattern!r}: unbalanced braces")
+        regex, last = "", 0
+        for match in _PLACEHOLDER.finditer(segment):
+            regex += _literal(segment[last:match.start()]) + f"(?P<{match.group(1)}>.+?)"
+            last = match.end()
+        regex += _literal(segment[last:])
+        segments.append(re.compile(f"^{regex}$"))
+    return segments
+
+
+def _literal(text: str) -> str:
+    return ".*?".join(re.escape(part) for part in text.split("*"))
+
+
+def _walk(folder: Path, segments: list[re.Pattern], found: dict[str, str]) -> Iterator[tuple[dict[str, str], Path]]:
+    if not segments:
+        yield found, folder
+        return
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir())
+    except PermissionError as exc:
+        raise MerError(f"cannot read folder {folder}: {exc.strerror}; check its permissions") from exc
+    for child in children:
+        match = segments[0].match(child.name)
+        if match:
+            yield from _walk(child, segments[1:], {**found, **match.groupdict()})
+
+
+def _generic_clip_folders(root: str | Path, pattern: str | None) -> dict[tuple[str, str], ClipFolder]:
+    pattern = DEFAULT_FOLDER_PATTERN if pattern is None else pattern
+    segments = compile_folder_pattern(pattern)
+    folder = Path(root)
+    if not folder.is_dir():
+        raise MerError(f"data folder not found: {folder} (set the dataset's root in params.yaml)")
+    # Descend through doubled top folders (as for CASME II) while the pattern finds no frames.
+    matches: list[tuple[dict[str, str], Path]] = []
+    for _ in range(3):
+        found = [(m, p) for m, p in _walk(folder, segments, {}) if m["subject"].strip() and m["clip"].strip()]
+        matches = matches or found
+        if any(list_frames(p) for _, p in found):
+            matches = found
+            break
+        children = [p for p in folder.iterdir() if p.is_dir()]
+        if len(children) != 1:
+            break
+        folder = children[0]
+    if not matches:
+        raise MerError(f"no clip folders matching the folder pattern {pattern!r} under {root}; "
+                       f"set the pattern (--folder-pattern) to your layout, e.g. {DEFAULT_FOLDER_PATTERN} for ROOT/01/clip1/frame001.jpg")
+    clips: dict[tuple[str, str], ClipFolder] = {}
+    for match, path in matches:
+        key = (match["subject"].strip(), match["clip"].strip())
+        if key in clips:
+            raise MerError(f"folder pattern {pattern!r} matches two folders for subject {key[0]}, clip {key[1]}: "
+                           f"{clips[key].path} and {path}; make the pattern more specific")
+        clips[key] = _clip_folder("generic", key[0], key[1], path)
+    return clips
+
+
+def find_clip_folders(dataset: str, root: str | Path, pattern: str | None = None) -> dict[tuple[str, str], ClipFolder]:
+    """All clip folders of a dataset copy, keyed by (subject, clip).
+
+    `pattern` (generic only) is the folder pattern relative to the root, default
+    `{subject}/{clip}`; the CASME II and SAMM layouts are fixed and take none.
+    """
+    if dataset == "generic":
+        return _generic_clip_folders(root, pattern)
+    if pattern is not None:
+        raise MerError(f"a folder pattern applies to the generic format only; {dataset} folders are laid out as the dataset ships them")
     base = resolve_root(dataset, root)
     clips: dict[tuple[str, str], ClipFolder] = {}
     for subject_dir in _subject_dirs(dataset, base):
         subject = normalize_subject(dataset, subject_dir.name)
         for clip_dir in sorted(p for p in subject_dir.iterdir() if p.is_dir()):
-            try:
-                frames = list_frames(clip_dir)
-            except PermissionError as exc:
-                raise MerError(f"cannot read clip folder {clip_dir}: {exc.strerror}; check its permissions") from exc
-            clips[(subject, clip_dir.name)] = ClipFolder(dataset, subject, clip_dir.name, clip_dir, frames)
+            clips[(subject, clip_dir.name)] = _clip_folder(dataset, subject, clip_dir.name, clip_dir)
     return clips
 
 

@@ -1,4 +1,9 @@
-"""Stage `annotate`: a coding spreadsheet and the clip folders -> the normalized samples table."""
+"""Stage `annotate`: a coding spreadsheet and the clip folders -> the normalized samples table.
+
+Params (section `annotate`): `on_problem` (fail | drop), optional `classes`, `overrides` (a
+per-clip corrections file, default null) and `folder_pattern` (generic layouts only, default
+`{subject}/{clip}`).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ from pipeline.annotations import (
 )
 from pipeline.atomic import atomic_output
 from pipeline.errors import MerError
-from pipeline.frames import DATASETS
+from pipeline.frames import DATASETS, DEFAULT_FOLDER_PATTERN
 from stages.common import params_option, stage_params
 
 
 @click.command("annotate")
-@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Coding-sheet and folder layout.")
+@click.option(
+    "--dataset", type=click.Choice(DATASETS), required=True,
+    help="Coding-sheet and folder layout: casme2, samm, or generic (CSV with subject, clip, onset, apex, offset, emotion).",
+)
 @click.option("--root", type=click.Path(), required=True, help="Folder holding the subject folders.")
 @click.option("--coding", type=click.Path(dir_okay=False), required=True, help="Coding spreadsheet (.xlsx or .csv export).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Samples table to write (.csv).")
@@ -35,12 +43,33 @@ from stages.common import params_option, stage_params
     default=None,
     help="fail: list every problem and write nothing; drop: drop those rows and report them (default: params).",
 )
+@click.option(
+    "--overrides",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Per-clip corrections (.csv/.xlsx: subject, clip, onset, apex, offset; blank keeps the sheet's value) "
+    "(default: params annotate.overrides).",
+)
+@click.option(
+    "--folder-pattern",
+    default=None,
+    help="generic only: clip folders relative to --root, e.g. 's{subject}/{clip}' or '{subject}/{clip}/color' "
+    f"(default: params annotate.folder_pattern, else {DEFAULT_FOLDER_PATTERN}).",
+)
 @params_option
-def annotate(dataset: str, root: str, coding: str, out: str, classes: str | None, on_problem: str | None, params_file: str) -> None:
-    """Parse a CASME II or SAMM coding sheet into one validated row per clip."""
-    params = stage_params(params_file, "annotate", on_problem=on_problem, classes=classes)
-    spec = params.get("classes") or DEFAULT_PRESET[dataset]
-    result = annotate_samples(dataset, coding, root, spec, str(params.get("on_problem", "fail")))
+def annotate(
+    dataset: str, root: str, coding: str, out: str, classes: str | None, on_problem: str | None,
+    overrides: str | None, folder_pattern: str | None, params_file: str,
+) -> None:
+    """Parse a CASME II, SAMM or generic coding sheet into one validated row per clip."""
+    if folder_pattern is not None and dataset != "generic":
+        raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
+    params = stage_params(params_file, "annotate", on_problem=on_problem, classes=classes, overrides=overrides,
+                          folder_pattern=folder_pattern)
+    spec = params.get("classes") or DEFAULT_PRESET.get(dataset)  # generic: every emotion its own class
+    pattern = (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN) if dataset == "generic" else None
+    result = annotate_samples(dataset, coding, root, spec, str(params.get("on_problem", "fail")),
+                              overrides=params.get("overrides") or None, folder_pattern=pattern)
     if not result.samples:
         raise MerError(
             f"no clip of {coding} is kept with classes {result.scheme.name}: " + "; ".join(summary_lines(result)[1:3])

@@ -15,6 +15,7 @@ _COMMANDS = {
     "demo-data": "stages.demo_data:demo_data",
     "align": "stages.align:align",
     "annotate": "stages.annotate:annotate",
+    "combine": "stages.combine:combine",
     "dynimg": "stages.dynimg:dynimg",
     "train": "stages.train:train",
     "evaluate": "stages.evaluate:evaluate",

@@ -16,13 +16,14 @@ from tqdm import tqdm
 from pipeline.annotations import estimate_apex, label_names_for, read_samples
 from pipeline.atomic import atomic_output
 from pipeline.cache import ALIGNED_SCHEMA, open_cache, write_dynamic_images
+from pipeline.composite import aligned_caches
 from pipeline.dynamic_images import DynamicImageSettings, apply_overrides, clip_dynamic_images, phase_frames
 from pipeline.errors import InputProblems, MerError
 from pipeline.parallel import limit_native_threads, ordered_map
 from stages.common import jobs_option, params_option, recorded_params, stage_params
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)
 def _aligned_handle(path: str) -> h5py.File:
     """One read-only handle per worker process, reused across the clips it is given."""
     return open_cache(path, ALIGNED_SCHEMA)
@@ -52,25 +53,26 @@ def _compute(aligned_path: str, sample: dict, settings: DynamicImageSettings):
     return images, lengths, apex
 
 
-def _fingerprint(samples_path: str, aligned_path: str, samples: list[dict], params: dict) -> str:
+def _fingerprint(samples_path: str, caches: dict[str, str], samples: list[dict], params: dict) -> str:
     """Hash of everything the DIs depend on: samples table, aligned frames used, params."""
     digest = hashlib.sha256(Path(samples_path).read_bytes())
     digest.update(json.dumps(params, sort_keys=True).encode())
-    handle = _aligned_handle(aligned_path)
     for sample in samples:
+        handle = _aligned_handle(caches[sample["dataset"]])
         key = f"{sample['subject']}/{sample['clip']}/frames"
         digest.update(str(handle[key].attrs.get("sha256", "")).encode() if key in handle else b"-")
     return digest.hexdigest()
 
 
 @click.command("dynimg")
-@click.option("--aligned", type=click.Path(dir_okay=False), required=True, help="Aligned cache from `mer align`.")
+@click.option("--aligned", multiple=True, required=True,
+              help="Aligned cache from `mer align`; for a composite table (`mer combine`) one NAME=FILE per dataset.")
 @click.option("--samples", type=click.Path(dir_okay=False), required=True, help="Samples table from `mer annotate`.")
 @click.option("--classes", default=None, help="Class preset whose label order the cache records (default: params).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Dynamic-image cache to write (.h5).")
 @jobs_option
 @params_option
-def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int | None, params_file: str) -> None:
+def dynimg(aligned: tuple[str, ...], samples: str, classes: str | None, out: str, jobs: int | None, params_file: str) -> None:
     """Compute full, onset-apex and apex-offset dynamic images into an HDF5 cache."""
     params = stage_params(params_file, "dynimg", jobs=jobs, classes=classes)
     try:
@@ -89,11 +91,13 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     unknown = sorted({r["label"] for r in rows} - set(label_names))
     if unknown:
         raise MerError(f"{samples}: labels {unknown} are not in class preset {params.get('classes')!r}")
-    _aligned_handle(str(aligned))  # fail early, in this process, on a missing or wrong cache
+    caches = {name: str(path) for name, path in aligned_caches(aligned, [r["dataset"] for r in rows]).items()}
+    for path in caches.values():
+        _aligned_handle(path)  # fail early, in this process, on a missing or wrong cache
 
     stacks: dict[str, list[np.ndarray]] = {name: [] for name in settings.phases}
     problems, short, widened = [], Counter(), Counter()
-    results = ordered_map(_compute, ((str(aligned), row, settings) for row in rows), int(params.get("jobs", 1)))
+    results = ordered_map(_compute, ((caches[row["dataset"]], row, settings) for row in rows), int(params.get("jobs", 1)))
     for row, result in zip(rows, tqdm(results, total=len(rows), desc="dynamic images", unit="clip", disable=None)):
         if isinstance(result, str):
             problems.append(result)
@@ -115,7 +119,7 @@ def dynimg(aligned: str, samples: str, classes: str | None, out: str, jobs: int 
     with atomic_output(out) as tmp:
         write_dynamic_images(
             tmp, columns, {name: np.stack(stack) for name, stack in stacks.items()}, label_names, recorded_params(params),
-            extra_attrs={"fingerprint": _fingerprint(samples, str(aligned), rows, recorded_params(params))},
+            extra_attrs={"fingerprint": _fingerprint(samples, caches, rows, recorded_params(params))},
         )
     counts, sources = Counter(r["label"] for r in rows), Counter(r["apex_source"] for r in rows)
     click.echo(f"{len(rows)} clips x {len(settings.phases)} phases ({', '.join(settings.phases)}) -> {out}")

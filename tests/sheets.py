@@ -143,3 +143,18 @@ def casme2_clip(root: Path, subject: str, clip: str, onset: int, offset: int, pe
 
 def samm_clip(root: Path, subject: str, clip: str, onset: int, offset: int, peak: int | None = None) -> Path:
     return write_clip(root / subject / clip, range(onset, offset + 1), subject + "_{:05d}.jpg", peak)
+
+
+# Generic format: a plain CSV with these columns (any order, names matched loosely).
+GENERIC_HEADER = ["subject", "clip", "onset", "apex", "offset", "emotion"]
+
+
+def generic_clip(root: Path, folder: str, onset: int, offset: int, peak: int | None = None,
+                 name: str = "frame_{:04d}.png") -> Path:
+    """A clip of a generic copy at root/folder (e.g. 's01/happy_1/color'), frames named name.format(n)."""
+    return write_clip(root / folder, range(onset, offset + 1), name, peak)
+
+
+def write_overrides(path: Path, rows: Sequence[Sequence], header=("subject", "clip", "onset", "apex", "offset")) -> Path:
+    """An overrides CSV: blank cells (None) keep the coding sheet's values."""
+    return write_csv(path, [list(header), *rows], encoding="utf-8")

@@ -38,6 +38,7 @@ from tests.sheets import (
     samm_row,
     samm_sheet,
     write_csv,
+    write_overrides,
     write_xlsx,
 )
 
@@ -281,6 +282,8 @@ def test_cli_fails_and_writes_nothing_on_malformed_rows(tmp_path, broken_casme2,
     assert result.exit_code != 0
     for row in ("row 6", "row 7", "row 8", "row 9", "row 10"):
         assert row in result.output
+    # One message: a summary line, then every problem under it.
+    assert result.output.count("Error:") == 1 and "(5 problems):" in result.output
     assert not out.exists() and not out.with_name("casme2.dropped.csv").exists()
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no temporary files left behind
 
@@ -326,12 +329,15 @@ def test_a_file_that_is_not_a_coding_sheet(tmp_path, casme2_copy, project_params
         annotate_samples("casme2", text, root)
 
 
-def test_missing_required_column_is_named(tmp_path, samm_copy):
+def test_missing_required_column_is_named(tmp_path, samm_copy, project_params):
     root, rows = samm_copy
     header = [c for c in SAMM_HEADER if c != "Offset Frame"]
     body = [r[:5] + r[6:] for r in rows]
+    sheet = samm_sheet(tmp_path / "s.xlsx", body, header)
     with pytest.raises(MerError, match="row 14 lacks the column\\(s\\) Offset Frame"):
-        annotate_samples("samm", samm_sheet(tmp_path / "s.xlsx", body, header), root, "samm-5")
+        annotate_samples("samm", sheet, root, "samm-5")
+    result, out = _run(tmp_path, project_params, "samm", root, sheet)
+    assert result.exit_code != 0 and "lacks the column(s) Offset Frame" in result.output and not out.exists()
 
 
 def test_missing_inputs_are_clear_errors(tmp_path, casme2_copy):
@@ -344,6 +350,95 @@ def test_missing_inputs_are_clear_errors(tmp_path, casme2_copy):
     legacy.write_bytes(b"\xd0\xcf\x11\xe0")
     with pytest.raises(MerError, match="save it as .xlsx"):
         annotate_samples("casme2", legacy, root)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-clip overrides file
+# --------------------------------------------------------------------------------------------
+
+
+def test_overrides_correct_the_sheet_without_editing_it(tmp_path, casme2_copy):
+    root, rows = casme2_copy
+    sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
+    original = sheet.read_bytes()
+    overrides = write_overrides(tmp_path / "fixes.csv", [
+        [1, "EP02_01f", None, 62, None],          # apex only; subject written as in the sheet
+        ["sub02", "EP01_11f", 121, None, 149],    # onset / offset only: the sheet's apex stays
+        ["sub01", "EP03_02", None, 40, None],     # an apex for a clip the sheet leaves '/'
+    ])
+    result = annotate_samples("casme2", sheet, root, "casme2-5", overrides=overrides)
+    samples = _by_clip(result.samples)
+    first = samples[("sub01", "EP02_01f")]
+    assert (first.onset, first.apex, first.offset, first.apex_source) == (46, 62, 80, "override")
+    second = samples[("sub02", "EP01_11f")]
+    assert (second.onset, second.apex, second.offset, second.apex_source) == (121, 131, 149, "annotated")
+    assert second.n_frames == 29
+    third = samples[("sub01", "EP03_02")]
+    assert (third.apex, third.apex_source) == (40, "override")
+    assert result.n_imputed == 0 and result.n_overridden == 3
+    assert sheet.read_bytes() == original
+    # '/' (or -1) in the apex column forgets the sheet's apex: it is imputed instead.
+    again = write_overrides(tmp_path / "impute.csv", [["sub02", "EP01_11f", None, "/", None]])
+    imputed = _by_clip(annotate_samples("casme2", sheet, root, "casme2-5", overrides=again).samples)[("sub02", "EP01_11f")]
+    assert imputed.apex_source == "imputed" and abs(imputed.apex - (120 + 25)) <= 2
+
+
+def test_an_override_can_repair_a_broken_row(tmp_path, broken_casme2):
+    root, rows = broken_casme2
+    sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
+    fixes = write_overrides(tmp_path / "fixes.csv", [
+        ["sub03", "EP01_01", 10, None, None],     # row 6 held 'ten'
+        ["sub03", "EP05_02", None, 12, 14],       # row 10: stop before the missing frames 15-17
+    ])
+    with pytest.raises(InputProblems) as caught:
+        annotate_samples("casme2", sheet, root, "casme2-5", overrides=fixes)
+    rows_left = sorted(int(p.split()[1]) for p in caught.value.problems)
+    assert rows_left == [7, 8, 9]
+    # A problem on a corrected row says which values came from the overrides file.
+    bad = write_overrides(tmp_path / "bad.csv", [["sub03", "EP01_01", 31, None, None]])
+    with pytest.raises(InputProblems) as caught:
+        annotate_samples("casme2", sheet, root, "casme2-5", overrides=bad)
+    line = next(p for p in caught.value.problems if p.startswith("row 6 "))
+    assert "OnsetFrame 31 is after OffsetFrame 30" in line and "[onset from bad.csv row 2]" in line
+
+
+def test_override_problems_are_reported_with_the_override_row(tmp_path, casme2_copy, project_params):
+    root, rows = casme2_copy
+    sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
+    overrides = write_overrides(tmp_path / "fixes.csv", [
+        ["sub01", "EP02_01f", None, 60, None],    # row 2: fine
+        ["sub09", "EP02_01f", None, 60, None],    # row 3: no such clip in the sheet
+        ["sub02", "EP01_11f", "abc", None, None], # row 4: text
+        ["sub02", "EP09_10", None, None, None],   # row 5: changes nothing
+        ["sub01", "EP02_01f", None, 61, None],    # row 6: the same clip again
+    ])
+    with pytest.raises(InputProblems) as caught:
+        annotate_samples("casme2", sheet, root, "casme2-5", overrides=overrides)
+    problems = caught.value.problems
+    assert len(problems) == 4
+    assert problems[0].startswith("fixes.csv row 3 (subject sub09, clip EP02_01f)") and "sheet has sub01/EP02_01f" in problems[0]
+    assert problems[1].startswith("fixes.csv row 4") and "'abc'" in problems[1]
+    assert problems[2].startswith("fixes.csv row 5") and "sets none of" in problems[2]
+    assert problems[3].startswith("fixes.csv row 6") and "row 2" in problems[3]
+    # Overrides are never silently dropped, whatever on_problem says; the CLI exits non-zero.
+    with pytest.raises(InputProblems, match="fixes.csv row 3"):
+        annotate_samples("casme2", sheet, root, "casme2-5", on_problem="drop", overrides=overrides)
+    result, out = _run(tmp_path, project_params, "casme2", root, sheet, "--overrides", str(overrides))
+    assert result.exit_code != 0 and "fixes.csv row 3" in result.output and not out.exists()
+
+
+def test_overrides_through_params_and_cli(tmp_path, casme2_copy, project_params):
+    root, rows = casme2_copy
+    sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
+    overrides = write_overrides(tmp_path / "fixes.csv", [["sub01", "EP02_01f", None, 60, None]])
+    project_params["annotate"]["overrides"] = str(overrides)
+    result, out = _run(tmp_path, project_params, "casme2", root, sheet)
+    assert result.exit_code == 0, result.output
+    row = next(r for r in read_samples(out) if r["clip"] == "EP02_01f")
+    assert (row["apex"], row["apex_source"]) == (60, "override")
+    assert "1 clips corrected by fixes.csv (apex set for 1)" in result.output
+    missing, _ = _run(tmp_path, project_params, "casme2", root, sheet, "--overrides", str(tmp_path / "nope.csv"))
+    assert missing.exit_code != 0 and "overrides file not found" in missing.output
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,11 +478,16 @@ def test_one_noisy_frame_does_not_win():
 # --------------------------------------------------------------------------------------------
 
 
-def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params, tiny_demo):
+def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params, tiny_demo, capsys):
+    """Done-when: imputed apexes within 3 frames of the truth for >= 90 % of the demo clips.
+
+    The stage imputes only the apexes the sheet leaves out; to measure the estimator on every
+    clip, each clip's apex is imputed here from its frames, whatever the sheet says."""
     params = write_params(tmp_path, project_params)
     demo = tiny_demo
     layouts = {"casme2": ("CASME2_RAW_selected", "CASME2-coding-20140508.xlsx"), "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx")}
     n_imputed = 0
+    errors: dict[str, list[int]] = {}
     for dataset, (folder, coding) in layouts.items():
         out = tmp_path / f"{dataset}.csv"
         args = ["annotate", "--dataset", dataset, "--root", str(demo / dataset / folder), "--coding",
@@ -400,12 +500,24 @@ def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params, t
             true_apex = truth[(sample["subject"], sample["clip"])]
             if sample["apex_source"] == "imputed":
                 n_imputed += 1
-                assert abs(sample["apex"] - true_apex) <= 3, sample
+                assert abs(sample["apex"] - true_apex) <= 5, sample
             else:
                 assert sample["apex"] == true_apex
-        # Imputation would find every apex of the copy, not only the uncoded ones.
+        # Every clip of the copy (all rows of the sheet that have folders), not only the uncoded ones.
         clips = find_clip_folders(dataset, demo / dataset / folder)
-        for row in read_samples(out):
-            found = impute_apex(clips[(row["subject"], row["clip"])], row["onset"], row["offset"])
-            assert abs(found - truth[(row["subject"], row["clip"])]) <= 3, row
+        sheet = read_coding(demo / dataset / coding, dataset)
+        errors[dataset] = [
+            impute_apex(clips[(r.subject, r.clip)], r.onset, r.offset) - truth[(r.subject, r.clip)] for r in sheet.rows
+        ]
     assert n_imputed >= 2
+    with capsys.disabled():
+        print()
+        for dataset, errs in [*errors.items(), ("all", [e for errs in errors.values() for e in errs])]:
+            within = sum(abs(e) <= 3 for e in errs)
+            print(f"  apex imputation, {dataset}: {within}/{len(errs)} clips ({100 * within / len(errs):.0f} %) within 3 frames "
+                  f"of the true apex; median |error| {float(np.median(np.abs(errs))):.1f}, max {max(map(abs, errs))}")
+    all_errors = [e for errs in errors.values() for e in errs]
+    assert len(all_errors) >= 20
+    assert sum(abs(e) <= 3 for e in all_errors) >= 0.9 * len(all_errors)
+    for errs in errors.values():
+        assert sum(abs(e) <= 3 for e in errs) >= 0.9 * len(errs)

@@ -122,3 +122,24 @@ def test_apex_sources_and_overrides(tmp_path, inputs, project_params):
     project_params["dynimg"].update(apex="annotated", overrides={"sub09/EP01_01": {"apex": 3}})
     result, _ = _dynimg(tmp_path, inputs, project_params)
     assert result.exit_code != 0 and "sub09/EP01_01" in result.output and "no such clip" in result.output
+
+
+def test_composite_table_reads_one_aligned_cache_per_dataset(tmp_path, inputs, project_params):
+    aligned, samples = inputs
+    other = tmp_path / "samm.h5"
+    with AlignedCacheWriter(other, "samm", {"size": 64}) as writer:
+        writer.add(_blob_clip("006", "006_1_2", 5562, 11, 4, 9))
+    combined = tmp_path / "combined.csv"
+    lines = samples.read_text().splitlines()
+    lines.append("samm,006,006_1_2,5562,5566,5572,annotated,11,happiness,happiness,12,15")
+    combined.write_text("\n".join(lines) + "\n")
+    args = ["dynimg", "--aligned", f"casme2={aligned}", "--aligned", f"samm={other}", "--samples", str(combined),
+            "--classes", "casme2-5", "--out", str(tmp_path / "di.h5"), "--params", str(write_params(tmp_path, project_params))]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    data = read_dynamic_images(tmp_path / "di.h5")
+    assert data.samples["sample_id"].tolist()[-1] == "samm/006/006_1_2" and len(data) == 5
+    args[2] = str(aligned)  # a plain FILE is ambiguous for a table of two datasets
+    del args[3:5]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and "--aligned samm=cache/aligned/samm.h5" in result.output

@@ -1,0 +1,38 @@
+"""Tool `combine`: samples tables of several datasets -> one composite samples table (MEGC-style).
+
+Validation and concatenation live in `pipeline.composite`; this command reads the inputs,
+writes the combined table atomically and prints per-dataset counts. It reads no params
+section: its only setting, the class preset the tables must share, is `--classes`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.atomic import atomic_output
+from pipeline.composite import SamplesInput, combine_samples, composite_summary, write_composite
+
+
+@click.command("combine")
+@click.option(
+    "--samples",
+    "inputs",
+    multiple=True,
+    required=True,
+    help="A samples table from `mer annotate`, as PATH or NAME=PATH (NAME replaces its dataset column); "
+    "give the option once per dataset.",
+)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Combined samples table to write (.csv).")
+@click.option(
+    "--classes",
+    default=None,
+    help="Class preset or mapping every table must use (e.g. megc-3): each label must be one of its classes. "
+    "Without it, every table must hold exactly the same labels.",
+)
+def combine(inputs: tuple[str, ...], out: str, classes: str | None) -> None:
+    """Concatenate the samples tables of several datasets for a composite (MEGC-style) run."""
+    result = combine_samples([SamplesInput.parse(text) for text in inputs], classes)
+    with atomic_output(out) as tmp:
+        write_composite(tmp, result.rows)
+    for line in composite_summary(result, out):
+        click.echo(line)
