@@ -21,6 +21,7 @@ _COMMANDS = {
     "evaluate": "stages.evaluate:evaluate",
     "report": "stages.report:report",
     "cache": "stages.cache_tools:cache",
+    "doctor": "stages.doctor:doctor",
 }
 
 
