@@ -20,7 +20,7 @@ def test_doctor_names_each_problem_and_its_fix(tmp_path, project_params):
     params = write_params(tmp_path, project_params)
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")
-    result = CliRunner().invoke(cli, ["doctor", "--cache", str(blocked), "--params", str(params)])
+    result = CliRunner().invoke(cli, ["doctor", "--cache", str(blocked / "cache"), "--params", str(params)])
     assert result.exit_code != 0
     assert "FAIL  cache folder" in result.output and "fix: make" in result.output
     assert "FAIL  params" in result.output and "lacks section(s) dynimg" in result.output
