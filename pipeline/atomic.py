@@ -18,6 +18,31 @@ def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete temporaries of `target` left by writers that were killed (SIGKILL, power loss).
+
+    Only temporaries whose writer process no longer exists are removed, so two concurrent
+    writers never delete each other's work in progress.
+    """
+    removed = []
+    for candidate in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = candidate.name[len(f".{target.name}.tmp-") :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -35,6 +60,7 @@ def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = _temporary_sibling(target)
     if directory:
         tmp.mkdir()
