@@ -1,0 +1,58 @@
+"""Params files that are missing, incomplete, mistyped or out of range: one clear message, exit 1."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from stages.cli import cli
+from tests.conftest import write_params
+
+
+def _align(tmp_path, params_path):
+    root = tmp_path / "data"
+    (root / "sub01" / "EP01_01").mkdir(parents=True)
+    return CliRunner().invoke(cli, ["align", "--dataset", "casme2", "--root", str(root), "--out", str(tmp_path / "a.h5"), "--params", str(params_path)])
+
+
+def test_missing_params_file(tmp_path):
+    result = _align(tmp_path, tmp_path / "nowhere.yaml")
+    assert result.exit_code == 1 and "params file not found" in result.output and "nowhere.yaml" in result.output
+
+
+def test_params_file_that_is_not_yaml(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("align: [unclosed\n")
+    result = _align(tmp_path, bad)
+    assert result.exit_code == 1 and "is not valid YAML" in result.output
+
+
+def test_missing_section(tmp_path, project_params):
+    del project_params["align"]
+    result = _align(tmp_path, write_params(tmp_path, project_params))
+    assert result.exit_code == 1 and "has no 'align' section" in result.output
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("align", "size", "big", "invalid align settings"),
+        ("align", "eye_distance", 1.5, "align params out of range"),
+        ("dynimg", "size", 2, "size must be at least 8 pixels"),
+        ("dynimg", "variant", "mean", "variant must be one of"),
+        ("dynimg", "normalize", "sometimes", "normalize must be global or per_channel"),
+        ("dynimg", "min_phase_frames", 0, "min_phase_frames must be at least 1"),
+        ("dynimg", "phases", {"full": ["onset"]}, "must be a [start, end] pair"),
+    ],
+)
+def test_values_out_of_range_or_of_the_wrong_type(tmp_path, project_params, section, key, value, message):
+    project_params[section][key] = value
+    params = write_params(tmp_path, project_params)
+    if section == "align":
+        result = _align(tmp_path, params)
+    else:
+        result = CliRunner().invoke(cli, ["dynimg", "--aligned", str(tmp_path / "a.h5"), "--samples", str(tmp_path / "s.csv"),
+                                          "--out", str(tmp_path / "d.h5"), "--params", str(params)])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert not list(tmp_path.glob("*.h5"))
