@@ -1,19 +1,35 @@
 """Face alignment: one similarity transform per clip, from dlib landmarks on a reference frame.
 
 The same transform is applied to every frame of a clip: aligning each frame separately adds
-landmark jitter that looks exactly like the micro-motion the later stages try to capture.
+landmark jitter that looks exactly like the micro-motion the later stages try to capture. For
+clips with head drift, `redetect_every: k` re-detects every k-th frame, fits a similarity between
+those landmarks and the reference's, smooths its parameters over time and interpolates one
+transform per frame. `method: resize` takes frames that are already cropped faces (CASME II's
+`Cropped/`) and only resizes them.
+
+Grayscale clips (SAMM) are decoded, detected and warped on one channel and replicated to three
+channels once at the end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .cache import AlignedClip
-from .frames import ClipFolder, read_frame
+from .frames import ClipFolder, find_clip_folders, list_frames, normalize_subject, resolve_root
 from .landmarks import detect_faces, eye_centres, landmarks_in_box
+
+METHODS = ("landmarks", "resize")
+DETECTOR = "dlib-hog+shape_predictor_68"
+# Landmarks that micro-expressions barely move (temples, nose, eye corners): used to follow the head.
+STABLE_POINTS = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])
+_JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,9 @@ class AlignSettings:
     detect_max_side: int = 640  # larger frames are downscaled before detection
     upsample: int = 1  # extra dlib upsampling passes tried when the first pass finds nothing
     reference_candidates: int = 5  # frames tried, from the first, until a face is found
+    method: str = "landmarks"  # landmarks: detect and warp | resize: frames are already cropped faces
+    redetect_every: int = 0  # 0: one transform per clip; k > 0: re-detect every k frames and smooth
+    smooth_window: int = 3  # detections averaged (centred moving average) when redetect_every > 0
 
     @classmethod
     def from_params(cls, params: dict) -> "AlignSettings":
@@ -31,11 +50,159 @@ class AlignSettings:
         settings = cls(**known)
         if settings.size < 16 or not 0 < settings.eye_distance < 1 or not 0 < settings.eye_height < 1:
             raise ValueError(f"align params out of range: {known}")
+        if settings.method not in METHODS:
+            raise ValueError(f"align.method must be one of {', '.join(METHODS)}, got {settings.method!r}")
+        if settings.upsample < 0 or settings.reference_candidates < 1 or settings.detect_max_side < 32:
+            raise ValueError(f"align params out of range: {known}")
+        if settings.redetect_every < 0 or settings.smooth_window < 1:
+            raise ValueError(f"redetect_every must be >= 0 and smooth_window >= 1: {known}")
         return settings
+
+    def record(self) -> str:
+        """The settings as stored with every clip (JSON): `--resume` reuses clips only when equal."""
+        return json.dumps(asdict(self), sort_keys=True)
 
 
 class AlignmentFailure(Exception):
-    """One clip could not be aligned; the message names the file and the reason."""
+    """One clip could not be aligned: `file` is the file or folder concerned, `reason` says why."""
+
+    def __init__(self, reason: str, file: str | Path | None = None):
+        self.reason = reason
+        self.file = str(file) if file is not None else ""
+        super().__init__(f"{self.file}: {reason}" if self.file else reason)
+
+
+@dataclass(frozen=True)
+class ClipFailure:
+    """A clip that was not aligned, as reported to the user and in the failures CSV."""
+
+    subject: str
+    clip: str
+    file: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.subject}/{self.clip}: {self.file}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding clips (unreadable folders become failures instead of stopping the whole run)
+
+
+def find_align_clips(
+    dataset: str, root: str | Path, pattern: str | None = None
+) -> tuple[list[ClipFolder], list[ClipFailure]]:
+    """Clip folders sorted by (subject, clip), and the folders that could not be listed.
+
+    Same layout rules as `frames.find_clip_folders` (doubled top folders, non-image files, frames
+    sorted by number), but for CASME II and SAMM a folder without read permission is reported per
+    clip. `generic` copies are found by `pattern` (an unreadable folder there stops the run).
+    """
+    if dataset == "generic":
+        folders = sorted(find_clip_folders(dataset, root, pattern).values(), key=lambda f: (f.subject, f.clip))
+        return folders, []
+    from .frames import _subject_dirs  # the layout rule lives in frames.py, once
+
+    base = resolve_root(dataset, root)
+    folders: list[ClipFolder] = []
+    failures: list[ClipFailure] = []
+    for subject_dir in _subject_dirs(dataset, base):
+        subject = normalize_subject(dataset, subject_dir.name)
+        try:
+            clip_dirs = sorted(p for p in subject_dir.iterdir() if p.is_dir())
+        except PermissionError as exc:
+            failures.append(ClipFailure(subject, "*", str(subject_dir), f"cannot read subject folder: {exc.strerror or exc}"))
+            continue
+        for clip_dir in clip_dirs:
+            try:
+                frames = list_frames(clip_dir)
+            except PermissionError as exc:
+                failures.append(ClipFailure(subject, clip_dir.name, str(clip_dir), f"cannot read clip folder: {exc.strerror or exc}; check its permissions"))
+                continue
+            folders.append(ClipFolder(dataset, subject, clip_dir.name, clip_dir, frames))
+    folders.sort(key=lambda f: (f.subject, f.clip))
+    return folders, failures
+
+
+def input_fingerprint(folder: ClipFolder) -> str:
+    """sha256 of the clip's frame names and sizes: cheap, and independent of where the copy lives."""
+    digest = hashlib.sha256()
+    for number, path in folder.frames:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{number}\t{path.name}\t{size}\n".encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _file_bytes(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, np.uint8)
+    except PermissionError:
+        raise AlignmentFailure("cannot read file: permission denied", path) from None
+    except OSError as exc:
+        raise AlignmentFailure(f"cannot read file: {exc.strerror or exc}", path) from None
+    if data.size == 0:
+        raise AlignmentFailure("cannot decode image: empty file", path)
+    if path.suffix.lower() in _JPEG_SUFFIXES:
+        if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+            raise AlignmentFailure("cannot decode image: not a JPEG file (no start-of-image marker)", path)
+        if b"\xff\xd9" not in data[-64:].tobytes():
+            raise AlignmentFailure("cannot decode image: truncated JPEG (no end-of-image marker)", path)
+    return data
+
+
+_READ_FLAGS = {
+    (True, 1): cv2.IMREAD_GRAYSCALE,
+    (True, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    (True, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    (True, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+    (False, 1): cv2.IMREAD_COLOR,
+    (False, 2): cv2.IMREAD_REDUCED_COLOR_2,
+    (False, 4): cv2.IMREAD_REDUCED_COLOR_4,
+    (False, 8): cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def decode_frame(path: str | Path, grayscale: bool, reduction: int = 1, rgb: bool = True) -> np.ndarray:
+    """One frame: (H, W) uint8 when `grayscale`, else (H, W, 3) uint8, RGB (or BGR with rgb=False).
+
+    `reduction` 2, 4 or 8 decodes at 1/2, 1/4, 1/8 size (JPEG: in the DCT domain, several times
+    faster than a full decode, and low-pass filtered). Damage raises AlignmentFailure.
+    """
+    path = Path(path)
+    image = cv2.imdecode(_file_bytes(path), _READ_FLAGS[(grayscale, reduction)])
+    if image is None:
+        raise AlignmentFailure("cannot decode image (corrupt, truncated or not an image)", path)
+    if rgb and not grayscale:
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    return image
+
+
+def is_grayscale(path: str | Path) -> bool:
+    """True for single-channel files and for colour files whose three channels are equal.
+
+    JPEGs are probed at 1/8 size (DC coefficients only: a fraction of a millisecond).
+    """
+    path = Path(path)
+    jpeg = path.suffix.lower() in _JPEG_SUFFIXES
+    image = cv2.imdecode(_file_bytes(path), cv2.IMREAD_REDUCED_COLOR_8 if jpeg else cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise AlignmentFailure("cannot decode image (corrupt, truncated or not an image)", path)
+    if image.ndim == 2:
+        return True
+    if image.ndim == 3 and image.shape[2] == 3:
+        return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
 
 
 def similarity_transform(landmarks: np.ndarray, settings: AlignSettings) -> np.ndarray:
@@ -54,61 +221,279 @@ def similarity_transform(landmarks: np.ndarray, settings: AlignSettings) -> np.n
     return np.hstack([rotation, (target - rotation @ centre)[:, None]])
 
 
-def locate_landmarks(image: np.ndarray, settings: AlignSettings) -> np.ndarray | None:
-    """Landmarks of the most confident face; detection runs on a downscaled copy of large frames."""
-    height, width = image.shape[:2]
-    factor = min(1.0, settings.detect_max_side / max(height, width))
-    small = image if factor == 1.0 else cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-    for upsample in range(settings.upsample + 1):
-        faces = detect_faces(small, upsample)
-        if faces:
-            box = faces[0][1]
-            if factor != 1.0:
-                import dlib  # the box is mapped back so landmarks use full-resolution detail
-
-                box = dlib.rectangle(*(int(round(v / factor)) for v in (box.left(), box.top(), box.right(), box.bottom())))
-            return landmarks_in_box(image, box)
-    return None
+def fit_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares similarity [[a, -b, tx], [b, a, ty]] mapping `source` points onto `target`."""
+    source = np.asarray(source, np.float64)
+    target = np.asarray(target, np.float64)
+    n = len(source)
+    system = np.zeros((2 * n, 4))
+    system[0::2] = np.column_stack([source[:, 0], -source[:, 1], np.ones(n), np.zeros(n)])
+    system[1::2] = np.column_stack([source[:, 1], source[:, 0], np.zeros(n), np.ones(n)])
+    a, b, tx, ty = np.linalg.lstsq(system, target.reshape(-1), rcond=None)[0]
+    return np.array([[a, -b, tx], [b, a, ty]])
 
 
-def align_clip(folder: ClipFolder, settings: AlignSettings) -> AlignedClip:
-    """Read, detect on the first frame that shows a face, warp every frame with one transform."""
-    if not folder.frames:
-        raise AlignmentFailure(f"{folder.path}: clip folder holds no image frames")
-    frames = []
-    for _, path in folder.frames:
-        try:
-            frames.append(read_frame(path))
-        except Exception as exc:  # MerError from the decoder, or OS errors
-            raise AlignmentFailure(str(exc)) from exc
-    landmarks, reference = None, -1
-    for index in range(min(settings.reference_candidates, len(frames))):
-        landmarks = locate_landmarks(frames[index], settings)
-        if landmarks is not None:
-            reference = index
-            break
-    if landmarks is None:
-        tried = min(settings.reference_candidates, len(frames))
-        raise AlignmentFailure(f"{folder.path}: no face found in the first {tried} frame(s)")
-    affine = similarity_transform(landmarks, settings)
-    size = (settings.size, settings.size)
-    aligned = np.stack(
-        [cv2.warpAffine(frame, affine, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for frame in frames]
-    )
-    return AlignedClip(
-        subject=folder.subject,
-        clip=folder.clip,
-        frames=aligned,
-        frame_numbers=np.array(folder.frame_numbers, dtype=np.int64),
-        landmarks=landmarks,
-        affine=affine,
-        attrs={
-            "source": f"{folder.path.parent.name}/{folder.path.name}",  # relative: caches move
-            "reference_frame": int(folder.frame_numbers[reference]),
-            "source_size": [int(v) for v in frames[0].shape[1::-1]],
-        },
-    )
+def smooth_parameters(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along axis 0, the window shrunk symmetrically at the ends.
+
+    Symmetric windows keep a steady drift exactly (a linear trend is its own average).
+    """
+    half = window // 2
+    out = np.empty_like(values, dtype=np.float64)
+    n = len(values)
+    for i in range(n):
+        h = min(half, i, n - 1 - i)
+        out[i] = values[i - h : i + h + 1].mean(axis=0)
+    return out
 
 
 def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return points @ affine[:, :2].T + affine[:, 2]
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """2x3 matrix of `outer` applied after `inner`."""
+    return outer[:, :2] @ inner + np.hstack([np.zeros((2, 2)), outer[:, 2:]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclass(frozen=True)
+class Detection:
+    landmarks: np.ndarray  # (68, 2) in full-resolution pixels
+    upsample: int  # dlib upsampling level that found the face
+    score: float  # detector confidence
+    scale: float  # factor the frame was downscaled by for detection (1.0: full size)
+
+
+def detect(image: np.ndarray, settings: AlignSettings, upsample_levels: int | None = None) -> Detection | None:
+    """The most confident face, trying upsampling levels 0..settings.upsample in turn."""
+    height, width = image.shape[:2]
+    factor = min(1.0, settings.detect_max_side / max(height, width))
+    small = image if factor == 1.0 else cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    levels = settings.upsample if upsample_levels is None else upsample_levels
+    for upsample in range(levels + 1):
+        faces = detect_faces(small, upsample)
+        if faces:
+            score, box = faces[0]
+            if factor != 1.0:
+                import dlib  # the box is mapped back so landmarks use full-resolution detail
+
+                box = dlib.rectangle(*(int(round(v / factor)) for v in (box.left(), box.top(), box.right(), box.bottom())))
+            return Detection(landmarks_in_box(image, box), upsample, float(score), float(factor))
+    return None
+
+
+def locate_landmarks(image: np.ndarray, settings: AlignSettings) -> np.ndarray | None:
+    """Landmarks of the most confident face; detection runs on a downscaled copy of large frames."""
+    found = detect(image, settings)
+    return None if found is None else found.landmarks
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips
+
+
+class _FrameSource:
+    """Decodes a clip's frames on demand (BGR or gray), checking they all have the first frame's size.
+
+    Frames are kept BGR: warping comes first and the small crops are converted to RGB at the end.
+    """
+
+    def __init__(self, folder: ClipFolder):
+        self.paths = [path for _, path in folder.frames]
+        self.grayscale = is_grayscale(self.paths[0])
+        self.reduction = 1
+        self.shape: tuple[int, ...] | None = None  # full-resolution frame shape
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        frame = decode_frame(self.paths[index], self.grayscale, self.reduction, rgb=False)
+        height, width = frame.shape[:2]
+        if self.shape is None:
+            self.shape = frame.shape
+        elif self.reduction == 1 and (height, width) != self.shape[:2] or self.reduction > 1 and (
+            (height, width) != tuple(-(-v // self.reduction) for v in self.shape[:2])
+        ):
+            full = (height * self.reduction, width * self.reduction) if self.reduction > 1 else (height, width)
+            raise AlignmentFailure(
+                f"frame is about {full[1]}x{full[0]} but the clip's frames are {self.shape[1]}x{self.shape[0]}",
+                self.paths[index],
+            )
+        return frame
+
+    def reduce_for(self, affine: np.ndarray) -> np.ndarray:
+        """Decode later frames at the largest 1/2, 1/4, 1/8 size the crop's scale allows (JPEG only).
+
+        Returns the affine for frames at that size.
+        """
+        if self.paths[0].suffix.lower() in _JPEG_SUFFIXES:
+            scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+            while self.reduction < 8 and scale * self.reduction * 2 <= 1.0:
+                self.reduction *= 2
+        return _compose(affine, self.reduction_matrix())
+
+    def reduction_matrix(self) -> np.ndarray:
+        """Reduced -> full-size pixels: pixel x_r covers r*x_r .. r*x_r + r-1, centred on r*x_r + (r-1)/2."""
+        r = self.reduction
+        return np.array([[r, 0.0, (r - 1) / 2.0], [0.0, r, (r - 1) / 2.0]])
+
+
+def _output(count: int, settings: AlignSettings, grayscale: bool) -> np.ndarray:
+    return np.empty((count, settings.size, settings.size) + (() if grayscale else (3,)), np.uint8)
+
+
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    """BGR crops become RGB, grayscale ones are replicated to three channels: once, at the end."""
+    if frames.ndim == 4:
+        flat = frames.reshape(-1, frames.shape[2], 3)
+        cv2.cvtColor(flat, cv2.COLOR_BGR2RGB, dst=flat)
+        return frames
+    out = np.empty(frames.shape + (3,), np.uint8)
+    out[...] = frames[..., None]
+    return out
+
+
+def _warp(frame: np.ndarray, affine: np.ndarray, out: np.ndarray) -> None:
+    size = (out.shape[1], out.shape[0])
+    cv2.warpAffine(frame, affine, size, dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _find_reference(source: _FrameSource, settings: AlignSettings) -> tuple[int, Detection, list[np.ndarray]]:
+    """Upsampled detection first, then the next frames; returns the index, detection and frames decoded."""
+    decoded = []
+    tried = min(settings.reference_candidates, len(source))
+    for index in range(tried):
+        decoded.append(source[index])
+        found = detect(_detection_view(decoded[-1]), settings)
+        if found is not None:
+            return index, found, decoded
+    raise AlignmentFailure(
+        f"no face found in the first {tried} frame(s) (dlib HOG, upsampling up to {settings.upsample})", source.paths[0]
+    )
+
+
+def _detection_view(frame: np.ndarray) -> np.ndarray:
+    return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def _fallback(index: int, upsample: int) -> str:
+    used = (["later_frame"] if index > 0 else []) + (["upsample"] if upsample > 0 else [])
+    return "+".join(used) or "none"
+
+
+def align_clip(folder: ClipFolder, settings: AlignSettings) -> AlignedClip:
+    """Decode, detect on the first frame that shows a face, warp every frame with one transform."""
+    if not folder.frames:
+        raise AlignmentFailure("clip folder holds no image frames", folder.path)
+    source = _FrameSource(folder)
+    attrs: dict = {
+        "source": f"{folder.path.parent.name}/{folder.path.name}",  # relative: caches move
+        "method": settings.method,
+        "grayscale": int(source.grayscale),
+        "align_settings": settings.record(),
+        "input_fingerprint": input_fingerprint(folder),
+    }
+    if settings.method == "resize":
+        return _resize_clip(folder, source, settings, attrs)
+    reference, found, decoded = _find_reference(source, settings)
+    attrs.update(
+        reference_frame=int(folder.frame_numbers[reference]),
+        reference_index=reference,
+        detector=DETECTOR,
+        detect_upsample=found.upsample,
+        detect_score=found.score,
+        detect_scale=found.scale,
+        fallback=_fallback(reference, found.upsample),
+    )
+    affine = similarity_transform(found.landmarks, settings)
+    if settings.redetect_every > 0:
+        frames, affines, used = _tracked_frames(source, decoded, reference, found, affine, settings)
+        attrs["redetect_frames"] = [int(folder.frame_numbers[i]) for i in used]
+        attrs["frame_affines"] = affines
+        affine = affines[reference]
+    else:
+        warp_affine = source.reduce_for(affine)
+        if source.reduction > 1:
+            decoded = []  # decoded again at the reduced size, like every other frame
+        frames = _output(len(source), settings, source.grayscale)
+        for index in range(len(source)):
+            _warp(decoded[index] if index < len(decoded) else source[index], warp_affine, frames[index])
+    attrs["source_size"] = [int(source.shape[1]), int(source.shape[0])]  # full resolution
+    attrs["decode_reduction"] = source.reduction
+    return AlignedClip(
+        subject=folder.subject,
+        clip=folder.clip,
+        frames=_rgb(frames),
+        frame_numbers=np.array(folder.frame_numbers, dtype=np.int64),
+        landmarks=found.landmarks,
+        affine=affine,
+        attrs=attrs,
+    )
+
+
+def _tracked_frames(source, decoded, reference, found, affine, settings):
+    """Re-detect every k-th frame, smooth the similarity to the reference, one transform per frame.
+
+    Frames are decoded twice (detection frames at full size, then every frame for warping) rather
+    than all held in memory: a long SAMM clip at full size would take gigabytes.
+    """
+    count = len(source)
+    indices = list(range(reference, count, settings.redetect_every))
+    if indices[-1] != count - 1:
+        indices.append(count - 1)
+    stable = found.landmarks[STABLE_POINTS]
+    used, params = [], []
+    for index in indices:
+        if index == reference:
+            match = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        else:
+            frame = decoded[index] if index < len(decoded) else source[index]
+            # the face is where it was: no upsampling passes, a miss simply drops this detection
+            other = detect(_detection_view(frame), settings, upsample_levels=0)
+            if other is None:
+                continue
+            match = fit_similarity(other.landmarks[STABLE_POINTS], stable)
+        used.append(index)
+        params.append([match[0, 0], match[1, 0], match[0, 2], match[1, 2]])
+    smoothed = smooth_parameters(np.array(params), settings.smooth_window)
+    per_frame = np.column_stack([np.interp(np.arange(count), used, smoothed[:, j]) for j in range(4)])
+    affines = np.array([_compose(affine, np.array([[a, -b, tx], [b, a, ty]])) for a, b, tx, ty in per_frame])
+    source.reduce_for(affine)
+    reduced = source.reduction_matrix()
+    out = _output(count, settings, source.grayscale)
+    for index in range(count):
+        frame = decoded[index] if source.reduction == 1 and index < len(decoded) else source[index]
+        _warp(frame, _compose(affines[index], reduced), out[index])
+    return out, affines, used
+
+
+def _resize_clip(folder: ClipFolder, source: _FrameSource, settings: AlignSettings, attrs: dict) -> AlignedClip:
+    """Frames that are already face crops: resize only; landmarks NaN, the affine is the scaling."""
+    size = settings.size
+    out = _output(len(source), settings, source.grayscale)
+    for index in range(len(source)):
+        cv2.resize(source[index], (size, size), dst=out[index], interpolation=cv2.INTER_AREA)
+    height, width = source.shape[:2]
+    sx, sy = size / width, size / height
+    affine = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])  # cv2.resize's pixel-centre mapping
+    attrs.update(reference_frame=int(folder.frame_numbers[0]), reference_index=0, source_size=[width, height], fallback="none")
+    return AlignedClip(
+        subject=folder.subject,
+        clip=folder.clip,
+        frames=_rgb(out),
+        frame_numbers=np.array(folder.frame_numbers, dtype=np.int64),
+        landmarks=np.full((68, 2), np.nan, np.float32),
+        affine=affine,
+        attrs=attrs,
+    )
+
+
+def reference_view(clip: AlignedClip) -> tuple[np.ndarray, np.ndarray]:
+    """The aligned reference frame and its landmarks in crop coordinates (NaN for `resize`)."""
+    index = int(clip.attrs.get("reference_index", 0))
+    return clip.frames[index], transform_points(np.asarray(clip.landmarks, np.float64), np.asarray(clip.affine))

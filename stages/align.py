@@ -1,53 +1,214 @@
-"""Stage `align`: detect, align and crop every clip of a dataset copy into the aligned cache."""
+"""Stage `align`: detect, align and crop every clip of a dataset copy into the aligned cache.
+
+Error policy (`align.on_error`, `--on-error`): `fail` lists every clip that could not be aligned
+(subject, clip, file, reason) and writes nothing; `skip` writes the other clips, a failures report
+`<out>.failures.csv` and a warning. `--resume` reuses the clips of an existing output made with the
+same settings from the same frames. `--preview N` draws N aligned reference frames with their
+landmarks into `<out>.preview.png`. Every file is written under a temporary name and renamed
+(pipeline.atomic also removes temporaries left by a killed run).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+from pathlib import Path
+
 import click
+import cv2
+import numpy as np
 from tqdm import tqdm
 
-from pipeline.align import AlignmentFailure, AlignSettings, align_clip
+from pipeline import __version__
+from pipeline.align import (
+    AlignmentFailure,
+    AlignSettings,
+    ClipFailure,
+    align_clip,
+    find_align_clips,
+    input_fingerprint,
+    reference_view,
+)
 from pipeline.atomic import atomic_output
-from pipeline.cache import AlignedCacheWriter
+from pipeline.cache import ALIGNED_SCHEMA, AlignedCacheWriter, AlignedClip, array_sha256, open_cache, read_aligned_clip
 from pipeline.errors import InputProblems, MerError
-from pipeline.frames import DATASETS, ClipFolder, find_clip_folders
+from pipeline.frames import DATASETS, DEFAULT_FOLDER_PATTERN, ClipFolder
+from pipeline.montage import aligned_montage
 from pipeline.parallel import limit_native_threads, ordered_map
 from stages.common import jobs_option, params_option, recorded_params, stage_params
 
+ON_ERROR = ("fail", "skip")
+FAILURE_FIELDS = ("subject", "clip", "file", "reason")
 
-def _align_one(folder: ClipFolder, settings: AlignSettings):
+
+def _align_one(folder: ClipFolder, settings: AlignSettings) -> AlignedClip | ClipFailure:
     limit_native_threads()
     try:
         return align_clip(folder, settings)
     except AlignmentFailure as exc:
-        return f"{folder.subject}/{folder.clip}: {exc}"
+        return ClipFailure(folder.subject, folder.clip, exc.file or str(folder.path), exc.reason)
+
+
+def failures_path(out: str | Path) -> Path:
+    return Path(f"{out}.failures.csv")
+
+
+def preview_path(out: str | Path) -> Path:
+    return Path(f"{out}.preview.png")
+
+
+def _write_failures(path: Path, failures: list[ClipFailure]) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FAILURE_FIELDS)
+        for failure in failures:
+            writer.writerow([failure.subject, failure.clip, failure.file, failure.reason])
+
+
+def _reusable_clips(out: Path, folders: list[ClipFolder], settings: AlignSettings) -> tuple[set, str]:
+    """Clips of an existing output aligned with the same settings and tool from the same frames."""
+    if not out.is_file():
+        return set(), f"--resume: no previous output at {out}; aligning every clip"
+    try:
+        handle = open_cache(out, ALIGNED_SCHEMA)
+    except MerError as exc:
+        return set(), f"--resume: cannot reuse {out} ({exc}); aligning every clip"
+    record = settings.record()
+    reusable = set()
+    with handle:
+        if handle.attrs.get("tool_version") != __version__:
+            return set(), f"--resume: {out} was made by version {handle.attrs.get('tool_version')}; aligning every clip"
+        for folder in folders:
+            if folder.subject not in handle or folder.clip not in handle[folder.subject]:
+                continue
+            attrs = handle[folder.subject][folder.clip].attrs
+            if attrs.get("align_settings") == record and attrs.get("input_fingerprint") == input_fingerprint(folder):
+                reusable.add((folder.subject, folder.clip))
+    note = "" if reusable else f"--resume: no clip of {out} matches the current settings and frames; aligning every clip"
+    return reusable, note
+
+
+def _read_reused(handle, folder: ClipFolder) -> AlignedClip | None:
+    """A clip copied from the previous output, or None when it is damaged (checksum or read error)."""
+    try:
+        clip = read_aligned_clip(handle, folder.subject, folder.clip)
+    except (OSError, KeyError, MerError):
+        return None
+    group = handle[folder.subject][folder.clip]
+    for name in ("frames", "frame_numbers", "landmarks", "affine"):
+        if group[name].attrs.get("sha256") != array_sha256(getattr(clip, name)):
+            return None
+    return clip
+
+
+def _preview_indices(count: int, wanted: int) -> set[int]:
+    if wanted <= 0 or count == 0:
+        return set()
+    return {int(i) for i in np.linspace(0, count - 1, min(wanted, count)).round()}
 
 
 @click.command("align")
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Folder layout of the copy.")
 @click.option("--root", type=click.Path(), required=True, help="Folder holding the subject folders.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Aligned cache to write (.h5).")
+@click.option(
+    "--on-error",
+    type=click.Choice(ON_ERROR),
+    default=None,
+    help="fail: list the bad clips and write nothing; skip: write the rest and OUT.failures.csv (default: params, else fail).",
+)
+@click.option(
+    "--folder-pattern",
+    default=None,
+    help="generic only: clip folders relative to --root, e.g. 's{subject}/{clip}' "
+    f"(default: params align.folder_pattern, else {DEFAULT_FOLDER_PATTERN}).",
+)
+@click.option("--resume", is_flag=True, help="Reuse clips of an existing OUT aligned with the same settings from the same frames.")
+@click.option("--preview", type=click.IntRange(min=0), default=0, show_default=True, help="Draw N aligned reference frames with landmarks into OUT.preview.png.")
 @jobs_option
 @params_option
-def align(dataset: str, root: str, out: str, jobs: int | None, params_file: str) -> None:
+def align(
+    dataset: str, root: str, out: str, on_error: str | None, folder_pattern: str | None, resume: bool, preview: int,
+    jobs: int | None, params_file: str,
+) -> None:
     """Align and crop the faces of every clip into an HDF5 cache."""
-    params = stage_params(params_file, "align", jobs=jobs)
+    params = stage_params(params_file, "align", jobs=jobs, on_error=on_error, folder_pattern=folder_pattern)
+    policy = params.get("on_error", "fail")
+    if policy not in ON_ERROR:
+        raise MerError(f"{params_file}: align.on_error must be one of {', '.join(ON_ERROR)}, got {policy!r}")
     try:
         settings = AlignSettings.from_params(params)
     except (TypeError, ValueError) as exc:
         raise MerError(f"{params_file}: invalid align settings: {exc}") from exc
-    folders = sorted(find_clip_folders(dataset, root).values(), key=lambda f: (f.subject, f.clip))
-    if not folders:
+    out_path = Path(out)
+    if folder_pattern is not None and dataset != "generic":
+        raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
+    pattern = (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN) if dataset == "generic" else None
+    folders, failures = find_align_clips(dataset, root, pattern)
+    total = len(folders) + len(failures)
+    if not total:
         raise MerError(f"no clip folders found under {root}")
-    failures: list[str] = []
-    n_frames = 0
-    with atomic_output(out) as tmp, AlignedCacheWriter(tmp, dataset, recorded_params(params)) as writer:
-        results = ordered_map(_align_one, ((f, settings) for f in folders), int(params.get("jobs", 1)))
-        for result in tqdm(results, total=len(folders), desc=f"align {dataset}", unit="clip", disable=None):
-            if isinstance(result, str):
-                failures.append(result)
-            elif not failures:  # after a failure the output is discarded anyway
+
+    reusable, note = _reusable_clips(out_path, folders, settings) if resume else (set(), "")
+    if note:
+        click.echo(note, err=True)
+    chosen = _preview_indices(len(folders), preview)
+    previews: list[tuple[np.ndarray, np.ndarray, str]] = []
+    todo = [f for f in folders if (f.subject, f.clip) not in reusable]
+    n_frames = n_written = n_reused = 0
+    old = open_cache(out_path, ALIGNED_SCHEMA) if reusable else contextlib.nullcontext()
+    with atomic_output(out_path) as tmp:  # the previous output (read by --resume) is closed before the rename
+        with old as old_handle, AlignedCacheWriter(tmp, dataset, recorded_params(params)) as writer:
+            results = iter(ordered_map(_align_one, ((f, settings) for f in todo), int(params.get("jobs", 1))))
+            for position, folder in enumerate(tqdm(folders, desc=f"align {dataset}", unit="clip", disable=None)):
+                result = None
+                if (folder.subject, folder.clip) in reusable:
+                    result = _read_reused(old_handle, folder)
+                    if result is None:  # damaged in the old file: align it again, here
+                        result = _align_one(folder, settings)
+                    else:
+                        n_reused += 1
+                else:
+                    result = next(results)
+                if isinstance(result, ClipFailure):
+                    failures.append(result)
+                    continue
+                if failures and policy == "fail":
+                    continue  # the output is discarded anyway; keep going to report every bad clip
+                result.attrs = dict(sorted(result.attrs.items()))  # the same bytes whether aligned or reused
                 writer.add(result)
+                n_written += 1
                 n_frames += len(result.frames)
+                if position in chosen:
+                    image, points = reference_view(result)
+                    previews.append((image, points, f"{result.subject}/{result.clip}"))
+        failures.sort(key=lambda f: (f.subject, f.clip))
+        if failures and policy == "fail":
+            raise InputProblems(
+                f"{len(failures)} of {total} clips could not be aligned; nothing was written "
+                f"(use --on-error skip to write the others)",
+                [f.line() for f in failures],
+            )
+        if not n_written:
+            raise InputProblems(f"none of the {total} clips could be aligned; nothing was written", [f.line() for f in failures])
+        report = failures_path(out_path)
         if failures:
-            raise InputProblems(f"{len(failures)} of {len(folders)} clips could not be aligned; nothing was written", failures)
-    click.echo(f"aligned {len(folders)} clips ({n_frames} frames) of {dataset} -> {out}")
+            _write_failures(report, failures)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                report.unlink()  # a report from an earlier run no longer applies
+    if previews:
+        sheet = aligned_montage([p[0] for p in previews], [p[1] for p in previews], [p[2] for p in previews])
+        with atomic_output(preview_path(out_path)) as tmp_png:
+            ok, data = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+            Path(tmp_png).write_bytes(data.tobytes())
+    reused = f", {n_reused} reused from the previous output" if resume else ""
+    click.echo(f"aligned {n_written} of {total} clips ({n_frames} frames{reused}) of {dataset} -> {out}")
+    if previews:
+        click.echo(f"preview of {len(previews)} clips -> {preview_path(out_path)}")
+    if failures:
+        click.echo(f"warning: {len(failures)} of {total} clips could not be aligned and were skipped; see {failures_path(out_path)}", err=True)
+        for failure in failures[:10]:
+            click.echo(f"  - {failure.line()}", err=True)
+        if len(failures) > 10:
+            click.echo(f"  ... and {len(failures) - 10} more", err=True)

@@ -31,3 +31,18 @@ def write_clip(folder: Path, frames: list[np.ndarray], first: int = 46, pattern:
     for i, frame in enumerate(frames):
         cv2.imwrite(str(folder / pattern.format(first + i)), frame)
     return folder
+
+
+def write_gray_clip(folder: Path, frames: list[np.ndarray], first: int = 5562, pattern: str = "{:05d}.jpg") -> Path:
+    """SAMM-like single-channel JPEG frames (file names as 006_05562.jpg when pattern says so)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        cv2.imwrite(str(folder / pattern.format(first + i)), gray)
+    return folder
+
+
+def drifting(image: np.ndarray, count: int, step: tuple[float, float], scale: float = 1.6) -> tuple[list[np.ndarray], np.ndarray]:
+    """`count` frames of the portrait shifted a little more each frame, and the shift of each frame."""
+    shifts = np.array([(i * step[0], i * step[1]) for i in range(count)])
+    return [place(image, scale, dx, dy) for dx, dy in shifts], shifts

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import pipeline.align as align_module
 from pipeline.align import AlignSettings, align_clip, transform_points
-from pipeline.frames import find_clip_folders
+from pipeline.cache import array_sha256
+from pipeline.frames import find_clip_folders, read_frame
+from pipeline.montage import aligned_montage
 from stages.cli import cli
-from tests.conftest import write_params
-from tests.faces import place, portrait, write_clip
+from tests.conftest import PROJECT, write_params
+from tests.faces import drifting, place, portrait, write_clip, write_gray_clip
 
 
 @pytest.fixture
@@ -63,32 +76,135 @@ def test_align_stage_writes_the_cache(tmp_path, casme_root, project_params):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
 
 
-@pytest.mark.parametrize(
-    "damage, reason",
-    [
-        ("corrupt", "cannot decode image"),
-        ("empty", "holds no image frames"),
-        ("noface", "no face found"),
-    ],
-)
-def test_bad_clips_are_reported_and_nothing_is_written(tmp_path, casme_root, project_params, damage, reason):
-    clip = casme_root / "CASME2_RAW_selected" / "sub03" / "EP05_01"
+BAD = "CASME2_RAW_selected/sub03/EP05_01"
+
+
+def _damage(casme_root, damage, monkeypatch):
+    """Make clip sub03/EP05_01 bad in one way; returns the reason the report must give."""
+    clip = casme_root / BAD
     if damage == "corrupt":
         write_clip(clip, [place(portrait(), 1.6, 0, 0)] * 2)
-        data = (clip / "img47.jpg").read_bytes()
-        (clip / "img47.jpg").write_bytes(data[: len(data) // 3])  # truncated JPEG
         (clip / "img46.jpg").write_bytes(b"not a jpeg at all")
-    elif damage == "empty":
+        return "cannot decode image"
+    if damage == "truncated":
+        write_clip(clip, [place(portrait(), 1.6, 0, 0)] * 2)
+        data = (clip / "img47.jpg").read_bytes()
+        (clip / "img47.jpg").write_bytes(data[: len(data) // 3])  # cut short, as an interrupted copy leaves it
+        return "truncated JPEG"
+    if damage == "empty":
         clip.mkdir(parents=True)
-    else:
+        return "holds no image frames"
+    if damage == "noface":
         write_clip(clip, [np.full((480, 640, 3), 128, np.uint8)] * 2)
+        return "no face found"
+    assert damage == "unreadable"
+    write_clip(clip, [place(portrait(), 1.6, 0, 0)] * 2)
+    if os.geteuid() == 0:  # root reads anything: simulate the permission error where the folder is listed
+        real = align_module.list_frames
+
+        def list_frames(folder):
+            if folder.name == "EP05_01":
+                raise PermissionError(13, "Permission denied", str(folder))
+            return real(folder)
+
+        monkeypatch.setattr(align_module, "list_frames", list_frames)
+    else:
+        clip.chmod(0)
+    return "cannot read clip folder"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "empty", "noface", "unreadable"])
+def test_bad_clips_fail_the_stage_and_nothing_is_written(tmp_path, casme_root, project_params, monkeypatch, damage):
+    reason = _damage(casme_root, damage, monkeypatch)
     out = tmp_path / "aligned.h5"
     out.write_bytes(b"previous output")  # an earlier result must survive a failed run
-    result, out = _run_align(tmp_path, casme_root, project_params)
+    try:
+        result, out = _run_align(tmp_path, casme_root, project_params)
+    finally:
+        (casme_root / BAD).chmod(0o755)
     assert result.exit_code != 0
-    assert "sub03/EP05_01" in result.output and reason in result.output
+    assert "sub03/EP05_01" in result.output and reason in result.output, result.output
+    assert "--on-error skip" in result.output
     assert out.read_bytes() == b"previous output"
+    assert not (tmp_path / "aligned.h5.failures.csv").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "empty", "noface", "unreadable"])
+def test_bad_clips_are_skipped_and_reported(tmp_path, casme_root, project_params, monkeypatch, damage):
+    reason = _damage(casme_root, damage, monkeypatch)
+    try:
+        result, out = _run_align(tmp_path, casme_root, project_params, "--on-error", "skip")
+    finally:
+        (casme_root / BAD).chmod(0o755)
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 of 3 clips could not be aligned" in result.output
+    assert "sub03/EP05_01" in result.output and reason in result.output
+    with h5py.File(out) as handle:
+        assert sorted(handle) == ["sub01", "sub02"]
+        assert json.loads(handle.attrs["params"])["on_error"] == "skip"
+    with open(tmp_path / "aligned.h5.failures.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and rows[0]["subject"] == "sub03" and rows[0]["clip"] == "EP05_01"
+    assert reason in rows[0]["reason"] and "EP05_01" in rows[0]["file"]
+    if damage in ("corrupt", "truncated"):
+        assert rows[0]["file"].endswith("img46.jpg" if damage == "corrupt" else "img47.jpg")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # a later clean run in either mode removes the stale report
+    shutil.rmtree(casme_root / BAD)
+    result, out = _run_align(tmp_path, casme_root, project_params)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "aligned.h5.failures.csv").exists()
+
+
+def test_on_error_comes_from_params(tmp_path, casme_root, project_params, monkeypatch):
+    _damage(casme_root, "empty", monkeypatch)
+    project_params["align"]["on_error"] = "skip"
+    result, out = _run_align(tmp_path, casme_root, project_params)
+    assert result.exit_code == 0 and (tmp_path / "aligned.h5.failures.csv").exists(), result.output
+    project_params["align"]["on_error"] = "ignore"
+    result, out = _run_align(tmp_path, casme_root, project_params)
+    assert result.exit_code != 0 and "on_error" in result.output
+
+
+def test_all_clips_bad_is_an_error_even_when_skipping(tmp_path, project_params):
+    root = tmp_path / "data"
+    (root / "sub01" / "EP01_01").mkdir(parents=True)
+    result, out = _run_align(tmp_path, root, project_params, "--on-error", "skip")
+    assert result.exit_code != 0 and "none of the 1 clips" in result.output
+    assert not out.exists()
+
+
+def test_a_killed_run_leaves_the_previous_output(tmp_path, project_params):
+    """SIGKILL after the first clip is in the temporary file: the output path keeps the old file."""
+    face = portrait()
+    root = tmp_path / "data"
+    for i in range(8):
+        write_clip(root / f"sub{i + 1:02d}" / "EP01_01", [place(face, 1.6, i, 0)] * 12)
+    params = write_params(tmp_path, project_params)
+    out = tmp_path / "aligned.h5"
+    out.write_bytes(b"previous output")
+    command = [sys.executable, "-m", "stages", "align", "--dataset", "casme2", "--root", str(root), "--out", str(out),
+               "--params", str(params), "--jobs", "1"]
+    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            temporaries = list(tmp_path.glob(".aligned.h5.tmp-*"))
+            if temporaries and temporaries[0].stat().st_size > 100_000:  # at least one clip's frames
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert out.read_bytes() == b"previous output"
+    assert list(tmp_path.glob(".aligned.h5.tmp-*"))  # SIGKILL allows no clean-up ...
+    result, out = _run_align(tmp_path, root, project_params)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # ... the next run removes it
 
 
 def test_missing_data_folder_is_named(tmp_path, project_params):
@@ -96,3 +212,193 @@ def test_missing_data_folder_is_named(tmp_path, project_params):
     assert result.exit_code != 0
     assert "data folder not found" in result.output and "nowhere" in result.output
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection fallbacks, grayscale
+
+
+def test_detection_fallbacks_are_recorded(tmp_path):
+    face = portrait()
+    blank = np.full((480, 640, 3), 128, np.uint8)
+    settings = AlignSettings()
+    later = align_clip(_folder(write_clip(tmp_path / "sub01" / "EP01_01", [blank, place(face, 1.6, 0, 0)], first=20)), settings)
+    assert later.attrs["reference_frame"] == 21 and later.attrs["reference_index"] == 1
+    assert later.attrs["fallback"] == "later_frame" and later.attrs["detect_upsample"] == 0
+    small = align_clip(_folder(write_clip(tmp_path / "sub01" / "EP01_02", [place(face, 0.5, 0, 0)] * 2)), settings)
+    assert small.attrs["fallback"] == "upsample" and small.attrs["detect_upsample"] == 1
+    assert small.attrs["reference_frame"] == 46 and small.attrs["detect_score"] > 0
+    assert json.loads(small.attrs["align_settings"])["upsample"] == 1
+    with pytest.raises(align_module.AlignmentFailure, match="upsampling up to 0"):
+        align_clip(_folder(tmp_path / "sub01" / "EP01_02"), AlignSettings(upsample=0))
+
+
+def _folder(path):
+    from pipeline.frames import ClipFolder, list_frames
+
+    return ClipFolder("casme2", path.parent.name, path.name, path, list_frames(path))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grayscale_clips_are_warped_on_one_channel(tmp_path, monkeypatch, channels):
+    """SAMM frames (grayscale JPEG, or colour JPEG with equal channels) give the colour path's result."""
+    gray = cv2.cvtColor(place(portrait(), 3.2, 0, 0, size=(1360, 725)), cv2.COLOR_BGR2GRAY)
+    frames = [gray, np.roll(gray, 1, axis=1)]
+    folder = tmp_path / "006" / "006_1_2"
+    if channels == 1:
+        write_gray_clip(folder, frames, pattern="006_{:05d}.jpg")
+    else:
+        write_clip(folder, [cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) for f in frames], first=5562, pattern="006_{:05d}.jpg")
+    warped_shapes = []
+    real_warp = cv2.warpAffine
+    monkeypatch.setattr(align_module.cv2, "warpAffine", lambda src, *a, **k: warped_shapes.append(src.shape) or real_warp(src, *a, **k))
+    clip = align_clip(_folder(folder), AlignSettings())
+    monkeypatch.undo()
+    assert clip.attrs["grayscale"] == 1 and clip.frames.shape == (2, 224, 224, 3)
+    assert all(len(shape) == 2 for shape in warped_shapes)  # one channel warped, not three
+    assert np.array_equal(clip.frames[..., 0], clip.frames[..., 2])
+    for index, (_, path) in enumerate(sorted(_folder(folder).frames)):  # the colour path, for reference
+        rgb = read_frame(path)
+        expected = cv2.warpAffine(rgb, clip.affine, (224, 224), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        assert np.abs(expected.astype(int) - clip.frames[index]).max() <= 1
+    assert clip.attrs["detect_scale"] < 1  # a 1360-wide frame is downscaled for detection
+
+
+def test_small_crops_of_large_frames_decode_at_reduced_size(tmp_path):
+    """A crop scale <= 1/2 decodes JPEGs at 1/2 size (DCT scaling): faster, and no aliasing."""
+    frame = place(portrait(), 6.0, 0, 0, size=(2040, 1088))
+    folder = _folder(write_clip(tmp_path / "sub01" / "EP01_01", [frame, frame]))
+    clip = align_clip(folder, AlignSettings())
+    assert clip.attrs["decode_reduction"] == 2 and clip.attrs["source_size"] == [2040, 1088]
+    assert np.hypot(*clip.affine[:, 0]) < 0.5  # the stored affine stays in full-resolution pixels
+    full = cv2.warpAffine(read_frame(folder.frames[0][1]), clip.affine, (224, 224), flags=cv2.INTER_AREA)
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32) for f in (full, clip.frames[0])]
+    (dx, dy), _ = cv2.phaseCorrelate(*gray)
+    (x0, y0), _ = cv2.phaseCorrelate(gray[0], gray[0])  # this OpenCV reports (0.5, 0.5) for no shift
+    assert abs(dx - x0) < 0.15 and abs(dy - y0) < 0.15  # same geometry as warping the full-size frame
+    assert np.abs(gray[0] - gray[1]).mean() < 3
+    tracked = align_clip(folder, AlignSettings(redetect_every=1))  # per-frame transforms, reduced too
+    assert tracked.attrs["decode_reduction"] == 2
+    assert np.abs(tracked.frames.astype(int) - clip.frames).mean() < 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume, --preview
+
+
+def test_resume_reuses_clips_made_with_the_same_settings(tmp_path, casme_root, project_params):
+    result, out = _run_align(tmp_path, casme_root, project_params)
+    assert result.exit_code == 0, result.output
+    write_clip(casme_root / BAD, [place(portrait(), 1.7, 3, 2)] * 2)
+    result, out = _run_align(tmp_path, casme_root, project_params, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "aligned 3 of 3 clips (8 frames, 2 reused from the previous output)" in result.output
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    result, fresh = _run_align(fresh_dir, casme_root, project_params)
+    assert _contents(fresh) == _contents(out)  # reusing clips gives what a full run gives
+    # a clip whose frames changed is aligned again
+    write_clip(casme_root / BAD, [place(portrait(), 1.7, 3, 2)] * 3)
+    result, out = _run_align(tmp_path, casme_root, project_params, "--resume")
+    assert "2 reused" in result.output, result.output
+    # other settings: nothing is reused
+    project_params["align"]["size"] = 112
+    result, out = _run_align(tmp_path, casme_root, project_params, "--resume")
+    assert result.exit_code == 0 and "0 reused" in result.output and "matches the current settings" in result.output
+    with h5py.File(out) as handle:
+        assert handle["sub01/EP01_01/frames"].shape[1:] == (112, 112, 3)
+
+
+def _contents(path):
+    """Every dataset's checksum and every attribute (LZF-compressed bytes may differ between runs)."""
+    items = {}
+    with h5py.File(path) as handle:
+        items["/"] = sorted((k, str(v)) for k, v in handle.attrs.items())
+
+        def visit(name, obj):
+            items[name] = sorted((k, str(v)) for k, v in obj.attrs.items())
+            if isinstance(obj, h5py.Dataset):
+                items[name].append(("data", array_sha256(obj[()])))
+
+        handle.visititems(visit)
+    return items
+
+
+def test_resume_without_previous_output_aligns_everything(tmp_path, casme_root, project_params):
+    result, out = _run_align(tmp_path, casme_root, project_params, "--resume")
+    assert result.exit_code == 0 and "no previous output" in result.output and "0 reused" in result.output
+
+
+def test_preview_montage_shows_reference_frames_and_landmarks(tmp_path, casme_root, project_params):
+    result, out = _run_align(tmp_path, casme_root, project_params, "--preview", "2")
+    assert result.exit_code == 0, result.output
+    sheet = cv2.imread(str(tmp_path / "aligned.h5.preview.png"))
+    assert sheet is not None and sheet.shape[0] > 100 and sheet.shape[1] >= 2 * 160
+    green = (sheet[..., 1] > 200) & (sheet[..., 0] < 80) & (sheet[..., 2] < 80)
+    assert green.sum() > 2 * 68  # the landmarks are drawn
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_montage_is_a_pure_image_function():
+    image = np.zeros((224, 224, 3), np.uint8)
+    points = np.array([[10.0, 10.0], [np.nan, np.nan]])
+    sheet = aligned_montage([image, image[..., 0]], [points, points], ["a", "b"], tile=100)
+    assert sheet.shape == (118, 200, 3) and sheet.dtype == np.uint8
+    assert sheet[:100, :100, 1].max() == 255  # the point at (10, 10) is drawn in green
+
+
+# ---------------------------------------------------------------------------------------------
+# method: resize, redetect_every
+
+
+def test_resize_method_uses_the_datasets_own_crops(tmp_path, project_params):
+    root = tmp_path / "Cropped"
+    crops = [cv2.resize(portrait()[60:230, 140:300], (160, 170)) for _ in range(2)]
+    write_clip(root / "sub01" / "EP02_01f", crops, pattern="reg_img{}.jpg")
+    project_params["align"]["method"] = "resize"
+    result, out = _run_align(tmp_path, root, project_params, "--preview", "1")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as handle:
+        group = handle["sub01/EP02_01f"]
+        assert group["frames"].shape == (2, 224, 224, 3)
+        assert group["frame_numbers"][()].tolist() == [46, 47]
+        assert np.isnan(group["landmarks"][()]).all()
+        affine = group["affine"][()]
+        assert affine[0, 0] == pytest.approx(224 / 160) and affine[1, 1] == pytest.approx(224 / 170)
+        assert group.attrs["method"] == "resize"
+        expected = cv2.resize(cv2.imread(str(root / "sub01/EP02_01f/reg_img46.jpg")), (224, 224), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(group["frames"][0], expected[..., ::-1])
+
+
+def test_redetection_follows_a_drifting_head(tmp_path, project_params):
+    frames, shifts = drifting(portrait(), 16, (0.8, 0.5))  # 12 px right and 7.5 px down by the end
+    folder = _folder(write_clip(tmp_path / "sub01" / "EP01_01", frames))
+    still = align_clip(folder, AlignSettings())
+    tracked = align_clip(folder, AlignSettings(redetect_every=4))
+    assert tracked.attrs["redetect_frames"] == [46, 50, 54, 58, 61]
+    affines = tracked.attrs["frame_affines"]
+    assert affines.shape == (16, 2, 3) and np.allclose(affines[0], tracked.affine)
+
+    def error(affine_of_frame):
+        first = transform_points(tracked.landmarks, affine_of_frame(0))
+        return max(np.linalg.norm(transform_points(tracked.landmarks + shifts[t], affine_of_frame(t)) - first, axis=1).mean()
+                   for t in range(len(frames)))
+
+    assert error(lambda t: affines[t]) < 1.5
+    assert error(lambda t: still.affine) > 5  # without re-detection the face drifts in the crop
+    project_params["align"]["redetect_every"] = 4
+    result, out = _run_align(tmp_path, tmp_path, project_params)
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as handle:
+        assert np.allclose(handle["sub01/EP01_01"].attrs["frame_affines"], affines)
+
+
+def test_generic_layouts_use_the_folder_pattern(tmp_path, project_params):
+    root = tmp_path / "mydata"
+    write_clip(root / "s7" / "happy1" / "color", [place(portrait(), 1.6, 0, 0)] * 2, pattern="frame{:03d}.jpg")
+    result, out = _run_align(tmp_path, root, project_params, "--dataset", "generic", "--folder-pattern", "s{subject}/{clip}/color")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as handle:
+        assert handle["7/happy1/frame_numbers"][()].tolist() == [46, 47]
+    result, out = _run_align(tmp_path, root, project_params, "--folder-pattern", "s{subject}/{clip}")
+    assert result.exit_code != 0 and "generic only" in result.output

@@ -1,0 +1,153 @@
+"""Alignment speed and memory on the casme2-scale demo (issue: alignment near the JPEG-decode limit).
+
+Measures, in one run on the same clip folders:
+  decode - only decoding every JPEG frame (cv2.imread) with the same number of processes (joblib);
+  align  - the align stage itself (decode, detect, warp, write the HDF5 cache to a temporary file)
+           with --jobs 2, then with --jobs 1, then with --jobs 2 on half the clips;
+and prints align/decode (target <= 1.5), jobs1/jobs2 (target >= 1.7) and the peak resident memory of
+this process plus its worker processes during each align run (it must not grow with the clip count).
+
+Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [--jobs 2]
+       what-if options: [--frames-compression none] [--detect-max-side 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import psutil
+import yaml
+
+from benchmarks.workload import casme2_scale, machine_line
+from pipeline.align import find_align_clips
+from pipeline.params import load_section
+from pipeline.parallel import limit_native_threads, ordered_map
+
+
+def _decode_clip(paths: list[Path]) -> int:
+    limit_native_threads()
+    pixels = 0
+    for path in paths:
+        pixels += cv2.imread(str(path), cv2.IMREAD_COLOR).size
+    return pixels
+
+
+def decode_only(folders, jobs: int) -> float:
+    start = time.perf_counter()
+    for _ in ordered_map(_decode_clip, (([p for _, p in f.frames],) for f in folders), jobs):
+        pass
+    return time.perf_counter() - start
+
+
+class PeakMemory:
+    """Peak of the summed resident memory of this process and all its descendants, sampled."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[float, int]:
+    """Wall time and peak memory of the align stage on these clip folders (linked into a temp root)."""
+    from stages.align import align
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp) / "root"
+        for folder in folders:
+            (root / folder.subject).mkdir(parents=True, exist_ok=True)
+            os.symlink(folder.path, root / folder.subject / folder.clip)
+        out = Path(tmp) / "aligned.h5"
+        args = ["--dataset", "casme2", "--root", str(root), "--out", str(out), "--params", str(params_file), "--jobs", str(jobs)]
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            align.main(args, standalone_mode=False)
+            elapsed = time.perf_counter() - start
+    return elapsed, memory.peak
+
+
+def _store_frames_uncompressed() -> None:
+    """Patch the cache writer in this process (it is the one that writes) to skip LZF on frames."""
+    import pipeline.cache as cache
+
+    original = cache._write
+
+    def write(group, name, data, **kwargs):
+        if name == "frames":
+            kwargs.pop("compression", None)
+        return original(group, name, data, **kwargs)
+
+    cache._write = write
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
+    parser.add_argument("--clips", type=int, default=None, help="use only the first N clips (quicker)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--frames-compression", choices=["lzf", "none"], default="lzf",
+                        help="what-if: 'none' stores the aligned frames uncompressed (pipeline.cache uses lzf)")
+    parser.add_argument("--detect-max-side", type=int, default=None, help="what-if: override align.detect_max_side")
+    args = parser.parse_args()
+    if args.frames_compression == "none":
+        _store_frames_uncompressed()
+    work = casme2_scale(args.workdir, jobs=args.jobs)
+    params_file = work["params"]
+    if args.detect_max_side:
+        all_params = yaml.safe_load(Path(params_file).read_text())
+        all_params["align"]["detect_max_side"] = args.detect_max_side
+        params_file = args.workdir / f"params-detect{args.detect_max_side}.yaml"
+        params_file.write_text(yaml.safe_dump(all_params))
+    settings = load_section(params_file, "align")
+    folders, _ = find_align_clips("casme2", work["root"])
+    folders = folders[: args.clips]
+    half = folders[: max(1, len(folders) // 2)]
+    n_frames = sum(len(f.frames) for f in folders)
+    print(machine_line())
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"workload: casme2-scale, {len(folders)} clips, {n_frames} JPEG frames of 640x480, "
+          f"crop {settings['size']}, detect_max_side {settings['detect_max_side']}, frames stored {args.frames_compression}")
+    decode_only(folders[:5], 1)  # warm the page cache and the imports equally for everyone
+    decode_only(folders[:4], args.jobs)  # start the worker pool outside the timings
+    t_decode = decode_only(folders, args.jobs)
+    t_align, mem_align = align_run(folders, params_file, args.jobs, args.workdir)
+    t_align1, mem_align1 = align_run(folders, params_file, 1, args.workdir)
+    t_half, mem_half = align_run(half, params_file, args.jobs, args.workdir)
+    mib = 1024 * 1024
+    print(f"decode only, jobs={args.jobs}:   {t_decode:7.2f} s  ({n_frames / t_decode:.0f} frames/s)")
+    print(f"align, jobs={args.jobs}:         {t_align:7.2f} s  ({n_frames / t_align:.0f} frames/s), peak memory {mem_align / mib:.0f} MiB")
+    print(f"align, jobs=1:         {t_align1:7.2f} s  ({n_frames / t_align1:.0f} frames/s), peak memory {mem_align1 / mib:.0f} MiB")
+    print(f"align, jobs={args.jobs}, {len(half)} clips: {t_half:7.2f} s, peak memory {mem_half / mib:.0f} MiB")
+    print(f"ratio align / decode:  {t_align / t_decode:7.2f}  (target <= 1.5)")
+    print(f"ratio jobs1 / jobs{args.jobs}:   {t_align1 / t_align:7.2f}  (target >= 1.7)")
+    print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
