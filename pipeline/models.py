@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,35 @@ from .errors import MerError
 
 LEARNET = "learnet"
 LEARNET_INPUT_SIZE = 112
+DEFAULT_INPUT_SIZE = 224  # what the ImageNet CNNs and ViT-B/16 of the paper's comparison take
 _BN_EPS = 1e-3
+
+# The paper's comparison (arXiv 2510.15466): four CNNs, ViT-B/16 and LEARNet, as timm names.
+PAPER_MODELS = ("resnet18", "resnet50", "vgg16_bn", "mobilenetv3_large_100", "vit_base_patch16_224", LEARNET)
+
+
+def default_input_size(name: str) -> int:
+    """112 for LEARNet (its published input), 224 for every other model."""
+    return LEARNET_INPUT_SIZE if name.lower() == LEARNET else DEFAULT_INPUT_SIZE
+
+
+def resolve_input_size(name: str, setting: Any = None) -> int:
+    """The input size of model `name` from params `input_size`.
+
+    `setting` is an int (every model), a mapping of model names to sizes with an optional
+    `default` entry (`{learnet: 112, default: 224}`), or None (`default_input_size`).
+    """
+    if setting is None:
+        return default_input_size(name)
+    if isinstance(setting, Mapping):
+        sizes = {str(k).lower(): v for k, v in setting.items()}
+        value = sizes.get(name.lower(), sizes.get("default"))
+        if value is None:
+            return default_input_size(name)
+        setting = value
+    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or int(setting) != setting or setting < 1:
+        raise ValueError(f"input_size must be a positive integer or a mapping such as {{learnet: 112, default: 224}}, got {setting!r}")
+    return int(setting)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -156,13 +184,32 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _adapt_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Apply the timm architecture's own checkpoint filter when it has one: it resamples a ViT's
+    position embedding to the model's input size (e.g. 224 weights into a 112 model) instead of
+    dropping it as a shape mismatch. Left as is when there is no filter or it fails."""
+    import importlib
+
+    try:
+        module = importlib.import_module(type(model).__module__)
+    except ImportError:
+        return state
+    adapt = getattr(module, "checkpoint_filter_fn", None) if module.__name__.startswith("timm.") else None
+    if adapt is None:
+        return state
+    try:
+        return dict(adapt(dict(state), model))
+    except Exception:  # noqa: BLE001 - a filter for another checkpoint layout: match tensors as they are
+        return state
+
+
 def load_pretrained(model: nn.Module, weights: str | Path) -> list[str]:
     """Load matching tensors from `weights` into `model`; return the keys left at their init.
 
     Tensors whose shape differs from the model's (the classifier head when the number of classes
     differs) are dropped, so a backbone pretrained on ImageNet loads into a 5-class model.
     """
-    state = load_state_dict_file(weights)
+    state = _adapt_to_model(load_state_dict_file(weights), model)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

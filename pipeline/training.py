@@ -5,17 +5,27 @@ arrays (one per phase). Each fold then takes its training and test rows by index
 reads, no DataLoader workers. A fold trains for a fixed number of epochs on every other subject
 and the last model predicts the held-out subject; nothing is selected on the held-out subject.
 
-Training/test phases come from the mode (`baseline`: train on `full`; `dual_phase`: train on
-`full`, `onset_apex` and `apex_offset`, each phase image a separate sample with the clip's label;
-both test on `full`) unless `train_phases` / `test_phases` are given explicitly. With several test
-phases a clip's class probabilities are averaged over them.
+Modes are presets of the paper's comparison (`MODES`):
 
-Folds are independent and run through joblib, so `joblib.parallel_config(backend="dask")` runs them
-on a Dask cluster unchanged (the output folder must then be on a shared file system).
+    baseline            train on `full`
+    spatial             train on `full`, with spatial augmentation (pipeline/augment.py)
+    dual_phase          train on `full`, `onset_apex`, `apex_offset`: each phase DI a separate
+                        sample with the clip's label (3 samples per training clip)
+    dual_phase_spatial  both
+
+All test on `full`; `test_fusion: true` tests on the three DIs and averages a clip's class
+probabilities over them. `train_phases` / `test_phases` override the mode's phases explicitly.
+Augmentations run on batched tensors on the training device, seeded per fold.
+
+Folds are independent and run through joblib: `backend: loky` (processes on this machine) or
+`backend: dask`, which runs the same function through joblib's dask backend on a Dask cluster
+(`scheduler: tcp://host:8786`; the output folder must then be on a file system the workers share).
+`amp: true` trains and predicts under bf16 autocast (CPU or GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -32,25 +42,45 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import AugmentSettings, augment_batch
 from .cache import DynamicImageSet
 from .errors import MerError
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, resolve_input_size
 
-MODES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "baseline": (("full",), ("full",)),
-    "dual_phase": (("full", "onset_apex", "apex_offset"), ("full",)),
+PHASES_FULL = ("full",)
+PHASES_ALL = ("full", "onset_apex", "apex_offset")
+
+
+@dataclass(frozen=True)
+class Mode:
+    train_phases: tuple[str, ...]
+    spatial: bool
+
+
+MODES: dict[str, Mode] = {
+    "baseline": Mode(PHASES_FULL, False),
+    "spatial": Mode(PHASES_FULL, True),
+    "dual_phase": Mode(PHASES_ALL, False),
+    "dual_phase_spatial": Mode(PHASES_ALL, True),
 }
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("loky", "dask")
+LEGACY_KEYS = ("augment_flip", "augment_rotation")  # before `augment:`; still read
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Every setting of the train stage; `from_params` validates a params section."""
+    """Every setting of the train stage; `from_params` validates a params section.
+
+    `augment` is None unless the mode is a spatial one (or the legacy `augment_flip` /
+    `augment_rotation` keys switch augmentation on). `input_size` is resolved for `model`.
+    """
 
     model: str = "learnet"
     mode: str = "dual_phase"
-    train_phases: tuple[str, ...] = MODES["dual_phase"][0]
-    test_phases: tuple[str, ...] = MODES["dual_phase"][1]
+    train_phases: tuple[str, ...] = PHASES_ALL
+    test_phases: tuple[str, ...] = PHASES_FULL
+    test_fusion: bool = False
     input_size: int = 112
     epochs: int = 40
     batch_size: int = 32
@@ -58,58 +88,90 @@ class TrainSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
+    amp: bool = False
     pretrained: bool = False
     weights: str | None = None
-    augment_flip: bool = False
-    augment_rotation: float = 0.0
+    augment: AugmentSettings | None = None
+    backend: str = "loky"
+    scheduler: str | None = None
     jobs: int = 1
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrainSettings":
         """Build settings from a params section; raise ValueError on unknown keys or bad values."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(LEGACY_KEYS)
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"unknown train keys {unknown}; known keys: {sorted(known)}")
-        mode = str(params.get("mode", cls.mode))
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-        train_phases = params.get("train_phases") or MODES[mode][0]
-        test_phases = params.get("test_phases") or MODES[mode][1]
+        mode_name = str(params.get("mode", cls.mode))
+        if mode_name not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode_name!r}")
+        mode = MODES[mode_name]
+        test_fusion = bool(params.get("test_fusion", cls.test_fusion))
+        if test_fusion and params.get("test_phases"):
+            raise ValueError("give either test_fusion: true or test_phases, not both")
+        train_phases = params.get("train_phases") or mode.train_phases
+        test_phases = params.get("test_phases") or (PHASES_ALL if test_fusion else PHASES_FULL)
         for name, phases in (("train_phases", train_phases), ("test_phases", test_phases)):
             if isinstance(phases, str) or not all(isinstance(p, str) for p in phases):
                 raise ValueError(f"{name} must be a list of phase names, got {phases!r}")
         device = str(params.get("device", cls.device))
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        backend = str(params.get("backend", cls.backend))
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        scheduler = params.get("scheduler") or None
+        if scheduler is not None and not isinstance(scheduler, str):
+            raise ValueError(f"scheduler must be an address such as tcp://host:8786, got {scheduler!r}")
+        augment_params = params.get("augment")
+        if augment_params is not None and not isinstance(augment_params, Mapping):
+            raise ValueError(f"augment must be a mapping such as {{flip: true, rotation: 10}}, got {augment_params!r}")
+        augment = AugmentSettings.from_params(augment_params)  # validated whatever the mode
+        legacy_flip, legacy_rotation = bool(params.get("augment_flip")), float(params.get("augment_rotation") or 0)
+        if legacy_rotation < 0:
+            raise ValueError("augment_rotation must be >= 0")
+        if legacy_flip or legacy_rotation:
+            if augment_params is not None:
+                raise ValueError("augment_flip / augment_rotation are the old form of `augment:`; give only `augment`")
+            augment = AugmentSettings(flip=legacy_flip, rotation=legacy_rotation)
+        elif not mode.spatial:
+            augment = None
+        elif not augment.active:
+            raise ValueError(f"mode {mode_name} needs at least one augmentation in `augment` (flip, rotation, scale, translate, jitter)")
+        model = str(params.get("model", cls.model))
         settings = cls(
-            model=str(params.get("model", cls.model)),
-            mode=mode,
+            model=model,
+            mode=mode_name,
             train_phases=tuple(train_phases),
             test_phases=tuple(test_phases),
-            input_size=int(params.get("input_size", cls.input_size)),
+            test_fusion=test_fusion,
+            input_size=resolve_input_size(model, params.get("input_size")),
             epochs=int(params.get("epochs", cls.epochs)),
             batch_size=int(params.get("batch_size", cls.batch_size)),
             lr=float(params.get("lr", cls.lr)),
             weight_decay=float(params.get("weight_decay", cls.weight_decay)),
             seed=int(params.get("seed", cls.seed)),
             device=device,
+            amp=bool(params.get("amp", cls.amp)),
             pretrained=bool(params.get("pretrained", cls.pretrained)),
             weights=str(params["weights"]) if params.get("weights") else None,
-            augment_flip=bool(params.get("augment_flip", cls.augment_flip)),
-            augment_rotation=float(params.get("augment_rotation", cls.augment_rotation)),
+            augment=augment if augment is not None and augment.active else None,
+            backend=backend,
+            scheduler=str(scheduler) if scheduler else None,
             jobs=int(params.get("jobs", cls.jobs)),
         )
         for name in ("input_size", "epochs", "batch_size", "jobs"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
-        if settings.lr <= 0 or settings.weight_decay < 0 or settings.augment_rotation < 0:
-            raise ValueError("lr must be > 0, weight_decay and augment_rotation >= 0")
+        if settings.lr <= 0 or settings.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
         return settings
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["train_phases"], data["test_phases"] = list(self.train_phases), list(self.test_phases)
+        data["augment"] = self.augment.to_dict() if self.augment else None
         return data
 
 
@@ -206,18 +268,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool, rotation: float) -> torch.Tensor:
-    """Random horizontal flips (p = 0.5) and rotations in [-rotation, rotation] degrees."""
-    if flip:
-        mask = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
-    if rotation > 0:
-        angles = (torch.rand(x.shape[0], generator=generator) * 2 - 1) * math.radians(rotation)
-        cos, sin = torch.cos(angles), torch.sin(angles)
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
-        grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return x
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device's type when `enabled` (params `amp`); a no-op context otherwise."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -239,15 +294,58 @@ def _batches(n: int, batch_size: int, order: torch.Tensor) -> Iterator[torch.Ten
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, images: Sequence[torch.Tensor], device: torch.device, batch_size: int) -> np.ndarray:
+def predict_proba(
+    model: torch.nn.Module, images: Sequence[torch.Tensor], device: torch.device, batch_size: int, amp: bool = False
+) -> np.ndarray:
     """Class probabilities of the eval-mode model, averaged over the given views of the samples."""
     model.eval()
     total = None
     for x in images:
-        parts = [torch.softmax(model(x[i : i + batch_size].to(device)), dim=1).cpu() for i in range(0, len(x), batch_size)]
+        parts = []
+        for i in range(0, len(x), batch_size):
+            with autocast(device, amp):
+                logits = model(x[i : i + batch_size].to(device))
+            parts.append(torch.softmax(logits.float(), dim=1).cpu())
         probs = torch.cat(parts).double()
         total = probs if total is None else total + probs
     return (total / len(images)).numpy()
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One epoch over the training tensors (already on `device`) in a random order drawn from
+    `generator`; batches are index slices, augmented on the device. Returns (mean loss, accuracy).
+
+    The running sums stay on the device, so a GPU is synchronized once per epoch, not per step.
+    """
+    model.train()
+    n = len(x_train)
+    order = torch.randperm(n, generator=generator)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for batch in _batches(n, settings.batch_size, order):
+        x = x_train[batch]
+        if settings.augment is not None:
+            x = augment_batch(x, generator, settings.augment)
+        y = y_train[batch]
+        with autocast(device, settings.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(batch)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(batch)
+    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
 
 
 def train_fold(
@@ -286,25 +384,10 @@ def train_fold(
         n = len(x_train)
         log: list[dict[str, float]] = []
         for epoch in range(1, settings.epochs + 1):
-            model.train()
-            order = torch.randperm(n, generator=generator)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for batch in _batches(n, settings.batch_size, order):
-                x = x_train[batch]
-                if settings.augment_flip or settings.augment_rotation:
-                    x = augment_batch(x, generator, settings.augment_flip, settings.augment_rotation)
-                y = y_train[batch]
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(batch)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(batch)
-            log.append({"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)})
+            loss, accuracy = train_epoch(model, optimizer, x_train, y_train, settings, generator, device)
+            log.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
 
-        probs = predict_proba(model, x_test, device, max(settings.batch_size, 64))
+        probs = predict_proba(model, x_test, device, max(settings.batch_size, 64), settings.amp)
         preds = probs.argmax(1)
         rows = []
         for k, i in enumerate(test_idx):
@@ -324,7 +407,7 @@ def train_fold(
             "held_out_subject": fold,
             "trained_on_subjects": trained_on,
             "n_train_clips": int(len(train_idx)),
-            "n_train_samples": int(n),
+            "n_train_samples": int(len(x_train)),
             "n_test_samples": int(len(test_idx)),
             "train_phases": list(settings.train_phases),
             "test_phases": list(settings.test_phases),
@@ -332,6 +415,8 @@ def train_fold(
             "epochs": settings.epochs,
             "final_train_loss": log[-1]["loss"] if log else None,
             "final_train_accuracy": log[-1]["train_accuracy"] if log else None,
+            "augment": settings.augment.to_dict() if settings.augment else None,
+            "amp": settings.amp,
             "device": str(device),
             "threads": torch.get_num_threads(),
             "seconds": round(seconds, 3),
@@ -377,6 +462,51 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads() -> int:
+    """Torch threads for a fold on a Dask worker: the worker's OMP_NUM_THREADS (Dask sets 1 by default,
+    config `distributed.nanny.pre-spawn-environ`), else the machine's cores / the worker's threads."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+        if value >= 1:
+            return value
+    except ValueError:
+        pass
+    try:
+        from distributed import get_worker
+
+        nthreads = int(getattr(get_worker(), "nthreads", 1) or 1)
+    except (ImportError, ValueError):  # not on a Dask worker
+        nthreads = 1
+    return max(1, available_cores() // nthreads)
+
+
+def _train_fold_on_worker(data: LosoData, fold: str, settings: TrainSettings, out_dir: str) -> FoldResult:
+    """`train_fold` on a Dask worker, with `worker_threads()` torch threads (set explicitly: torch may
+    have been imported before Dask's environment applied)."""
+    return train_fold(data, fold, settings, out_dir, worker_threads())
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """A `distributed.Client` for `scheduler`, or for a local cluster of `workers` processes on loopback."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise MerError("backend: dask needs the Dask distributed package: pip install 'dask[distributed]'") from exc
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout="30s"))
+            except OSError as exc:
+                raise MerError(f"cannot reach the Dask scheduler at {scheduler} (params train.scheduler): {exc}") from exc
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+            )
+            client = stack.enter_context(Client(cluster))
+        yield client
+
+
 def run_loso(
     data: LosoData,
     settings: TrainSettings,
@@ -384,23 +514,64 @@ def run_loso(
     folds: Sequence[str] | None = None,
     progress: Callable[[Iterator[FoldResult], int], Iterator[FoldResult]] | None = None,
 ) -> list[FoldResult]:
-    """Train every fold (or the given ones), `settings.jobs` at a time; results sorted by fold.
+    """Train every fold (or the given ones); results sorted by fold.
 
-    Each worker uses cores // jobs torch threads so that jobs x threads never exceeds the cores.
+    `backend: loky` runs `settings.jobs` folds at a time on this machine, each worker with
+    cores // jobs torch threads so that jobs x threads never exceeds the cores. `backend: dask`
+    hands the same fold function to joblib's dask backend: the cluster at `settings.scheduler`
+    (or, without one, a local cluster of `jobs` worker processes on 127.0.0.1) runs one fold per
+    worker thread; the training arrays are scattered to the workers once. A fold on a Dask worker
+    uses `worker_threads()` torch threads: one by default (Dask starts worker processes with
+    OMP_NUM_THREADS=1), as loky gives when jobs = cores, so both backends give the same
+    predictions for the same seeds.
     """
     folds = list(folds) if folds is not None else data.folds
     jobs = max(1, min(settings.jobs, len(folds)))
     threads = max(1, available_cores() // jobs)
-    if jobs == 1:
-        results: Iterator[FoldResult] = (train_fold(data, fold, settings, out_dir, threads) for fold in folds)
-    else:
-        from joblib import Parallel, delayed
+    with contextlib.ExitStack() as stack:
+        if settings.backend == "dask":
+            from joblib import Parallel, delayed, parallel_config
 
-        runner = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
-        results = runner(delayed(train_fold)(data, fold, settings, str(out_dir), threads) for fold in folds)
-    if progress is not None:
-        results = progress(results, len(folds))
-    return sorted(results, key=lambda r: r.fold)
+            stack.enter_context(dask_client(settings.scheduler, jobs))
+            stack.enter_context(parallel_config(backend="dask", n_jobs=-1, scatter=[data]))
+            runner = Parallel(return_as="generator_unordered", batch_size=1)
+            results: Iterator[FoldResult] = runner(delayed(_train_fold_on_worker)(data, fold, settings, str(out_dir)) for fold in folds)
+        elif jobs == 1:
+            results = (train_fold(data, fold, settings, out_dir, threads) for fold in folds)
+        else:
+            from joblib import Parallel, delayed
+
+            runner = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
+            results = runner(delayed(train_fold)(data, fold, settings, str(out_dir), threads) for fold in folds)
+        if progress is not None:
+            results = progress(results, len(folds))
+        return sorted(results, key=lambda r: r.fold)
+
+
+def training_curve(results: Sequence[FoldResult]) -> list[dict[str, float]]:
+    """Per epoch: loss and training accuracy averaged over the folds (every fold trains the same epochs)."""
+    by_epoch: dict[int, list[dict[str, float]]] = {}
+    for result in results:
+        for entry in result.log:
+            by_epoch.setdefault(int(entry["epoch"]), []).append(entry)
+    return [
+        {
+            "epoch": epoch,
+            "loss": float(np.mean([e["loss"] for e in entries])),
+            "train_accuracy": float(np.mean([e["train_accuracy"] for e in entries])),
+            "folds": len(entries),
+        }
+        for epoch, entries in sorted(by_epoch.items())
+    ]
+
+
+def write_training_curve(path: str | Path, curve: Sequence[Mapping[str, float]]) -> None:
+    """CSV `epoch,loss,train_accuracy,folds` that `dvc plots show` draws."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["epoch", "loss", "train_accuracy", "folds"])
+        for entry in curve:
+            writer.writerow([entry["epoch"], f"{entry['loss']:.6f}", f"{entry['train_accuracy']:.6f}", entry["folds"]])
 
 
 def write_run(
@@ -414,6 +585,7 @@ def write_run(
     out_dir = Path(out_dir)
     rows = sorted((row for r in results for row in r.predictions), key=lambda row: row["sample_id"])
     write_predictions(out_dir / "predictions.csv", rows, label_names)
+    write_training_curve(out_dir / "training_curve.csv", training_curve(results))
     probe = build_model(settings.model, len(label_names), False, None, settings.input_size)
     run = {
         "model": settings.model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 
@@ -11,18 +12,27 @@ import click
 from pipeline.atomic import atomic_output
 from pipeline.errors import MerError
 from pipeline.metrics import read_predictions, read_run_info
+from pipeline.params import load_section
 from pipeline.report import RunResult, bar_chart, dataset_of, markdown_table, results_table
 from stages.common import params_option, stage_params
 
 
 @click.command("report")
-@click.option("--run", "runs", type=click.Path(file_okay=False), multiple=True, required=True,
+@click.option("--run", "runs", type=click.Path(file_okay=False), multiple=True,
               help="Run folder from `mer train` (repeat for every cell of the experiment).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of runs named DATASET-MODEL-MODE: report every cell of params `experiment`.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for results.md, results.csv, results.png.")
 @params_option
-def report(runs: tuple[str, ...], out: str, params_file: str) -> None:
+def report(runs: tuple[str, ...], runs_dir: str | None, out: str, params_file: str) -> None:
     """Tabulate models x modes x datasets with intervals and gains over the baseline."""
     params = stage_params(params_file, "report")
+    if runs_dir is not None:
+        experiment = load_section(params_file, "experiment")
+        cells = itertools.product(*(experiment.get(key) or [] for key in ("datasets", "models", "modes")))
+        runs = runs + tuple(str(Path(runs_dir) / f"{d}-{m}-{mode}") for d, m, mode in cells)
+    if not runs:
+        raise MerError("no runs to report: give --run folders, or --runs-dir with an `experiment` section in the params")
     reference = str(params.get("reference_mode", "baseline"))
     resamples, level = int(params.get("bootstrap", 1000)), float(params.get("confidence", 0.95))
     results = []

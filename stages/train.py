@@ -12,22 +12,71 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_output
 from pipeline.cache import read_dynamic_images
 from pipeline.errors import MerError
-from pipeline.models import build_model, input_normalization
-from pipeline.training import MODES, TrainSettings, available_cores, load_loso_data, resolve_device, run_loso, write_run
+from pipeline.models import PAPER_MODELS, build_model, input_normalization
+from pipeline.training import (
+    BACKENDS,
+    MODES,
+    TrainSettings,
+    available_cores,
+    load_loso_data,
+    resolve_device,
+    run_loso,
+    training_curve,
+    write_run,
+    write_training_curve,
+)
+from pipeline.params import optional_section
 from stages.common import jobs_option, params_option, stage_params
+
+
+def model_settings(params_file: str, model: str) -> dict:
+    """The `models.NAME` section of the params file, or nothing when the model has none."""
+    section = optional_section(params_file, "models").get(model) or {}
+    if not isinstance(section, dict):
+        raise MerError(f"{params_file}: models.{model} must be a mapping of train settings, got {section!r}")
+    return section
 
 
 @click.command("train")
 @click.option("--dynamic-images", "dynamic_images", type=click.Path(dir_okay=False), required=True, help="DI cache from `mer dynimg`.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder to write (replaced as a whole).")
-@click.option("--model", default=None, help="'learnet' or a timm model name (default: params).")
-@click.option("--mode", type=click.Choice(sorted(MODES)), default=None, help="Training phases (default: params).")
+@click.option(
+    "--model",
+    default=None,
+    help=f"'learnet' or a timm model name; the paper's set: {', '.join(PAPER_MODELS)} (default: params).",
+)
+@click.option("--mode", type=click.Choice(list(MODES)), default=None, help="Training phases and augmentation preset (default: params).")
 @click.option("--epochs", type=int, default=None, help="Epochs per fold (default: params).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Where folds run: loky (this machine) or dask (default: params).")
+@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: params; none: a local cluster).")
+@click.option(
+    "--curve",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the run's training curve (epoch, mean loss and training accuracy over folds) to this CSV, "
+    "e.g. for a `plots:` entry of dvc.yaml outside the run folder.",
+)
 @jobs_option
 @params_option
-def train(dynamic_images: str, out: str, model: str | None, mode: str | None, epochs: int | None, jobs: int | None, params_file: str) -> None:
+def train(
+    dynamic_images: str,
+    out: str,
+    model: str | None,
+    mode: str | None,
+    epochs: int | None,
+    backend: str | None,
+    scheduler: str | None,
+    curve: str | None,
+    jobs: int | None,
+    params_file: str,
+) -> None:
     """Train one model per LOSO fold and write checkpoints and predictions."""
-    params = stage_params(params_file, "train", model=model, mode=mode, epochs=epochs, jobs=jobs)
+    options = dict(model=model, mode=mode, epochs=epochs, backend=backend, scheduler=scheduler, jobs=jobs)
+    params = stage_params(params_file, "train", **options)
+    # Per-model settings (params `models.NAME`) lie between the train section and the options, so
+    # that each model of an experiment can differ, and changing one reruns only its cells.
+    params.update(model_settings(params_file, str(params.get("model", "learnet"))))
+    params.update({key: value for key, value in options.items() if value is not None})
     if mode is not None:  # an explicit --mode wins over phase lists in the params file
         params.pop("train_phases", None)
         params.pop("test_phases", None)
@@ -46,9 +95,12 @@ def train(dynamic_images: str, out: str, model: str | None, mode: str | None, ep
     phases = list(dict.fromkeys([*settings.train_phases, *settings.test_phases]))
     data = load_loso_data(di, phases, settings.input_size, mean, std, source=str(dynamic_images))
     folds = data.folds
+    augment = ", ".join(f"{k} {v}" for k, v in settings.augment.to_dict().items()) if settings.augment else "none"
+    where = f"dask {settings.scheduler or 'local cluster'}" if settings.backend == "dask" else f"jobs {min(settings.jobs, len(folds))}"
     click.echo(
         f"{settings.model} {settings.mode}: {len(folds)} LOSO folds, {len(di)} clips, train on {', '.join(settings.train_phases)}, "
-        f"test on {', '.join(settings.test_phases)}, {settings.epochs} epochs, device {device}, jobs {min(settings.jobs, len(folds))}"
+        f"test on {', '.join(settings.test_phases)}, augmentation {augment}, input {settings.input_size}, {settings.epochs} epochs, "
+        f"device {device}{' (bf16 autocast)' if settings.amp else ''}, {where}"
     )
     started = time.perf_counter()
     with atomic_output(out, directory=True) as tmp:
@@ -61,11 +113,15 @@ def train(dynamic_images: str, out: str, model: str | None, mode: str | None, ep
             "dynamic_images": str(dynamic_images),
             "dynamic_images_fingerprint": str(di.attrs.get("fingerprint", "")),
             "device": str(device),
+            "backend": settings.backend,
             "cores": available_cores(),
             "torch_version": torch.__version__,
             "total_seconds": round(time.perf_counter() - started, 3),
         }
         run = write_run(tmp, results, settings, di.label_names, extra)
+        if curve:
+            with atomic_output(curve) as curve_tmp:
+                write_training_curve(curve_tmp, training_curve(results))
     correct = sum(r["true_label"] == r["pred_label"] for f in results for r in f.predictions)
     click.echo(
         f"{len(results)} folds, {run['n_samples']} predictions (pooled accuracy {correct / max(run['n_samples'], 1):.3f}) "

@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import MerError
-from pipeline.models import LEARNet, SameConv2d, build_model, count_parameters, same_padding
+from pipeline.models import (
+    PAPER_MODELS,
+    LEARNet,
+    SameConv2d,
+    build_model,
+    count_parameters,
+    default_input_size,
+    resolve_input_size,
+    same_padding,
+)
 
 
 @pytest.mark.parametrize(
@@ -141,3 +150,62 @@ def test_bad_weights_files(tmp_path):
     torch.save({"something.else": torch.zeros(3)}, other)
     with pytest.raises(MerError, match="none of its tensors match"):
         build_model("resnet18", 3, weights=other)
+
+
+def test_input_size_per_model():
+    assert [default_input_size(m) for m in ("learnet", "LEARNet", "resnet18", "vit_base_patch16_224")] == [112, 112, 224, 224]
+    sizes = {"learnet": 112, "vit_base_patch16_224": 384, "default": 224}
+    assert resolve_input_size("learnet", sizes) == 112
+    assert resolve_input_size("vit_base_patch16_224", sizes) == 384
+    assert resolve_input_size("resnet50", sizes) == 224
+    assert resolve_input_size("resnet50", {"learnet": 112}) == 224  # no default entry: the model's own
+    assert resolve_input_size("resnet50", 160) == 160 and resolve_input_size("learnet", None) == 112
+    with pytest.raises(ValueError, match="input_size"):
+        resolve_input_size("learnet", "big")
+    from pipeline.training import TrainSettings
+
+    assert TrainSettings.from_params({"model": "vgg16_bn", "input_size": {"learnet": 112, "default": 224}}).input_size == 224
+    assert TrainSettings.from_params({"model": "learnet", "input_size": {"learnet": 112, "default": 224}}).input_size == 112
+
+
+def test_every_model_of_the_paper_set_trains_one_fold_on_cpu():
+    """resnet18, resnet50, vgg16_bn, mobilenetv3_large_100, ViT-B/16 (img_size 32) and LEARNet."""
+    import numpy as np
+
+    from pipeline.training import LosoData, TrainSettings, train_fold
+
+    assert PAPER_MODELS == ("resnet18", "resnet50", "vgg16_bn", "mobilenetv3_large_100", "vit_base_patch16_224", "learnet")
+    rng = np.random.default_rng(0)
+    n, size = 8, 32  # 2 subjects x 4 clips
+    data = LosoData(
+        images={"full": rng.normal(size=(n, 3, size, size)).astype(np.float32)},
+        labels=np.array([0, 1, 2, 0, 1, 2, 0, 1]),
+        groups=np.repeat(["s1", "s2"], 4),
+        sample_ids=np.array([f"x/{i}" for i in range(n)]),
+        datasets=np.array(["x"] * n),
+        label_names=["a", "b", "c"],
+    )
+    for name in PAPER_MODELS:
+        settings = TrainSettings.from_params(
+            {"model": name, "mode": "baseline", "input_size": size, "epochs": 1, "batch_size": 4, "device": "cpu", "lr": 1e-4}
+        )
+        result = train_fold(data, "s2", settings, threads=2)
+        assert result.manifest["n_train_samples"] == 4 and len(result.predictions) == 4, name
+        assert np.isfinite(result.manifest["final_train_loss"]), name
+        for row in result.predictions:
+            assert sum(row[f"prob_{c}"] for c in "abc") == pytest.approx(1, abs=1e-5), name
+
+
+def test_local_vit_weights_at_another_input_size_resample_the_position_embedding(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("vit_tiny_patch16_224", 10, input_size=64)  # 4x4 patches + class token
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("vit_tiny_patch16_224", 3, weights=path, input_size=32)  # 2x2 patches
+    assert model.pos_embed.shape == (1, 5, 192)
+    assert torch.equal(model.pos_embed[:, 0], source.pos_embed[:, 0])  # class token position kept
+    from timm.layers import resample_abs_pos_embed
+
+    expected = resample_abs_pos_embed(source.pos_embed, new_size=(2, 2), num_prefix_tokens=1)
+    assert torch.allclose(model.pos_embed, expected, atol=1e-6)  # resampled from 4x4, not re-initialized
+    assert torch.equal(model.patch_embed.proj.weight, source.patch_embed.proj.weight)

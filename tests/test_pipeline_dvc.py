@@ -17,6 +17,9 @@ import yaml
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.slow
+DATASETS = ("casme2", "samm")
+RUNS = [f"{ds}-learnet-{mode}" for ds in DATASETS for mode in ("baseline", "dual_phase")]
+CELLS = {f"{stage}@{run}" for stage in ("train", "evaluate") for run in RUNS}
 
 
 def _dvc(project: Path, *args: str) -> str:
@@ -48,31 +51,33 @@ def project(tmp_path_factory) -> Path:
     _dvc(root, "init", "--no-scm", "-q")
     _dvc(root, "config", "core.analytics", "false")
     first = _dvc(root, "repro")
-    assert _ran(first) == {
-        f"{stage}@{ds}" for stage in ("align", "annotate", "dynimg", "train", "evaluate") for ds in ("casme2", "samm")
-    } | {"demo_data"}
+    assert _ran(first) == {f"{stage}@{ds}" for stage in ("align", "annotate", "dynimg") for ds in DATASETS} | CELLS | {"demo_data", "report"}
     return root
 
 
 def test_repro_leaves_every_artifact(project):
     cache = project / "cache"
-    for ds in ("casme2", "samm"):
+    for ds in DATASETS:
         with h5py.File(cache / "aligned" / f"{ds}.h5") as handle:
             assert handle.attrs["schema"] == "mer.aligned"
         assert (cache / "samples" / f"{ds}.csv").is_file()
         with h5py.File(cache / "dynamic_images" / f"{ds}.h5") as handle:
             assert set(handle["images"]) == {"full", "onset_apex", "apex_offset"}
-        run = cache / "runs" / ds
-        folds = sorted(p.name for p in (run / "folds").iterdir())
-        assert len(folds) == len({*h5py.File(cache / "dynamic_images" / f"{ds}.h5")["subject"].asstr()[()]})
-        for fold in folds:
-            assert (run / "folds" / fold / "model.pt").is_file()
-            assert (run / "folds" / fold / "predictions.csv").is_file()
-        metrics = json.loads((cache / "metrics" / f"{ds}.json").read_text())
-        assert {"accuracy", "uf1", "uar"} <= set(metrics)
-        assert list((cache / "reports" / ds).glob("confusion*.png"))
+            subjects = set(handle["subject"].asstr()[()])
+        for mode in ("baseline", "dual_phase"):
+            run = cache / "runs" / f"{ds}-learnet-{mode}"
+            folds = sorted(p.name for p in (run / "folds").iterdir())
+            assert folds == sorted(subjects)
+            for fold in folds:
+                assert (run / "folds" / fold / "model.pt").is_file()
+                assert (run / "folds" / fold / "predictions.csv").is_file()
+            metrics = json.loads((cache / "metrics" / f"{ds}-learnet-{mode}.json").read_text())
+            assert {"accuracy", "uf1", "uar", "intervals"} <= set(metrics)
+            assert list((cache / "reports" / f"{ds}-learnet-{mode}").glob("confusion*.png"))
+    table = (cache / "reports" / "results" / "results.md").read_text()
+    assert "| casme2 | learnet |" in table and "| samm | learnet |" in table and "pt (" in table
     shown = _dvc(project, "metrics", "show")
-    assert "cache/metrics/casme2.json" in shown and "uf1" in shown
+    assert "cache/metrics/casme2-learnet-dual_phase.json" in shown and "uf1" in shown
 
 
 def test_changing_a_dynimg_param_reruns_only_dynimg_train_and_evaluate(project):
@@ -83,4 +88,18 @@ def test_changing_a_dynimg_param_reruns_only_dynimg_train_and_evaluate(project):
     status = json.loads(_dvc(project, "status", "--json"))
     assert set(status) == {"dynimg@casme2", "dynimg@samm"}
     rerun = _dvc(project, "repro")
-    assert _ran(rerun) == {f"{stage}@{ds}" for stage in ("dynimg", "train", "evaluate") for ds in ("casme2", "samm")}
+    assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS} | CELLS | {"report"}
+
+
+def test_changing_one_models_settings_reruns_only_its_cells(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["experiment"]["models"] = ["learnet", "resnet18"]
+    params["experiment"]["datasets"] = ["casme2"]
+    params["models"]["resnet18"] = {"input_size": 32}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _dvc(project, "repro")  # trains the new resnet18 cells
+    params["models"]["resnet18"]["lr"] = 0.01
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = _dvc(project, "repro")
+    resnet = {f"{stage}@casme2-resnet18-{mode}" for stage in ("train", "evaluate") for mode in ("baseline", "dual_phase")}
+    assert _ran(rerun) == resnet | {"report"}

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline.cache import read_dynamic_images, write_dynamic_images
+from pipeline.augment import AugmentSettings, augment_batch
 from pipeline.metrics import Predictions, compute_metrics, uar, uf1
 from pipeline.errors import MerError
 from pipeline.training import (
     TrainSettings,
-    augment_batch,
     fold_dir_name,
     fold_keys,
     load_loso_data,
@@ -58,6 +58,7 @@ def make_cache(path, size=32, seed=0, phases=PHASES):
 def params_for(folder, **train):
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["train"].update({"input_size": 32, "epochs": 8, "batch_size": 8, "lr": 0.001, "device": "cpu", "jobs": 1, **train})
+    params["models"] = {}  # the toy runs use the train section's settings for every model
     return write_params(folder, params)
 
 
@@ -109,6 +110,9 @@ def test_train_writes_every_fold_and_the_pooled_predictions(dual_run):
     assert len(pooled) == len(SUBJECTS) * CLIPS_PER_SUBJECT
     for row in pooled:
         assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
+    curve = read_csv(run / "training_curve.csv")  # mean over folds per epoch, for `dvc plots`
+    assert [int(r["epoch"]) for r in curve] == list(range(1, 9)) and all(r["folds"] == "3" for r in curve)
+    assert float(curve[-1]["loss"]) < float(curve[0]["loss"])
     assert not list(dual_run["folder"].glob(".run.tmp*"))  # atomic: no temporary left behind
 
 
@@ -138,9 +142,26 @@ def test_a_fold_is_reproducible_on_its_own(dual_run):
         assert mine["prob_negative"] == pytest.approx(float(theirs["prob_negative"]), abs=2e-6)
 
 
+def test_per_model_settings_lie_between_the_train_section_and_the_options(tmp_path):
+    cache = make_cache(tmp_path / "di.h5")
+    params = yaml.safe_load(params_for(tmp_path, epochs=1).read_text())
+    params["models"] = {"learnet": {"input_size": 24, "epochs": 2}}
+    path = write_params(tmp_path, params)
+    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", path, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "folds" / "sub01" / "manifest.json").read_text())
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())["params"]
+    assert settings["input_size"] == 24 and manifest["epochs"] == 1  # models.learnet beats train; --epochs beats both
+    params["models"] = {"learnet": "fast"}
+    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "bad", "--params", write_params(tmp_path, params))
+    assert result.exit_code != 0 and "models.learnet must be a mapping" in result.output
+
+
 def test_baseline_trains_on_one_image_per_clip_and_phases_can_be_chosen(tmp_path):
     cache = make_cache(tmp_path / "di.h5")
-    for mode, extra, n_per_clip in (("baseline", {}, 1), ("dual_phase", {"train_phases": ["onset_apex", "apex_offset"]}, 2)):
+    modes = (("baseline", {}, 1), ("dual_phase_spatial", {"augment": {"flip": True, "rotation": 10, "scale": [0.9, 1.1], "jitter": 0.1}}, 3),
+             ("dual_phase", {"train_phases": ["onset_apex", "apex_offset"]}, 2))
+    for mode, extra, n_per_clip in modes:
         params = params_for(tmp_path, mode=mode, epochs=1, **extra)
         result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / mode, "--params", params)
         assert result.exit_code == 0, result.output
@@ -174,13 +195,14 @@ def test_prepare_images_resizes_once_and_normalizes():
 
 def test_augmentation_flips_or_keeps_each_sample_and_rotation_keeps_shape():
     x = torch.rand(16, 3, 8, 8)
-    flipped = augment_batch(x, torch.Generator().manual_seed(0), flip=True, rotation=0)
+    flipped = augment_batch(x, torch.Generator().manual_seed(0), AugmentSettings(flip=True, rotation=0))
     same = [torch.equal(a, b) for a, b in zip(flipped, x)]
     mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, x)]
     assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 16
-    rotated = augment_batch(x, torch.Generator().manual_seed(0), flip=False, rotation=10)
+    rotated = augment_batch(x, torch.Generator().manual_seed(0), AugmentSettings(flip=False, rotation=10))
     assert rotated.shape == x.shape and not torch.equal(rotated, x)
-    assert TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10}).augment_flip
+    legacy = TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10})  # the keys before `augment:`
+    assert legacy.augment == AugmentSettings(flip=True, rotation=10)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")

@@ -1,0 +1,252 @@
+"""Training speed of the in-memory LOSO path, and (optionally) baseline vs dual-phase accuracy.
+
+Workload: an in-memory DI set of the demo size (10 subjects x 10 clips, 5 classes, phases full,
+onset_apex and apex_offset at 112x112), LEARNet, dual_phase; one LOSO fold (90 training clips =
+270 training samples), batch 32. Timed per epoch, interleaved, median over `--epochs` epochs
+after one warm-up epoch each:
+
+  in-memory   the pipeline's `train_epoch`: index slices of the tensors loaded once, batched
+              augmentation when the mode asks for it, running sums on the device;
+  model only  the model's own forward + loss + backward + optimizer step on the same batches,
+              sliced beforehand (the floor: no data handling at all);
+  PNG loader  the usual alternative: the same training images as PNG files in an ImageFolder
+              tree, torchvision transforms, a DataLoader with num_workers 0 and 2.
+
+Prints in-memory / model-only (target <= 1.1) and PNG-loader / in-memory.
+
+`--compare-modes --dynamic-images FILE` also runs LOSO with mode baseline and dual_phase on a DI
+cache (e.g. the demo preset's cache/dynamic_images/casme2.h5) with the params file's train
+settings and prints accuracy, UF1 and UAR side by side.
+
+Usage: python benchmarks/bench_train.py [--epochs 5] [--threads N] [--compare-modes --dynamic-images FILE [--compare-epochs N]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.workload import machine_line
+from pipeline.models import build_model
+from pipeline.training import (
+    LosoData,
+    TrainSettings,
+    _batches,
+    fold_seed,
+    prepare_images,
+    train_epoch,
+)
+
+CLASSES = ["happiness", "disgust", "repression", "surprise", "others"]
+PHASES = ("full", "onset_apex", "apex_offset")
+
+
+def demo_sized_set(subjects: int = 10, clips: int = 10, size: int = 112, seed: int = 0) -> tuple[LosoData, dict[str, np.ndarray]]:
+    """Synthetic DIs (uint8 stacks and the prepared float arrays) of the demo preset's size."""
+    rng = np.random.default_rng(seed)
+    n = subjects * clips
+    labels = np.arange(n) % len(CLASSES)
+    raw = {}
+    for phase in PHASES:
+        stack = rng.normal(128, 30, (n, size, size, 3))
+        for i, label in enumerate(labels):
+            stack[i, label * 20 : label * 20 + 20] += 40
+        raw[phase] = np.clip(stack, 0, 255).astype(np.uint8)
+    data = LosoData(
+        images={p: prepare_images(raw[p], size, (0.5,) * 3, (0.5,) * 3) for p in PHASES},
+        labels=labels.astype(np.int64),
+        groups=np.repeat([f"sub{s + 1:02d}" for s in range(subjects)], clips),
+        sample_ids=np.array([f"demo/{i:03d}" for i in range(n)]),
+        datasets=np.array(["demo"] * n),
+        label_names=list(CLASSES),
+    )
+    return data, raw
+
+
+def fresh(settings: TrainSettings, seed: int):
+    torch.manual_seed(seed)
+    model = build_model(settings.model, len(CLASSES), False, None, settings.input_size)
+    return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def model_only_epoch(model, optimizer, batches) -> None:
+    model.train()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def write_pngs(root: Path, raw: dict[str, np.ndarray], labels: np.ndarray, index: np.ndarray, phases) -> int:
+    import cv2
+
+    count = 0
+    for phase in phases:
+        for i in index:
+            folder = root / CLASSES[labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{phase}_{i:03d}.png"), cv2.cvtColor(raw[phase][i], cv2.COLOR_RGB2BGR))
+            count += 1
+    return count
+
+
+def png_epoch(model, optimizer, loader) -> None:
+    model.train()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def timed(function, *args, epoch: int = 0) -> float:
+    """Seconds of one epoch. The global RNG (dropout) is reseeded per epoch so that every path's model
+    follows the same weight trajectory: speed then differs only by the data path (weights drifting
+    into denormal floats slow a CPU by 10-20 %, which would otherwise hit one path at random)."""
+    torch.manual_seed(1000 + epoch)
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def speed(args: argparse.Namespace) -> None:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    settings = TrainSettings.from_params(
+        {"model": "learnet", "mode": args.mode, "input_size": 112, "batch_size": args.batch_size, "device": "cpu", "epochs": args.epochs}
+    )
+    data, raw = demo_sized_set()
+    fold = "sub01"
+    train_idx = np.flatnonzero(data.groups != fold)
+    x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases]))
+    y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases)))
+    device = torch.device("cpu")
+    print(f"workload: in-memory DI set of the demo size ({len(data.labels)} clips x {len(PHASES)} phases at 112x112, "
+          f"{len(data.folds)} subjects), learnet, {settings.mode}, one LOSO fold: {len(train_idx)} training clips = "
+          f"{len(x_train)} samples, batch {settings.batch_size}, {torch.get_num_threads()} torch threads, "
+          f"median of {args.epochs} epochs after 1 warm-up")
+
+    seed = fold_seed(0, fold)
+    generator = torch.Generator().manual_seed(seed)
+    pipe_model, pipe_opt = fresh(settings, seed)
+    ref_model, ref_opt = fresh(settings, seed)
+    ref_gen = torch.Generator().manual_seed(seed)
+
+    def ref_batches():
+        order = torch.randperm(len(x_train), generator=ref_gen)
+        return [(x_train[b].contiguous(), y_train[b]) for b in _batches(len(x_train), settings.batch_size, order)]
+
+    timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)  # warm-up
+    timed(model_only_epoch, ref_model, ref_opt, ref_batches())
+    t_pipe, t_ref = [], []
+    for epoch in range(1, args.epochs + 1):  # interleaved: a load change on the shared machine hits both
+        batches = ref_batches()  # sliced outside the timing: the floor
+        if epoch % 2:  # alternate which path goes first
+            t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
+            t_ref.append(timed(model_only_epoch, ref_model, ref_opt, batches, epoch=epoch))
+        else:
+            t_ref.append(timed(model_only_epoch, ref_model, ref_opt, batches, epoch=epoch))
+            t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
+    pipe, ref = statistics.median(t_pipe), statistics.median(t_ref)
+    print(f"in-memory epoch:        {pipe:7.3f} s")
+    print(f"model-only epoch:       {ref:7.3f} s")
+    print(f"ratio in-memory / model-only: {pipe / ref:6.3f}  (target <= 1.1)")
+
+    with tempfile.TemporaryDirectory(prefix="mer-bench-png-") as tmp:
+        count = write_pngs(Path(tmp), raw, data.labels, train_idx, settings.train_phases)
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+        folder = datasets.ImageFolder(tmp, transform=tf)
+        assert len(folder) == count
+        for workers in (0, 2):
+            loader = DataLoader(folder, batch_size=settings.batch_size, shuffle=True, num_workers=workers,
+                                persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+            png_model, png_opt = fresh(settings, seed)  # both start afresh: same stage of training
+            pipe_model, pipe_opt = fresh(settings, seed)
+            timed(png_epoch, png_model, png_opt, loader)  # warm-up (and worker start)
+            timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)
+            t_png, t_now = [], []
+            for epoch in range(1, args.epochs + 1):
+                t_png.append(timed(png_epoch, png_model, png_opt, loader, epoch=epoch))
+                t_now.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
+            png, pipe_now = statistics.median(t_png), statistics.median(t_now)
+            print(f"PNG ImageFolder DataLoader, num_workers {workers}: {png:7.3f} s per epoch ({count} PNG files) vs in-memory "
+                  f"{pipe_now:.3f} s (fresh models, interleaved); ratio PNG / in-memory: {png / pipe_now:6.3f}")
+            del loader
+
+
+def compare_modes(args: argparse.Namespace) -> None:
+    from pipeline.cache import read_dynamic_images
+    from pipeline.metrics import Predictions, compute_metrics
+    from pipeline.models import input_normalization
+    from pipeline.params import load_section
+    from pipeline.training import load_loso_data, run_loso
+
+    params = load_section(args.params, "train")
+    di = read_dynamic_images(args.dynamic_images)
+    results = {}
+    for mode in ("baseline", "dual_phase"):
+        overrides = {"mode": mode, "device": "cpu"}
+        if args.compare_epochs:
+            overrides["epochs"] = args.compare_epochs
+        raw = {k: v for k, v in params.items() if k not in ("train_phases", "test_phases")}
+        settings = TrainSettings.from_params({**raw, **overrides})
+        probe = build_model(settings.model, len(di.label_names), False, None, settings.input_size)
+        mean, std = input_normalization(probe)
+        data = load_loso_data(di, list(dict.fromkeys([*settings.train_phases, *settings.test_phases])), settings.input_size, mean, std)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="mer-bench-loso-") as tmp:
+            folds = run_loso(data, settings, tmp)
+        seconds = time.perf_counter() - start
+        rows = [r for f in folds for r in f.predictions]
+        index = {n: i for i, n in enumerate(di.label_names)}
+        predictions = Predictions(
+            np.array([r["sample_id"] for r in rows]), np.array([r["subject"] for r in rows]), np.array([r["dataset"] for r in rows]),
+            np.array([index[r["true_label"]] for r in rows]), np.array([index[r["pred_label"]] for r in rows]), list(di.label_names),
+        )
+        results[mode] = (compute_metrics(predictions), seconds, settings)
+    first = results["baseline"][2]
+    print(f"compare modes on {args.dynamic_images}: {len(di)} clips, {len(set(np.asarray(di.samples['subject']).tolist()))} LOSO folds, "
+          f"{first.model}, input {first.input_size}, {first.epochs} epochs, batch {first.batch_size}, lr {first.lr}, jobs {first.jobs}")
+    print(f"{'mode':<12} {'accuracy':>9} {'UF1':>7} {'UAR':>7} {'seconds':>8}")
+    for mode, (m, seconds, _) in results.items():
+        print(f"{mode:<12} {m['accuracy']:9.3f} {m['uf1']:7.3f} {m['uar']:7.3f} {seconds:8.1f}")
+    delta = results["dual_phase"][0]["accuracy"] - results["baseline"][0]["accuracy"]
+    print(f"dual_phase - baseline accuracy: {100 * delta:+.1f} points")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per path (median)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the speed part (default: torch's)")
+    parser.add_argument("--mode", default="dual_phase", help="training mode of the speed workload")
+    parser.add_argument("--skip-speed", action="store_true", help="only --compare-modes")
+    parser.add_argument("--compare-modes", action="store_true", help="LOSO baseline vs dual_phase on --dynamic-images")
+    parser.add_argument("--dynamic-images", type=Path, default=Path("cache/dynamic_images/casme2.h5"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="train settings for --compare-modes")
+    parser.add_argument("--compare-epochs", type=int, default=None, help="epochs per fold for --compare-modes (default: params)")
+    args = parser.parse_args()
+    print(machine_line())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.skip_speed:
+        speed(args)
+    if args.compare_modes:
+        compare_modes(args)
+
+
+if __name__ == "__main__":
+    main()
