@@ -80,7 +80,8 @@ def fresh(settings: TrainSettings, seed: int):
     return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def model_only_epoch(model, optimizer, batches) -> None:
+def plain_epoch(model, optimizer, batches) -> None:
+    """The model's own work on ready batches (or a DataLoader): forward, backward, step."""
     model.train()
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
@@ -100,15 +101,6 @@ def write_pngs(root: Path, raw: dict[str, np.ndarray], labels: np.ndarray, index
             cv2.imwrite(str(folder / f"{phase}_{i:03d}.png"), cv2.cvtColor(raw[phase][i], cv2.COLOR_RGB2BGR))
             count += 1
     return count
-
-
-def png_epoch(model, optimizer, loader) -> None:
-    model.train()
-    for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
 
 def timed(function, *args, epoch: int = 0) -> float:
@@ -150,15 +142,15 @@ def speed(args: argparse.Namespace) -> None:
         return [(x_train[b].contiguous(), y_train[b]) for b in _batches(len(x_train), settings.batch_size, order)]
 
     timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)  # warm-up
-    timed(model_only_epoch, ref_model, ref_opt, ref_batches())
+    timed(plain_epoch, ref_model, ref_opt, ref_batches())
     t_pipe, t_ref = [], []
     for epoch in range(1, args.epochs + 1):  # interleaved: a load change on the shared machine hits both
         batches = ref_batches()  # sliced outside the timing: the floor
         if epoch % 2:  # alternate which path goes first
             t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
-            t_ref.append(timed(model_only_epoch, ref_model, ref_opt, batches, epoch=epoch))
+            t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, epoch=epoch))
         else:
-            t_ref.append(timed(model_only_epoch, ref_model, ref_opt, batches, epoch=epoch))
+            t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, epoch=epoch))
             t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
     pipe, ref = statistics.median(t_pipe), statistics.median(t_ref)
     print(f"in-memory epoch:        {pipe:7.3f} s")
@@ -175,11 +167,11 @@ def speed(args: argparse.Namespace) -> None:
                                 persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
             png_model, png_opt = fresh(settings, seed)  # both start afresh: same stage of training
             pipe_model, pipe_opt = fresh(settings, seed)
-            timed(png_epoch, png_model, png_opt, loader)  # warm-up (and worker start)
+            timed(plain_epoch, png_model, png_opt, loader)  # warm-up (and worker start)
             timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)
             t_png, t_now = [], []
             for epoch in range(1, args.epochs + 1):
-                t_png.append(timed(png_epoch, png_model, png_opt, loader, epoch=epoch))
+                t_png.append(timed(plain_epoch, png_model, png_opt, loader, epoch=epoch))
                 t_now.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
             png, pipe_now = statistics.median(t_png), statistics.median(t_now)
             print(f"PNG ImageFolder DataLoader, num_workers {workers}: {png:7.3f} s per epoch ({count} PNG files) vs in-memory "
