@@ -8,7 +8,7 @@ and prints align/decode (target <= 1.5), jobs1/jobs2 (target >= 1.7) and the pea
 this process plus its worker processes during each align run (it must not grow with the clip count).
 
 Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [--jobs 2]
-       what-if options: [--frames-compression none] [--detect-max-side 320]
+       what-if option: [--detect-max-side 320]
 """
 
 from __future__ import annotations
@@ -91,31 +91,13 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
     return elapsed, memory.peak
 
 
-def _store_frames_uncompressed() -> None:
-    """Patch the cache writer in this process (it is the one that writes) to skip LZF on frames."""
-    import pipeline.cache as cache
-
-    original = cache._write
-
-    def write(group, name, data, **kwargs):
-        if name == "frames":
-            kwargs.pop("compression", None)
-        return original(group, name, data, **kwargs)
-
-    cache._write = write
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips (quicker)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--frames-compression", choices=["lzf", "none"], default="lzf",
-                        help="what-if: 'none' stores the aligned frames uncompressed (pipeline.cache uses lzf)")
     parser.add_argument("--detect-max-side", type=int, default=None, help="what-if: override align.detect_max_side")
     args = parser.parse_args()
-    if args.frames_compression == "none":
-        _store_frames_uncompressed()
     work = casme2_scale(args.workdir, jobs=args.jobs)
     params_file = work["params"]
     if args.detect_max_side:
@@ -131,7 +113,7 @@ def main() -> None:
     print(machine_line())
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"workload: casme2-scale, {len(folders)} clips, {n_frames} JPEG frames of 640x480, "
-          f"crop {settings['size']}, detect_max_side {settings['detect_max_side']}, frames stored {args.frames_compression}")
+          f"crop {settings['size']}, detect_max_side {settings['detect_max_side']}")
     decode_only(folders[:5], 1)  # warm the page cache and the imports equally for everyone
     decode_only(folders[:4], args.jobs)  # start the worker pool outside the timings
     t_decode = decode_only(folders, args.jobs)
