@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .cache import AlignedClip
-from .frames import ClipFolder, find_clip_folders, list_frames, normalize_subject, resolve_root
+from .frames import ClipFolder, scan_clip_folders
 from .landmarks import detect_faces, eye_centres, landmarks_in_box
 
 METHODS = ("landmarks", "resize")
@@ -92,36 +92,11 @@ class ClipFailure:
 def find_align_clips(
     dataset: str, root: str | Path, pattern: str | None = None
 ) -> tuple[list[ClipFolder], list[ClipFailure]]:
-    """Clip folders sorted by (subject, clip), and the folders that could not be listed.
-
-    Same layout rules as `frames.find_clip_folders` (doubled top folders, non-image files, frames
-    sorted by number), but for CASME II and SAMM a folder without read permission is reported per
-    clip. `generic` copies are found by `pattern` (an unreadable folder there stops the run).
-    """
-    if dataset == "generic":
-        folders = sorted(find_clip_folders(dataset, root, pattern).values(), key=lambda f: (f.subject, f.clip))
-        return folders, []
-    from .frames import _subject_dirs  # the layout rule lives in frames.py, once
-
-    base = resolve_root(dataset, root)
-    folders: list[ClipFolder] = []
-    failures: list[ClipFailure] = []
-    for subject_dir in _subject_dirs(dataset, base):
-        subject = normalize_subject(dataset, subject_dir.name)
-        try:
-            clip_dirs = sorted(p for p in subject_dir.iterdir() if p.is_dir())
-        except PermissionError as exc:
-            failures.append(ClipFailure(subject, "*", str(subject_dir), f"cannot read subject folder: {exc.strerror or exc}"))
-            continue
-        for clip_dir in clip_dirs:
-            try:
-                frames = list_frames(clip_dir)
-            except PermissionError as exc:
-                failures.append(ClipFailure(subject, clip_dir.name, str(clip_dir), f"cannot read clip folder: {exc.strerror or exc}; check its permissions"))
-                continue
-            folders.append(ClipFolder(dataset, subject, clip_dir.name, clip_dir, frames))
-    folders.sort(key=lambda f: (f.subject, f.clip))
-    return folders, failures
+    """Clip folders sorted by (subject, clip), and the folders that could not be listed (reported
+    per clip rather than stopping the run)."""
+    clips, unreadable = scan_clip_folders(dataset, root, pattern)
+    failures = [ClipFailure(u.subject, u.clip, str(u.path), u.reason) for u in unreadable]
+    return sorted(clips.values(), key=lambda f: (f.subject, f.clip)), failures
 
 
 def input_fingerprint(folder: ClipFolder) -> str:

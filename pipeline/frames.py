@@ -199,22 +199,52 @@ def _generic_clip_folders(root: str | Path, pattern: str | None) -> dict[tuple[s
     return clips
 
 
-def find_clip_folders(dataset: str, root: str | Path, pattern: str | None = None) -> dict[tuple[str, str], ClipFolder]:
-    """All clip folders of a dataset copy, keyed by (subject, clip).
+@dataclass(frozen=True)
+class UnreadableFolder:
+    subject: str
+    clip: str  # "*" for a whole subject folder
+    path: Path
+    reason: str
+
+
+def scan_clip_folders(
+    dataset: str, root: str | Path, pattern: str | None = None
+) -> tuple[dict[tuple[str, str], ClipFolder], list[UnreadableFolder]]:
+    """All readable clip folders keyed by (subject, clip), and the folders that could not be listed.
 
     `pattern` (generic only) is the folder pattern relative to the root, default
     `{subject}/{clip}`; the CASME II and SAMM layouts are fixed and take none.
     """
     if dataset == "generic":
-        return _generic_clip_folders(root, pattern)
+        return _generic_clip_folders(root, pattern), []
     if pattern is not None:
         raise MerError(f"a folder pattern applies to the generic format only; {dataset} folders are laid out as the dataset ships them")
     base = resolve_root(dataset, root)
     clips: dict[tuple[str, str], ClipFolder] = {}
+    unreadable: list[UnreadableFolder] = []
     for subject_dir in _subject_dirs(dataset, base):
         subject = normalize_subject(dataset, subject_dir.name)
-        for clip_dir in sorted(p for p in subject_dir.iterdir() if p.is_dir()):
-            clips[(subject, clip_dir.name)] = _clip_folder(dataset, subject, clip_dir.name, clip_dir)
+        try:
+            clip_dirs = sorted(p for p in subject_dir.iterdir() if p.is_dir())
+        except PermissionError as exc:
+            unreadable.append(UnreadableFolder(subject, "*", subject_dir, f"cannot read subject folder: {exc.strerror or exc}"))
+            continue
+        for clip_dir in clip_dirs:
+            try:
+                frames = list_frames(clip_dir)
+            except PermissionError as exc:
+                reason = f"cannot read clip folder: {exc.strerror or exc}; check its permissions"
+                unreadable.append(UnreadableFolder(subject, clip_dir.name, clip_dir, reason))
+                continue
+            clips[(subject, clip_dir.name)] = ClipFolder(dataset, subject, clip_dir.name, clip_dir, frames)
+    return clips, unreadable
+
+
+def find_clip_folders(dataset: str, root: str | Path, pattern: str | None = None) -> dict[tuple[str, str], ClipFolder]:
+    """All clip folders of a dataset copy, keyed by (subject, clip); an unreadable one is an error."""
+    clips, unreadable = scan_clip_folders(dataset, root, pattern)
+    if unreadable:
+        raise MerError(f"{unreadable[0].path}: {unreadable[0].reason}")
     return clips
 
 

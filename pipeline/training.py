@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import time
@@ -381,7 +380,6 @@ def train_fold(
         model = build_model(settings.model, len(data.label_names), settings.pretrained, settings.weights, settings.input_size)
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        n = len(x_train)
         log: list[dict[str, float]] = []
         for epoch in range(1, settings.epochs + 1):
             loss, accuracy = train_epoch(model, optimizer, x_train, y_train, settings, generator, device)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import pipeline.align as align_module
 from pipeline.align import AlignSettings, align_clip, transform_points
 from pipeline.cache import array_sha256
+import pipeline.frames as frames_module
 from pipeline.frames import find_clip_folders, read_frame
 from pipeline.montage import aligned_montage
 from stages.cli import cli
@@ -100,14 +101,14 @@ def _damage(casme_root, damage, monkeypatch):
     assert damage == "unreadable"
     write_clip(clip, [place(portrait(), 1.6, 0, 0)] * 2)
     if os.geteuid() == 0:  # root reads anything: simulate the permission error where the folder is listed
-        real = align_module.list_frames
+        real = frames_module.list_frames
 
         def list_frames(folder):
             if folder.name == "EP05_01":
                 raise PermissionError(13, "Permission denied", str(folder))
             return real(folder)
 
-        monkeypatch.setattr(align_module, "list_frames", list_frames)
+        monkeypatch.setattr(frames_module, "list_frames", list_frames)
     else:
         clip.chmod(0)
     return "cannot read clip folder"
