@@ -198,8 +198,12 @@ def write_dynamic_images(
 
 def read_dynamic_images(path: str | Path) -> DynamicImageSet:
     with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
+        phases = json.loads(handle.attrs.get("phases", "[]"))
+        missing = [name for name in SAMPLE_FIELDS if name not in handle] + [f"images/{p}" for p in phases if f"images/{p}" not in handle]
+        if missing or "label_names" not in handle.attrs:
+            missing += [] if "label_names" in handle.attrs else ["label_names attribute"]
+            raise MerError(f"{path} lacks {', '.join(missing)}: it is damaged or incomplete; regenerate it with `mer dynimg`")
         samples = {name: _read(handle[name]) for name in SAMPLE_FIELDS}
-        phases = json.loads(handle.attrs["phases"])
         images = {phase: handle["images"][phase][()] for phase in phases}
         attrs = {key: handle.attrs[key] for key in handle.attrs}
     label_names = json.loads(attrs["label_names"])

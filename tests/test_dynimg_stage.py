@@ -143,3 +143,20 @@ def test_composite_table_reads_one_aligned_cache_per_dataset(tmp_path, inputs, p
     del args[3:5]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and "--aligned samm=cache/aligned/samm.h5" in result.output
+
+
+@pytest.mark.parametrize("damage", ["missing_dataset", "old_schema"])
+def test_train_refuses_an_incomplete_or_foreign_cache(tmp_path, inputs, project_params, damage):
+    import h5py
+
+    _, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    with h5py.File(out, "a") as handle:
+        if damage == "missing_dataset":
+            del handle["images/onset_apex"]
+        else:
+            handle.attrs["schema_version"] = 0
+    result = CliRunner().invoke(cli, ["train", "--dynamic-images", str(out), "--out", str(tmp_path / "run"),
+                                      "--params", str(write_params(tmp_path, project_params))])
+    assert result.exit_code == 1
+    expected = "lacks images/onset_apex" if damage == "missing_dataset" else "schema version 0, this tool reads 1"
+    assert expected in result.output and not (tmp_path / "run").exists()
