@@ -34,51 +34,55 @@ def read_only(handle: h5py.File, samples: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+def _regen_clip(frames: np.ndarray, numbers: np.ndarray, s: dict, settings: DynamicImageSettings) -> None:
+    clip_dynamic_images(frames, numbers, s["onset"], s["apex"], s["offset"], settings.phases, settings.variant,
+                        settings.size, False, settings.min_phase_frames)
+
+
+def _loop_clip(frame_at, numbers: list[int], s: dict, settings: DynamicImageSettings) -> None:
+    """The reference: per phase, frame by frame, each coefficient from the formula's sum."""
+    position = {int(n): i for i, n in enumerate(numbers)}
+    for bounds in settings.phases.values():
+        first, last = phase_frames(bounds, s["onset"], s["apex"], s["offset"], settings.min_phase_frames)
+        T = last - first + 1
+        di = np.zeros(frame_at(position[first]).shape, np.float64)
+        for t in range(1, T + 1):
+            a_t = sum((2 * k - T - 1) / k for k in range(t, T + 1))
+            di += a_t * frame_at(position[first + t - 1]).astype(np.float64)
+        to_uint8(cv2.resize(di.astype(np.float32), (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+
+
 def regenerate(handle: h5py.File, samples: list[dict], settings: DynamicImageSettings) -> float:
     start = time.perf_counter()
     for s in samples:
         group = handle[f"{s['subject']}/{s['clip']}"]
-        clip_dynamic_images(group["frames"][()], group["frame_numbers"][()], s["onset"], s["apex"], s["offset"],
-                            settings.phases, settings.variant, settings.size, False, settings.min_phase_frames)
+        _regen_clip(group["frames"][()], group["frame_numbers"][()], s, settings)
     return time.perf_counter() - start
 
 
 def loop_reference(handle: h5py.File, samples: list[dict], settings: DynamicImageSettings) -> float:
+    """Frames read one by one from the cache, as a straightforward script would."""
     start = time.perf_counter()
     for s in samples:
         group = handle[f"{s['subject']}/{s['clip']}"]
-        numbers = group["frame_numbers"][()].tolist()
-        for bounds in settings.phases.values():
-            first, last = phase_frames(bounds, s["onset"], s["apex"], s["offset"], settings.min_phase_frames)
-            T = last - first + 1
-            di = np.zeros(group["frames"].shape[1:], np.float64)
-            for t in range(1, T + 1):
-                a_t = sum((2 * k - T - 1) / k for k in range(t, T + 1))
-                di += a_t * group["frames"][numbers.index(first + t - 1)].astype(np.float64)
-            to_uint8(cv2.resize(di.astype(np.float32), (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+        _loop_clip(group["frames"].__getitem__, group["frame_numbers"][()].tolist(), s, settings)
     return time.perf_counter() - start
 
 
-def loop_in_memory(clips: list[tuple[np.ndarray, np.ndarray, dict]], settings: DynamicImageSettings) -> float:
+Clips = list[tuple[np.ndarray, np.ndarray, dict]]
+
+
+def loop_in_memory(clips: Clips, settings: DynamicImageSettings) -> float:
     start = time.perf_counter()
     for frames, numbers, s in clips:
-        position = {int(n): i for i, n in enumerate(numbers)}
-        for bounds in settings.phases.values():
-            first, last = phase_frames(bounds, s["onset"], s["apex"], s["offset"], settings.min_phase_frames)
-            T = last - first + 1
-            di = np.zeros(frames.shape[1:], np.float64)
-            for t in range(1, T + 1):
-                a_t = sum((2 * k - T - 1) / k for k in range(t, T + 1))
-                di += a_t * frames[position[first + t - 1]].astype(np.float64)
-            to_uint8(cv2.resize(di.astype(np.float32), (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+        _loop_clip(frames.__getitem__, numbers.tolist(), s, settings)
     return time.perf_counter() - start
 
 
-def regen_in_memory(clips: list[tuple[np.ndarray, np.ndarray, dict]], settings: DynamicImageSettings) -> float:
+def regen_in_memory(clips: Clips, settings: DynamicImageSettings) -> float:
     start = time.perf_counter()
     for frames, numbers, s in clips:
-        clip_dynamic_images(frames, numbers, s["onset"], s["apex"], s["offset"], settings.phases, settings.variant,
-                            settings.size, False, settings.min_phase_frames)
+        _regen_clip(frames, numbers, s, settings)
     return time.perf_counter() - start
 
 

@@ -32,10 +32,10 @@ from pipeline.align import (
 from pipeline.atomic import atomic_output
 from pipeline.cache import ALIGNED_SCHEMA, AlignedCacheWriter, AlignedClip, array_sha256, open_cache, read_aligned_clip
 from pipeline.errors import InputProblems, MerError
-from pipeline.frames import DATASETS, DEFAULT_FOLDER_PATTERN, ClipFolder
+from pipeline.frames import DATASETS, ClipFolder
 from pipeline.montage import aligned_montage
 from pipeline.parallel import limit_native_threads, ordered_map
-from stages.common import jobs_option, params_option, recorded_params, stage_params
+from stages.common import folder_pattern_option, jobs_option, params_option, recorded_params, resolve_folder_pattern, stage_params
 
 ON_ERROR = ("fail", "skip")
 FAILURE_FIELDS = ("subject", "clip", "file", "reason")
@@ -117,12 +117,7 @@ def _preview_indices(count: int, wanted: int) -> set[int]:
     default=None,
     help="fail: list the bad clips and write nothing; skip: write the rest and OUT.failures.csv (default: params, else fail).",
 )
-@click.option(
-    "--folder-pattern",
-    default=None,
-    help="generic only: clip folders relative to --root, e.g. 's{subject}/{clip}' "
-    f"(default: params align.folder_pattern, else {DEFAULT_FOLDER_PATTERN}).",
-)
+@folder_pattern_option("align")
 @click.option("--resume", is_flag=True, help="Reuse clips of an existing OUT aligned with the same settings from the same frames.")
 @click.option("--preview", type=click.IntRange(min=0), default=0, show_default=True, help="Draw N aligned reference frames with landmarks into OUT.preview.png.")
 @jobs_option
@@ -141,10 +136,7 @@ def align(
     except (TypeError, ValueError) as exc:
         raise MerError(f"{params_file}: invalid align settings: {exc}") from exc
     out_path = Path(out)
-    if folder_pattern is not None and dataset != "generic":
-        raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
-    pattern = (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN) if dataset == "generic" else None
-    folders, failures = find_align_clips(dataset, root, pattern)
+    folders, failures = find_align_clips(dataset, root, resolve_folder_pattern(dataset, folder_pattern, params))
     total = len(folders) + len(failures)
     if not total:
         raise MerError(f"no clip folders found under {root}")

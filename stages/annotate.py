@@ -19,8 +19,8 @@ from pipeline.annotations import (
 )
 from pipeline.atomic import atomic_output
 from pipeline.errors import MerError
-from pipeline.frames import DATASETS, DEFAULT_FOLDER_PATTERN
-from stages.common import params_option, stage_params
+from pipeline.frames import DATASETS
+from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_params
 
 
 @click.command("annotate")
@@ -50,24 +50,17 @@ from stages.common import params_option, stage_params
     help="Per-clip corrections (.csv/.xlsx: subject, clip, onset, apex, offset; blank keeps the sheet's value) "
     "(default: params annotate.overrides).",
 )
-@click.option(
-    "--folder-pattern",
-    default=None,
-    help="generic only: clip folders relative to --root, e.g. 's{subject}/{clip}' or '{subject}/{clip}/color' "
-    f"(default: params annotate.folder_pattern, else {DEFAULT_FOLDER_PATTERN}).",
-)
+@folder_pattern_option("annotate")
 @params_option
 def annotate(
     dataset: str, root: str, coding: str, out: str, classes: str | None, on_problem: str | None,
     overrides: str | None, folder_pattern: str | None, params_file: str,
 ) -> None:
     """Parse a CASME II, SAMM or generic coding sheet into one validated row per clip."""
-    if folder_pattern is not None and dataset != "generic":
-        raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
     params = stage_params(params_file, "annotate", on_problem=on_problem, classes=classes, overrides=overrides,
                           folder_pattern=folder_pattern)
     spec = params.get("classes") or DEFAULT_PRESET.get(dataset)  # generic: every emotion its own class
-    pattern = (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN) if dataset == "generic" else None
+    pattern = resolve_folder_pattern(dataset, folder_pattern, params)
     result = annotate_samples(dataset, coding, root, spec, str(params.get("on_problem", "fail")),
                               overrides=params.get("overrides") or None, folder_pattern=pattern)
     if not result.samples:

@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from pipeline.errors import MerError
+from pipeline.frames import DEFAULT_FOLDER_PATTERN
 from pipeline.params import load_section
 
 params_option = click.option(
@@ -17,6 +19,22 @@ params_option = click.option(
     help="Params file whose stage section supplies every setting not given as an option.",
 )
 jobs_option = click.option("--jobs", type=int, default=None, help="Parallel worker processes (default: params, else 1).")
+
+
+def folder_pattern_option(section: str):
+    return click.option(
+        "--folder-pattern",
+        default=None,
+        help="generic only: clip folders relative to --root, e.g. 's{subject}/{clip}' or '{subject}/{clip}/color' "
+        f"(default: params {section}.folder_pattern, else {DEFAULT_FOLDER_PATTERN}).",
+    )
+
+
+def resolve_folder_pattern(dataset: str, option: str | None, params: dict[str, Any]) -> str | None:
+    """The clip-folder pattern of a generic copy; CASME II and SAMM have fixed layouts and take none."""
+    if option is not None and dataset != "generic":
+        raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
+    return (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN) if dataset == "generic" else None
 
 
 def stage_params(params_file: str, section: str, **overrides: Any) -> dict[str, Any]:
