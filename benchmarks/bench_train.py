@@ -12,13 +12,19 @@ after one warm-up epoch each:
   PNG loader  the usual alternative: the same training images as PNG files in an ImageFolder
               tree, torchvision transforms, a DataLoader with num_workers 0 and 2.
 
-Prints in-memory / model-only (target <= 1.1) and PNG-loader / in-memory.
+Prints in-memory / model-only (target <= 1.1) and PNG-loader / in-memory (target >= 3).
+
+`--device cuda` (the default when a GPU is present) runs the same comparison on a GPU, where
+training is meant to run: the model's work shrinks and the PNG loader's decoding, done on the
+CPU, dominates. `--model resnet18 --input-size 224` measures a paper model; the PNG path then
+resizes each 112-pixel DI in its transform, as MER code usually does.
 
 `--compare-modes --dynamic-images FILE` also runs LOSO with mode baseline and dual_phase on a DI
 cache (e.g. the demo preset's cache/dynamic_images/casme2.h5) with the params file's train
 settings and prints accuracy, UF1 and UAR side by side.
 
-Usage: python benchmarks/bench_train.py [--epochs 5] [--threads N] [--compare-modes --dynamic-images FILE [--compare-epochs N]]
+Usage: python benchmarks/bench_train.py [--epochs 5] [--threads N] [--device cpu|cuda] [--model M --input-size S]
+                                       [--loader-workers 0 2] [--compare-modes --dynamic-images FILE [--compare-epochs N]]
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ from pipeline.training import (
 )
 
 CLASSES = ["happiness", "disgust", "repression", "surprise", "others"]
+DI_SIZE = 112  # the DI cache's stored size (params dynimg.size)
 PHASES = ("full", "onset_apex", "apex_offset")
 
 
-def demo_sized_set(subjects: int = 10, clips: int = 10, size: int = 112, seed: int = 0) -> tuple[LosoData, dict[str, np.ndarray]]:
+def demo_sized_set(subjects: int = 10, clips: int = 10, size: int = DI_SIZE, seed: int = 0) -> tuple[LosoData, dict[str, np.ndarray]]:
     """Synthetic DIs (uint8 stacks and the prepared float arrays) of the demo preset's size."""
     rng = np.random.default_rng(seed)
     n = subjects * clips
@@ -74,20 +81,28 @@ def demo_sized_set(subjects: int = 10, clips: int = 10, size: int = 112, seed: i
     return data, raw
 
 
-def fresh(settings: TrainSettings, seed: int):
+def fresh(settings: TrainSettings, seed: int, device: torch.device):
     torch.manual_seed(seed)
-    model = build_model(settings.model, len(CLASSES), False, None, settings.input_size)
+    model = build_model(settings.model, len(CLASSES), False, None, settings.input_size).to(device)
     return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def plain_epoch(model, optimizer, batches) -> None:
-    """The model's own work on ready batches (or a DataLoader): forward, backward, step."""
+def plain_epoch(model, optimizer, batches, device: torch.device) -> None:
+    """The model's own work on ready batches (or a DataLoader): forward, backward, step. Batches
+    already on `device` stay there; a DataLoader's CPU batches are moved as in any training loop."""
     model.train()
     for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+def drain(batches, device: torch.device) -> None:
+    """Only fetch the batches onto the device: the data path's own cost."""
+    for x, y in batches:
+        x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def write_pngs(root: Path, raw: dict[str, np.ndarray], labels: np.ndarray, index: np.ndarray, phases) -> int:
@@ -103,13 +118,21 @@ def write_pngs(root: Path, raw: dict[str, np.ndarray], labels: np.ndarray, index
     return count
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(function, *args, epoch: int = 0) -> float:
     """Seconds of one epoch. The global RNG (dropout) is reseeded per epoch so that every path's model
     follows the same weight trajectory: speed then differs only by the data path (weights drifting
-    into denormal floats slow a CPU by 10-20 %, which would otherwise hit one path at random)."""
+    into denormal floats slow a CPU by 10-20 %, which would otherwise hit one path at random).
+    A GPU is synchronized before and after, so queued kernels count in the epoch that launched them."""
     torch.manual_seed(1000 + epoch)
+    synchronize()
     start = time.perf_counter()
     function(*args)
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -117,40 +140,48 @@ def speed(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
+    device = torch.device(args.device)
     settings = TrainSettings.from_params(
-        {"model": "learnet", "mode": args.mode, "input_size": 112, "batch_size": args.batch_size, "device": "cpu", "epochs": args.epochs}
+        {"model": args.model, "mode": args.mode, "input_size": args.input_size, "batch_size": args.batch_size,
+         "device": args.device, "epochs": args.epochs}
     )
     data, raw = demo_sized_set()
+    size = settings.input_size
+    if size != DI_SIZE:  # prepared once at the model's size, as `load_loso_data` does
+        data.images = {p: prepare_images(raw[p], size, (0.5,) * 3, (0.5,) * 3) for p in PHASES}
     fold = "sub01"
     train_idx = np.flatnonzero(data.groups != fold)
-    x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases]))
-    y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases)))
-    device = torch.device("cpu")
-    print(f"workload: in-memory DI set of the demo size ({len(data.labels)} clips x {len(PHASES)} phases at 112x112, "
-          f"{len(data.folds)} subjects), learnet, {settings.mode}, one LOSO fold: {len(train_idx)} training clips = "
-          f"{len(x_train)} samples, batch {settings.batch_size}, {torch.get_num_threads()} torch threads, "
-          f"median of {args.epochs} epochs after 1 warm-up")
+    x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases])).to(device)
+    y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases))).to(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} torch threads"
+    print(f"workload: in-memory DI set of the demo size ({len(data.labels)} clips x {len(PHASES)} phases at {DI_SIZE}x{DI_SIZE}, "
+          f"{len(data.folds)} subjects), {settings.model} at input {size}, {settings.mode}, one LOSO fold: {len(train_idx)} "
+          f"training clips = {len(x_train)} samples, batch {settings.batch_size}, {where}, median of {args.epochs} epochs after 1 warm-up")
 
     seed = fold_seed(0, fold)
     generator = torch.Generator().manual_seed(seed)
-    pipe_model, pipe_opt = fresh(settings, seed)
-    ref_model, ref_opt = fresh(settings, seed)
+    pipe_model, pipe_opt = fresh(settings, seed, device)
+    ref_model, ref_opt = fresh(settings, seed, device)
     ref_gen = torch.Generator().manual_seed(seed)
 
     def ref_batches():
-        order = torch.randperm(len(x_train), generator=ref_gen)
+        order = torch.randperm(len(x_train), generator=ref_gen).to(device)
         return [(x_train[b].contiguous(), y_train[b]) for b in _batches(len(x_train), settings.batch_size, order)]
 
+    def slices():
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+        return ((x_train[b], y_train[b]) for b in _batches(len(x_train), settings.batch_size, order))
+
     timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)  # warm-up
-    timed(plain_epoch, ref_model, ref_opt, ref_batches())
+    timed(plain_epoch, ref_model, ref_opt, ref_batches(), device)
     t_pipe, t_ref = [], []
     for epoch in range(1, args.epochs + 1):  # interleaved: a load change on the shared machine hits both
         batches = ref_batches()  # sliced outside the timing: the floor
         if epoch % 2:  # alternate which path goes first
             t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
-            t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, epoch=epoch))
+            t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, device, epoch=epoch))
         else:
-            t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, epoch=epoch))
+            t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, device, epoch=epoch))
             t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
     pipe, ref = statistics.median(t_pipe), statistics.median(t_ref)
     print(f"in-memory epoch:        {pipe:7.3f} s")
@@ -159,23 +190,30 @@ def speed(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="mer-bench-png-") as tmp:
         count = write_pngs(Path(tmp), raw, data.labels, train_idx, settings.train_phases)
-        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+        steps = [transforms.Resize(size, antialias=True)] if size != DI_SIZE else []  # the usual MER transform
+        tf = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
         folder = datasets.ImageFolder(tmp, transform=tf)
         assert len(folder) == count
-        for workers in (0, 2):
+        for workers in args.loader_workers:
             loader = DataLoader(folder, batch_size=settings.batch_size, shuffle=True, num_workers=workers,
-                                persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
-            png_model, png_opt = fresh(settings, seed)  # both start afresh: same stage of training
-            pipe_model, pipe_opt = fresh(settings, seed)
-            timed(plain_epoch, png_model, png_opt, loader)  # warm-up (and worker start)
+                                persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(seed))
+            png_model, png_opt = fresh(settings, seed, device)  # both start afresh: same stage of training
+            pipe_model, pipe_opt = fresh(settings, seed, device)
+            timed(plain_epoch, png_model, png_opt, loader, device)  # warm-up (and worker start)
             timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)
             t_png, t_now = [], []
             for epoch in range(1, args.epochs + 1):
-                t_png.append(timed(plain_epoch, png_model, png_opt, loader, epoch=epoch))
+                t_png.append(timed(plain_epoch, png_model, png_opt, loader, device, epoch=epoch))
                 t_now.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
             png, pipe_now = statistics.median(t_png), statistics.median(t_now)
             print(f"PNG ImageFolder DataLoader, num_workers {workers}: {png:7.3f} s per epoch ({count} PNG files) vs in-memory "
-                  f"{pipe_now:.3f} s (fresh models, interleaved); ratio PNG / in-memory: {png / pipe_now:6.3f}")
+                  f"{pipe_now:.3f} s (fresh models, interleaved); ratio PNG / in-memory: {png / pipe_now:6.3f}  (target >= 3)")
+            # The data path alone (no model): what each way costs per epoch before the model's floor.
+            png_data = statistics.median(timed(drain, loader, device, epoch=e) for e in range(args.epochs))
+            memory_data = statistics.median(timed(drain, slices(), device, epoch=e) for e in range(args.epochs))
+            print(f"  data path alone: PNG loader {png_data:.3f} s vs in-memory slicing {memory_data:.4f} s per epoch "
+                  f"(ratio {png_data / max(memory_data, 1e-9):.0f}); the model's own epoch: {ref:.3f} s")
             del loader
 
 
@@ -225,6 +263,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the speed part (default: torch's)")
     parser.add_argument("--mode", default="dual_phase", help="training mode of the speed workload")
+    parser.add_argument("--model", default="learnet", help="model of the speed workload: learnet or a timm name")
+    parser.add_argument("--input-size", type=int, default=112, help="model input size (DIs are stored at 112 and resized)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="training device of the speed part")
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers values to compare")
     parser.add_argument("--skip-speed", action="store_true", help="only --compare-modes")
     parser.add_argument("--compare-modes", action="store_true", help="LOSO baseline vs dual_phase on --dynamic-images")
     parser.add_argument("--dynamic-images", type=Path, default=Path("cache/dynamic_images/casme2.h5"))
