@@ -6,7 +6,9 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Self
 
 import yaml
 
@@ -48,3 +50,68 @@ def casme2_scale(workdir: Path, jobs: int = 2) -> dict[str, Path]:
         _mer("annotate", "--dataset", "casme2", "--root", str(root), "--coding", str(coding), "--classes", "casme2-5",
              "--out", str(samples), "--params", str(params))
     return {"params": params, "root": root, "coding": coding, "aligned": aligned, "samples": samples}
+
+
+def _hwm_bytes(pid: int) -> int:
+    """VmHWM (the kernel's exact peak resident set) of one process, 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class TreeMemory:
+    """Memory of a running process and all its descendants (e.g. joblib/loky workers), sampled.
+
+    `peak`: the peak of the summed RSS over the tree (shared library pages count once per process);
+    `per_label`: the same peak per value `label` had while sampling (e.g. the DVC stage running);
+    `main_hwm` / `worker_hwm`: the kernel's exact peak RSS (VmHWM) of the root process and of the
+    largest descendant, as last read while they were alive.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import psutil  # a dependency of dask.distributed, hence installed with the project
+
+        self._psutil, self.root = psutil, psutil.Process(pid)
+        self.interval, self.peak, self.label, self.per_label = interval, 0, None, {}
+        self.main_hwm, self.worker_hwm, self.processes = 0, 0, {pid}
+        self._stop = threading.Event()
+
+    def sample(self) -> None:
+        psutil = self._psutil
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for process in tree:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                continue
+            self.processes.add(process.pid)
+            hwm = _hwm_bytes(process.pid)
+            if process.pid == self.root.pid:
+                self.main_hwm = max(self.main_hwm, hwm)
+            else:
+                self.worker_hwm = max(self.worker_hwm, hwm)
+        self.peak = max(self.peak, total)
+        if self.label is not None:
+            self.per_label[self.label] = max(self.per_label.get(self.label, 0), total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
