@@ -168,6 +168,76 @@ class DynamicImageSet:
         return list(self.images)
 
 
+class DynamicImageWriter:
+    """Writes a DI cache one sample at a time, so memory does not grow with the number of clips.
+
+    `n` samples are added in their final order with `add`, then `finish` writes the per-sample
+    columns and the checksums (each phase's sha256 is computed as its rows arrive, in order, so it
+    equals the checksum of the whole dataset). The caller owns atomic placement of the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n: int,
+        phases: Iterable[str],
+        label_names: list[str],
+        params: Mapping[str, Any],
+        image_shape: tuple[int, int, int] | None = None,
+    ):
+        self._n, self._phases, self._count = n, list(phases), 0
+        self._handle = h5py.File(path, "w", track_order=False)
+        _file_attrs(self._handle, DYNAMIC_IMAGES_SCHEMA, params, {"label_names": list(label_names), "phases": self._phases})
+        self._group = self._handle.create_group("images")
+        self._digests = {phase: hashlib.sha256() for phase in self._phases}
+        if image_shape is not None:
+            for phase in self._phases:
+                self._create(phase, image_shape)
+
+    def _create(self, phase: str, shape: tuple[int, ...]) -> h5py.Dataset:
+        if len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"images/{phase}: an image of shape {shape}, expected (H, W, 3)")
+        return self._group.create_dataset(
+            phase, shape=(self._n, *shape), dtype=np.uint8, chunks=(1, *shape), compression="gzip", compression_opts=4, track_times=False
+        )
+
+    def add(self, images: Mapping[str, np.ndarray]) -> None:
+        """The next sample's DIs, one (H,W,3) uint8 image per phase."""
+        if self._count >= self._n:
+            raise ValueError(f"more than the {self._n} samples this cache was created for")
+        for phase in self._phases:
+            image = np.ascontiguousarray(images[phase], dtype=np.uint8)
+            dataset = self._group[phase] if phase in self._group else self._create(phase, image.shape)
+            if dataset.shape[1:] != image.shape:
+                raise ValueError(f"images/{phase}: an image of shape {image.shape}, expected {dataset.shape[1:]}")
+            dataset[self._count] = image
+            self._digests[phase].update(image.tobytes())
+        self._count += 1
+
+    def finish(self, samples: Mapping[str, Iterable[Any]], extra_attrs: Mapping[str, Any] | None = None) -> None:
+        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums and extra file attributes."""
+        if self._count != self._n:
+            raise ValueError(f"{self._count} samples were added to a cache created for {self._n}")
+        columns = {name: np.asarray(list(samples[name])) for name in SAMPLE_FIELDS}
+        for name, column in columns.items():
+            if len(column) != self._n:
+                raise ValueError(f"sample field {name} has {len(column)} entries, expected {self._n}")
+            _write(self._handle, name, column.astype(object if name in _STRING_FIELDS else np.int64))
+        for phase, digest in self._digests.items():
+            self._group[phase].attrs["sha256"] = digest.hexdigest()
+        for key, value in (extra_attrs or {}).items():
+            self._handle.attrs[key] = value
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_dynamic_images(
     path: str | Path,
     samples: Mapping[str, Iterable[Any]],
@@ -176,24 +246,16 @@ def write_dynamic_images(
     params: Mapping[str, Any],
     extra_attrs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a complete DI cache at `path` (the caller owns atomic placement of the file)."""
-    columns = {name: np.asarray(list(samples[name])) for name in SAMPLE_FIELDS}
-    n = len(columns["sample_id"])
-    for name, column in columns.items():
-        if len(column) != n:
-            raise ValueError(f"sample field {name} has {len(column)} entries, expected {n}")
-    with h5py.File(path, "w", track_order=False) as handle:
-        attrs = {"label_names": list(label_names), "phases": list(images), **(extra_attrs or {})}
-        _file_attrs(handle, DYNAMIC_IMAGES_SCHEMA, params, attrs)
-        for name, column in columns.items():
-            dtype = object if name in _STRING_FIELDS else np.int64
-            _write(handle, name, column.astype(dtype))
-        group = handle.create_group("images")
-        for phase, stack in images.items():
-            stack = np.ascontiguousarray(stack, dtype=np.uint8)
-            if stack.ndim != 4 or stack.shape[0] != n or stack.shape[3] != 3:
-                raise ValueError(f"images/{phase} has shape {stack.shape}, expected ({n}, H, W, 3)")
-            _write(group, phase, stack, chunks=(1, *stack.shape[1:]), compression="gzip", compression_opts=4)
+    """Write a complete DI cache at `path` from whole (N,H,W,3) stacks per phase."""
+    n = len(list(samples["sample_id"]))
+    for phase, stack in images.items():
+        if stack.ndim != 4 or stack.shape[0] != n or stack.shape[3] != 3:
+            raise ValueError(f"images/{phase} has shape {stack.shape}, expected ({n}, H, W, 3)")
+    shape = next(iter(images.values())).shape[1:] if images else None
+    with DynamicImageWriter(path, n, images, label_names, params, shape) as writer:
+        for i in range(n):
+            writer.add({phase: stack[i] for phase, stack in images.items()})
+        writer.finish(samples, extra_attrs)
 
 
 def read_dynamic_images(path: str | Path) -> DynamicImageSet:

@@ -132,8 +132,11 @@ def phase_weights(frame_numbers: np.ndarray, windows: Mapping[str, tuple[int, in
     return weights
 
 
+FRAME_BLOCK = 32  # frames converted to float at a time: 19 MB of float32 for 224x224 RGB
+
+
 def clip_dynamic_images(
-    frames: np.ndarray,
+    frames: np.ndarray,  # or an h5py.Dataset of (T,H,W,3) uint8
     frame_numbers: np.ndarray,
     onset: int,
     apex: int,
@@ -147,15 +150,21 @@ def clip_dynamic_images(
     """uint8 DIs of one clip for every phase, and the number of frames each phase spans.
 
     All phases come from one matrix product over the clip, so its frames are converted to float
-    and read once whatever the number of phases. Rank pooling and resizing are both linear, so
-    each DI is resized once at the end instead of resizing every frame.
+    and read once whatever the number of phases. The product runs over blocks of `FRAME_BLOCK`
+    frames, so memory stays the same whatever the clip's length; `frames` may be an HDF5 dataset,
+    read block by block. Rank pooling and resizing are both linear, so each DI is resized once at
+    the end instead of resizing every frame.
     """
     windows = {name: phase_frames(bounds, onset, apex, offset, min_frames) for name, bounds in phases.items()}
     weights = phase_weights(frame_numbers, windows, variant)
-    used = np.flatnonzero(weights.any(axis=0))  # frames outside every phase are not even converted
+    used = np.flatnonzero(weights.any(axis=0))  # frames outside every phase are not even read
     shape = frames.shape[1:]
-    flat = frames[used[0] : used[-1] + 1].reshape(used[-1] - used[0] + 1, -1).astype(np.float32)
-    stack = (weights[:, used[0] : used[-1] + 1] @ flat).reshape(len(windows), *shape)
+    total = np.zeros((len(windows), int(np.prod(shape))), np.float32)
+    for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
+        stop = min(start + FRAME_BLOCK, used[-1] + 1)
+        block = np.asarray(frames[start:stop]).reshape(stop - start, -1).astype(np.float32)
+        total += weights[:, start:stop] @ block
+    stack = total.reshape(len(windows), *shape)
     images = {}
     for name, image in zip(windows, stack):
         if size is not None and image.shape[:2] != (size, size):

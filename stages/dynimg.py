@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pipeline.annotations import estimate_apex, label_names_for, read_samples
 from pipeline.atomic import atomic_output
-from pipeline.cache import ALIGNED_SCHEMA, open_cache, write_dynamic_images
+from pipeline.cache import ALIGNED_SCHEMA, DynamicImageWriter, open_cache
 from pipeline.composite import aligned_caches
 from pipeline.dynamic_images import DynamicImageSettings, apply_overrides, clip_dynamic_images, phase_frames
 from pipeline.errors import InputProblems, MerError
@@ -36,14 +36,14 @@ def _compute(aligned_path: str, sample: dict, settings: DynamicImageSettings):
     handle = _aligned_handle(aligned_path)
     if key not in handle:
         return f"{key}: not in the aligned cache {aligned_path} (was the clip aligned?)"
-    frames, numbers = handle[key]["frames"][()], handle[key]["frame_numbers"][()]
+    frames, numbers = handle[key]["frames"], handle[key]["frame_numbers"][()]  # frames are read block by block
     onset, apex, offset = sample["onset"], sample["apex"], sample["offset"]
     try:
         if settings.apex == "estimated" and sample["apex_source"] != "override":
             inside = np.flatnonzero((numbers >= onset) & (numbers <= offset))
             if len(inside) == 0:
                 raise ValueError(f"no aligned frame between onset {onset} and offset {offset}")
-            apex = int(numbers[inside[estimate_apex(frames[inside])]])
+            apex = int(numbers[inside[estimate_apex(frames[inside[0] : inside[-1] + 1])]])
         images, lengths = clip_dynamic_images(
             frames, numbers, onset, apex, offset, settings.phases, settings.variant, settings.size,
             settings.normalize == "per_channel", settings.min_phase_frames,
@@ -95,32 +95,29 @@ def dynimg(aligned: tuple[str, ...], samples: str, classes: str | None, out: str
     for path in caches.values():
         _aligned_handle(path)  # fail early, in this process, on a missing or wrong cache
 
-    stacks: dict[str, list[np.ndarray]] = {name: [] for name in settings.phases}
     problems, short, widened = [], Counter(), Counter()
     results = ordered_map(_compute, ((caches[row["dataset"]], row, settings) for row in rows), int(params.get("jobs", 1)))
-    for row, result in zip(rows, tqdm(results, total=len(rows), desc="dynamic images", unit="clip", disable=None)):
-        if isinstance(result, str):
-            problems.append(result)
-            continue
-        images, lengths, apex = result
-        if settings.apex == "estimated" and row["apex_source"] != "override":
-            row["apex"], row["apex_source"] = apex, "estimated"
-        for name, image in images.items():
-            stacks[name].append(image)
-            start, end = phase_frames(settings.phases[name], row["onset"], row["apex"], row["offset"])
-            widened[name] += lengths[name] > end - start + 1
-            short[name] += lengths[name] == 1
-    if problems:
-        raise InputProblems(f"dynamic images failed for {len(problems)} of {len(rows)} clips; nothing was written", problems)
-
-    columns = {field: [r[field] for r in rows] for field in ("dataset", "subject", "clip", "onset", "apex", "offset", "apex_source")}
-    columns["sample_id"] = [f"{r['dataset']}/{r['subject']}/{r['clip']}" for r in rows]
-    columns["label"] = [label_names.index(r["label"]) for r in rows]
-    with atomic_output(out) as tmp:
-        write_dynamic_images(
-            tmp, columns, {name: np.stack(stack) for name, stack in stacks.items()}, label_names, recorded_params(params),
-            extra_attrs={"fingerprint": _fingerprint(samples, caches, rows, recorded_params(params))},
-        )
+    # Each clip's DIs go to the file as they arrive (in table order): memory stays flat whatever the number of clips.
+    with atomic_output(out) as tmp, DynamicImageWriter(tmp, len(rows), settings.phases, label_names, recorded_params(params)) as writer:
+        for row, result in zip(rows, tqdm(results, total=len(rows), desc="dynamic images", unit="clip", disable=None)):
+            if isinstance(result, str):
+                problems.append(result)
+                continue
+            images, lengths, apex = result
+            if settings.apex == "estimated" and row["apex_source"] != "override":
+                row["apex"], row["apex_source"] = apex, "estimated"
+            if not problems:  # after a problem the file is discarded; keep going to report every bad clip
+                writer.add(images)
+            for name in images:
+                start, end = phase_frames(settings.phases[name], row["onset"], row["apex"], row["offset"])
+                widened[name] += lengths[name] > end - start + 1
+                short[name] += lengths[name] == 1
+        if problems:
+            raise InputProblems(f"dynamic images failed for {len(problems)} of {len(rows)} clips; nothing was written", problems)
+        columns = {field: [r[field] for r in rows] for field in ("dataset", "subject", "clip", "onset", "apex", "offset", "apex_source")}
+        columns["sample_id"] = [f"{r['dataset']}/{r['subject']}/{r['clip']}" for r in rows]
+        columns["label"] = [label_names.index(r["label"]) for r in rows]
+        writer.finish(columns, {"fingerprint": _fingerprint(samples, caches, rows, recorded_params(params))})
     counts, sources = Counter(r["label"] for r in rows), Counter(r["apex_source"] for r in rows)
     click.echo(f"{len(rows)} clips x {len(settings.phases)} phases ({', '.join(settings.phases)}) -> {out}")
     click.echo("  per class: " + ", ".join(f"{name} {counts[name]}" for name in label_names))

@@ -120,3 +120,27 @@ def test_all_phases_come_from_one_product_equal_to_separate_dynamic_images():
     images, _ = clip_dynamic_images(frames, numbers, 302, 311, 324, phases, size=None)
     for name, (lo, hi) in {"full": (2, 24), "a": (2, 11), "b": (11, 21)}.items():
         assert np.array_equal(images[name], to_uint8(dynamic_image(frames[lo : hi + 1])))
+
+
+def test_long_clips_are_read_block_by_block_from_the_cache(tmp_path):
+    """A clip longer than FRAME_BLOCK, read straight from an HDF5 dataset, gives the DIs of the
+    frames held in memory: memory per clip is bounded without changing the result."""
+    import h5py
+
+    from pipeline.dynamic_images import FRAME_BLOCK
+
+    rng = np.random.default_rng(1)
+    T = 3 * FRAME_BLOCK + 7
+    frames = rng.integers(0, 256, (T, 12, 10, 3), dtype=np.uint8)
+    numbers = np.arange(T)
+    phases = parse_phases(None)
+    with h5py.File(tmp_path / "clip.h5", "w") as handle:
+        handle.create_dataset("frames", data=frames, chunks=(1, 12, 10, 3))
+    with h5py.File(tmp_path / "clip.h5", "r") as handle:
+        from_file, lengths = clip_dynamic_images(handle["frames"], numbers, 3, 60, T - 2, phases, size=None)
+    in_memory, _ = clip_dynamic_images(frames, numbers, 3, 60, T - 2, phases, size=None)
+    assert lengths == {"full": T - 4, "onset_apex": 58, "apex_offset": T - 61}
+    for name, (lo, hi) in {"full": (3, T - 2), "onset_apex": (3, 60), "apex_offset": (60, T - 2)}.items():
+        assert np.array_equal(from_file[name], in_memory[name])
+        reference = to_uint8(dynamic_image(frames[lo : hi + 1]))
+        assert np.abs(from_file[name].astype(int) - reference).max() <= 1, name  # float32 sums in another order
