@@ -21,6 +21,30 @@ Folds are independent and run through joblib: `backend: loky` (processes on this
 `backend: dask`, which runs the same function through joblib's dask backend on a Dask cluster
 (`scheduler: tcp://host:8786`; the output folder must then be on a file system the workers share).
 `amp: true` trains and predicts under bf16 autocast (CPU or GPU).
+
+Resuming (`train_run`): finished folds live in a work folder beside the output,
+`<out parent>/.<out name>.partial/`, which exists only while a run is unfinished:
+
+    .<name>.partial/resume.json          the run key: a sha256 of everything the numbers depend on
+                                         (settings but jobs/backend/scheduler/missing_class, the torch
+                                         threads per fold, the DI cache's fingerprint and a digest of
+                                         its samples, labels and images, code and torch versions)
+    .<name>.partial/folds/<fold>/        one finished fold (written under a temporary name, renamed
+                                         when complete: a fold folder that exists is finished)
+    .<name>.partial/timings/<fold>.json  that fold's training time
+
+A rerun with the same key trains only the missing folds; a different key (or `fresh`) discards the
+work folder first. Finished or not, every fold is then read back from its files, and run.json,
+predictions.csv, training_curve.csv and timings.json are written from those, so a resumed run is
+byte-identical to an uninterrupted one; the work folder is finally renamed to `out`, replacing the
+previous run. Every file of a run but timings.json (seconds, cores, jobs, backend) depends only on the
+inputs, the settings and the torch threads per fold (`threads`; `auto` = cores // jobs): with a fixed
+`threads`, any `jobs` gives the same bytes.
+
+Classes (`check_fold_classes`): a class with clips in the cache but no training sample in some fold
+(all its clips belong to the held-out subject) stops the run before any training (`missing_class:
+error`, the default) or is reported and trained anyway (`warn`). A label name with no clip at all in
+the cache is always only a warning: class presets may list emotions a dataset copy lacks.
 """
 
 from __future__ import annotations
@@ -32,15 +56,19 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import __version__
+from .atomic import atomic_output
 from .augment import AugmentSettings, augment_batch
 from .cache import DynamicImageSet
 from .errors import MerError
@@ -65,6 +93,10 @@ MODES: dict[str, Mode] = {
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("loky", "dask")
 LEGACY_KEYS = ("augment_flip", "augment_rotation")  # before `augment:`; still read
+MISSING_CLASS = ("error", "warn")
+# Settings that change how a run executes or what it checks, never its numbers: they are left out of
+# run.json's params and of the run key (`threads` is resolved to the torch threads per fold instead).
+EXECUTION_KEYS = ("jobs", "backend", "scheduler", "missing_class")
 
 
 @dataclass(frozen=True)
@@ -94,9 +126,11 @@ class TrainSettings:
     backend: str = "loky"
     scheduler: str | None = None
     jobs: int = 1
+    threads: int | None = None  # torch threads per fold; None (params `auto`): cores // jobs
+    missing_class: str = "error"
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "TrainSettings":
+    def from_params(cls, params: Mapping[str, Any]) -> TrainSettings:
         """Build settings from a params section; raise ValueError on unknown keys or bad values."""
         known = {f.name for f in dataclasses.fields(cls)} | set(LEGACY_KEYS)
         unknown = sorted(set(params) - known)
@@ -138,6 +172,14 @@ class TrainSettings:
             augment = None
         elif not augment.active:
             raise ValueError(f"mode {mode_name} needs at least one augmentation in `augment` (flip, rotation, scale, translate, jitter)")
+        threads = params.get("threads")
+        if threads in (None, "auto"):
+            threads = None
+        elif isinstance(threads, bool) or not isinstance(threads, (int, str)) or not str(threads).isdigit() or int(threads) < 1:
+            raise ValueError(f"threads must be auto or a number of torch threads per fold >= 1, got {threads!r}")
+        missing_class = str(params.get("missing_class", cls.missing_class))
+        if missing_class not in MISSING_CLASS:
+            raise ValueError(f"missing_class must be one of {MISSING_CLASS}, got {missing_class!r}")
         model = str(params.get("model", cls.model))
         settings = cls(
             model=model,
@@ -159,6 +201,8 @@ class TrainSettings:
             backend=backend,
             scheduler=str(scheduler) if scheduler else None,
             jobs=int(params.get("jobs", cls.jobs)),
+            threads=None if threads is None else int(threads),
+            missing_class=missing_class,
         )
         for name in ("input_size", "epochs", "batch_size", "jobs"):
             if getattr(settings, name) < 1:
@@ -171,7 +215,12 @@ class TrainSettings:
         data = dataclasses.asdict(self)
         data["train_phases"], data["test_phases"] = list(self.train_phases), list(self.test_phases)
         data["augment"] = self.augment.to_dict() if self.augment else None
+        data["threads"] = "auto" if self.threads is None else self.threads
         return data
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings the numbers depend on (run.json `params`): `to_dict` without EXECUTION_KEYS."""
+        return {key: value for key, value in self.to_dict().items() if key not in EXECUTION_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +299,43 @@ def load_loso_data(
     )
 
 
+def check_fold_classes(data: LosoData, missing_class: str = "error") -> list[str]:
+    """Check every fold's training set before any fold trains; return warnings to show.
+
+    A class with clips in the cache but none in some fold's training set (all of them belong to the
+    held-out subject) cannot be learnt by that fold's model: a MerError naming the class, its clip
+    count and the fold(s) with `missing_class: error`, a warning with `warn`. A label name without any
+    clip in the cache is a warning only (the model has an output that is never trained; class presets
+    may list emotions a dataset copy lacks).
+    """
+    counts = np.bincount(data.labels, minlength=len(data.label_names))
+    warnings = [
+        f"class {name!r} has no clip in the cache: the model gets an output for it that is never trained "
+        "(drop it from the class mapping if the dataset has none)"
+        for name, count in zip(data.label_names, counts)
+        if count == 0
+    ]
+    problems = []
+    for c, name in enumerate(data.label_names):
+        if counts[c] == 0:
+            continue
+        folds = sorted({str(g) for g in data.groups[data.labels == c]})
+        lacking = [fold for fold in folds if not np.any((data.labels == c) & (data.groups != fold))]
+        if lacking:
+            problems.append(
+                f"class {name!r} ({counts[c]} clip{'s' if counts[c] != 1 else ''}) has no training sample in fold "
+                f"{', '.join(lacking)}: all its clips belong to that held-out subject"
+            )
+    if problems and missing_class == "error":
+        raise MerError(
+            "; ".join(problems) + ". A fold cannot learn a class it never sees. Merge the class into another or drop it "
+            "with the class mapping of annotate and dynimg (`--classes`, params datasets.NAME.classes: a preset such as "
+            "casme2-5 or megc-3, or 'emotion=class,...'), or set train.missing_class: warn to train anyway"
+            + "".join(f"\nwarning: {w}" for w in warnings)
+        )
+    return warnings + [f"{p} (missing_class: warn; that fold cannot predict it)" for p in problems]
+
+
 # ---------------------------------------------------------------------------------------------
 # One fold
 
@@ -280,7 +366,7 @@ class FoldResult:
     directory: str
     predictions: list[dict[str, Any]]
     manifest: dict[str, Any]
-    seconds: float
+    seconds: float | None  # None when unknown (a fold read back without its timing)
     log: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -353,11 +439,14 @@ def train_fold(
     settings: TrainSettings,
     out_dir: str | Path | None = None,
     threads: int | None = None,
+    timing_dir: str | Path | None = None,
 ) -> FoldResult:
     """Train on every fold but `fold`, predict `fold` with the last model, write the fold folder.
 
     The folder `out_dir/folds/<fold>/` receives model.pt, predictions.csv, manifest.json and
-    train_log.csv (when out_dir is given).
+    train_log.csv (when out_dir is given), written under a temporary name and renamed when complete.
+    Nothing written there depends on the time taken: that is `FoldResult.seconds`, also written to
+    `timing_dir/<fold>.json` when given, before the fold folder appears (so a finished fold has one).
     """
     start_time = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -400,13 +489,12 @@ def train_fold(
             rows.append(row)
         rows.sort(key=lambda r: r["sample_id"])
         trained_on = sorted(set(data.groups[train_idx].tolist()))
-        seconds = time.perf_counter() - start_time
         manifest = {
             "held_out_subject": fold,
             "trained_on_subjects": trained_on,
-            "n_train_clips": int(len(train_idx)),
-            "n_train_samples": int(len(x_train)),
-            "n_test_samples": int(len(test_idx)),
+            "n_train_clips": len(train_idx),
+            "n_train_samples": len(x_train),
+            "n_test_samples": len(test_idx),
             "train_phases": list(settings.train_phases),
             "test_phases": list(settings.test_phases),
             "seed": seed,
@@ -417,23 +505,42 @@ def train_fold(
             "amp": settings.amp,
             "device": str(device),
             "threads": torch.get_num_threads(),
-            "seconds": round(seconds, 3),
         }
         directory = f"folds/{fold_dir_name(fold)}"
         if out_dir is not None:
-            folder = Path(out_dir) / directory
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
-            write_predictions(folder / "predictions.csv", rows, data.label_names)
-            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            with open(folder / "train_log.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=["epoch", "loss", "train_accuracy"], lineterminator="\n")
-                writer.writeheader()
-                for entry in log:
-                    writer.writerow({"epoch": entry["epoch"], "loss": f"{entry['loss']:.6f}", "train_accuracy": f"{entry['train_accuracy']:.6f}"})
+            with atomic_output(Path(out_dir) / directory, directory=True) as folder:
+                # torch.save is byte-identical for identical tensors under the same file name
+                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+                write_predictions(folder / "predictions.csv", rows, data.label_names)
+                (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+                write_train_log(folder / "train_log.csv", log)
+                if timing_dir is not None:
+                    write_fold_timing(timing_dir, fold, time.perf_counter() - start_time)
+        seconds = time.perf_counter() - start_time
         return FoldResult(fold=fold, directory=directory, predictions=rows, manifest=manifest, seconds=seconds, log=log)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+LOG_COLUMNS = ("epoch", "loss", "train_accuracy")
+
+
+def write_fold_timing(timing_dir: str | Path, fold: str, seconds: float) -> None:
+    with atomic_output(Path(timing_dir) / f"{fold_dir_name(fold)}.json") as tmp:
+        tmp.write_text(json.dumps({"fold": fold, "seconds": seconds}) + "\n")
+
+
+def write_train_log(path: str | Path, log: Sequence[Mapping[str, float]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(LOG_COLUMNS)
+        for entry in log:
+            writer.writerow([entry["epoch"], f"{entry['loss']:.6f}", f"{entry['train_accuracy']:.6f}"])
+
+
+def read_train_log(path: str | Path) -> list[dict[str, float]]:
+    with open(path, newline="") as handle:
+        return [{"epoch": int(r["epoch"]), "loss": float(r["loss"]), "train_accuracy": float(r["train_accuracy"])} for r in csv.DictReader(handle)]
 
 
 def prediction_columns(label_names: Sequence[str]) -> list[str]:
@@ -447,6 +554,33 @@ def write_predictions(path: str | Path, rows: Sequence[Mapping[str, Any]], label
         writer.writerow(columns)
         for row in rows:
             writer.writerow([f"{row[c]:.6f}" if c.startswith("prob_") else row[c] for c in columns])
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a predictions.csv as `train_fold` returns them (probabilities as floats).
+
+    The probabilities are written with 6 decimals and read back exactly: writing them again gives
+    the same text, which keeps a resumed run byte-identical to an uninterrupted one.
+    """
+    with open(path, newline="") as handle:
+        return [{k: float(v) if k.startswith("prob_") else v for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def read_fold_result(out_dir: str | Path, fold: str, seconds: float | None = None) -> FoldResult:
+    """A finished fold read back from `out_dir/folds/<fold>/` (predictions, manifest, train log)."""
+    directory = f"folds/{fold_dir_name(fold)}"
+    folder = Path(out_dir) / directory
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        rows = read_predictions(folder / "predictions.csv")
+        log = read_train_log(folder / "train_log.csv")
+        if not (folder / "model.pt").is_file():
+            raise FileNotFoundError(folder / "model.pt")
+        if manifest.get("held_out_subject") != fold or len(rows) != manifest.get("n_test_samples"):
+            raise ValueError("its manifest does not match its predictions")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MerError(f"finished fold {folder} cannot be read ({exc}); delete it or rerun with --fresh") from exc
+    return FoldResult(fold=fold, directory=directory, predictions=rows, manifest=manifest, seconds=seconds, log=log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,10 +612,20 @@ def worker_threads() -> int:
     return max(1, available_cores() // nthreads)
 
 
-def _train_fold_on_worker(data: LosoData, fold: str, settings: TrainSettings, out_dir: str) -> FoldResult:
-    """`train_fold` on a Dask worker, with `worker_threads()` torch threads (set explicitly: torch may
-    have been imported before Dask's environment applied)."""
-    return train_fold(data, fold, settings, out_dir, worker_threads())
+def fold_threads(settings: TrainSettings, folds: int) -> int | None:
+    """Torch threads per fold: `threads`, else (auto) cores // jobs with loky, and None with dask,
+    whose workers decide (`worker_threads`)."""
+    if settings.threads is not None:
+        return settings.threads
+    if settings.backend == "dask":
+        return None
+    return max(1, available_cores() // max(1, min(settings.jobs, folds)))
+
+
+def _train_fold_on_worker(data: LosoData, fold: str, settings: TrainSettings, out_dir: str, timing_dir: str | None = None) -> FoldResult:
+    """`train_fold` on a Dask worker, with `threads` or else `worker_threads()` torch threads (set
+    explicitly: torch may have been imported before Dask's environment applied)."""
+    return train_fold(data, fold, settings, out_dir, settings.threads or worker_threads(), timing_dir)
 
 
 @contextlib.contextmanager
@@ -511,21 +655,27 @@ def run_loso(
     out_dir: str | Path,
     folds: Sequence[str] | None = None,
     progress: Callable[[Iterator[FoldResult], int], Iterator[FoldResult]] | None = None,
+    threads: int | None = None,
+    timing_dir: str | Path | None = None,
 ) -> list[FoldResult]:
-    """Train every fold (or the given ones); results sorted by fold.
+    """Train every fold (or the given ones); results sorted by fold. `threads` overrides
+    `fold_threads(settings, len(folds))`, e.g. to keep a resumed run's threads those of the whole run;
+    `timing_dir` receives each fold's seconds (`train_fold`).
 
     `backend: loky` runs `settings.jobs` folds at a time on this machine, each worker with
-    cores // jobs torch threads so that jobs x threads never exceeds the cores. `backend: dask`
+    `threads` torch threads, by default (auto) cores // jobs so that jobs x threads never exceeds
+    the cores. `backend: dask`
     hands the same fold function to joblib's dask backend: the cluster at `settings.scheduler`
     (or, without one, a local cluster of `jobs` worker processes on 127.0.0.1) runs one fold per
     worker thread; the training arrays are scattered to the workers once. A fold on a Dask worker
-    uses `worker_threads()` torch threads: one by default (Dask starts worker processes with
-    OMP_NUM_THREADS=1), as loky gives when jobs = cores, so both backends give the same
-    predictions for the same seeds.
+    uses `threads`, else (auto) `worker_threads()` torch threads: one by default (Dask starts
+    worker processes with OMP_NUM_THREADS=1), as loky gives when jobs = cores, so both backends
+    give the same predictions for the same seeds.
     """
     folds = list(folds) if folds is not None else data.folds
     jobs = max(1, min(settings.jobs, len(folds)))
-    threads = max(1, available_cores() // jobs)
+    threads = threads or fold_threads(settings, len(folds))
+    timing = None if timing_dir is None else str(timing_dir)
     with contextlib.ExitStack() as stack:
         if settings.backend == "dask":
             from joblib import Parallel, delayed, parallel_config
@@ -533,14 +683,15 @@ def run_loso(
             stack.enter_context(dask_client(settings.scheduler, jobs))
             stack.enter_context(parallel_config(backend="dask", n_jobs=-1, scatter=[data]))
             runner = Parallel(return_as="generator_unordered", batch_size=1)
-            results: Iterator[FoldResult] = runner(delayed(_train_fold_on_worker)(data, fold, settings, str(out_dir)) for fold in folds)
+            on_worker = dataclasses.replace(settings, threads=threads)
+            results: Iterator[FoldResult] = runner(delayed(_train_fold_on_worker)(data, fold, on_worker, str(out_dir), timing) for fold in folds)
         elif jobs == 1:
-            results = (train_fold(data, fold, settings, out_dir, threads) for fold in folds)
+            results = (train_fold(data, fold, settings, out_dir, threads, timing) for fold in folds)
         else:
             from joblib import Parallel, delayed
 
             runner = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
-            results = runner(delayed(train_fold)(data, fold, settings, str(out_dir), threads) for fold in folds)
+            results = runner(delayed(train_fold)(data, fold, settings, str(out_dir), threads, timing) for fold in folds)
         if progress is not None:
             results = progress(results, len(folds))
         return sorted(results, key=lambda r: r.fold)
@@ -579,7 +730,10 @@ def write_run(
     label_names: Sequence[str],
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Top-level predictions.csv (all folds, sorted by sample_id) and run.json."""
+    """Top-level predictions.csv (all folds, sorted by sample_id), training_curve.csv and run.json.
+
+    Nothing here depends on timings or on how the folds ran (jobs, backend): see `write_timings`.
+    """
     out_dir = Path(out_dir)
     rows = sorted((row for r in results for row in r.predictions), key=lambda row: row["sample_id"])
     write_predictions(out_dir / "predictions.csv", rows, label_names)
@@ -588,7 +742,7 @@ def write_run(
     run = {
         "model": settings.model,
         "mode": settings.mode,
-        "params": settings.to_dict(),
+        "params": settings.result_settings(),
         "label_names": list(label_names),
         "parameter_count": count_parameters(probe),
         "n_samples": len(rows),
@@ -597,7 +751,6 @@ def write_run(
                 "directory": r.directory,
                 "n_train_samples": r.manifest["n_train_samples"],
                 "n_test_samples": r.manifest["n_test_samples"],
-                "seconds": round(r.seconds, 3),
                 "final_train_loss": r.manifest["final_train_loss"],
             }
             for r in results
@@ -607,3 +760,174 @@ def write_run(
     (out_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     return run
 
+
+
+def write_timings(path: str | Path, results: Sequence[FoldResult], execution: Mapping[str, Any], resumed: Sequence[str] = ()) -> dict[str, Any]:
+    """timings.json: the one file of a run that differs between identical runs (seconds per fold and
+    in all, and how the folds ran: cores, jobs, backend)."""
+    timings = {
+        **execution,
+        "folds": {
+            r.fold: {"seconds": None if r.seconds is None else round(r.seconds, 3), "resumed": r.fold in resumed} for r in results
+        },
+    }
+    Path(path).write_text(json.dumps(timings, indent=2) + "\n")
+    return timings
+
+
+# ---------------------------------------------------------------------------------------------
+# A resumable run
+
+
+def work_folder(out: str | Path) -> Path:
+    """The work folder of a run: `<out parent>/.<out name>.partial/` (see the module docstring)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial")
+
+
+def dynamic_images_digest(di: DynamicImageSet, phases: Sequence[str]) -> dict[str, Any]:
+    """What a run's numbers depend on in the DI cache: its fingerprint attribute, the samples (ids,
+    datasets, subjects, labels), the label names and the images of the phases used."""
+    samples = hashlib.sha256()
+    for name in ("sample_id", "dataset", "subject", "label"):
+        samples.update("\x1f".join(map(str, np.asarray(di.samples[name]).tolist())).encode() + b"\x1e")
+    return {
+        "fingerprint": str(di.attrs.get("fingerprint", "")),
+        "samples_sha256": samples.hexdigest(),
+        "label_names": list(di.label_names),
+        "images_sha256": {p: hashlib.sha256(np.ascontiguousarray(di.images[p]).tobytes()).hexdigest() for p in dict.fromkeys(phases)},
+    }
+
+
+def _code_digest() -> str:
+    """sha256 of the training code (this module, models, augment): a fix there invalidates finished folds."""
+    digest = hashlib.sha256()
+    for name in ("training.py", "models.py", "augment.py"):
+        digest.update((Path(__file__).with_name(name)).read_bytes())
+    return digest.hexdigest()
+
+
+def run_key(settings: TrainSettings, inputs: Mapping[str, Any], threads: int | None) -> dict[str, Any]:
+    """Everything a run's numbers depend on, and its sha256 under `key`.
+
+    `threads` is the torch threads per fold (None: decided by each Dask worker); predictions differ
+    by about 1e-5 between thread counts, so it is part of the key.
+    """
+    content = {
+        "settings": {**settings.result_settings(), "threads": "worker" if threads is None else threads},
+        "inputs": dict(inputs),
+        "code_sha256": _code_digest(),
+        "tool_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    return {"key": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest(), "content": content}
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two key contents."""
+    names = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            names += _changed(a, b, f"{prefix}{name}.")
+        elif a != b:
+            names.append(f"{prefix}{name}")
+    return names
+
+
+def open_work_folder(out: str | Path, key: Mapping[str, Any], folds: Sequence[str], fresh: bool = False) -> tuple[Path, list[str], str | None]:
+    """The work folder for `out` with the run key `key`: (folder, finished folds, message).
+
+    A work folder of another key (or any, with `fresh`) is deleted first, and the message says why.
+    """
+    work = work_folder(out)
+    message = None
+    if work.exists():
+        done = sorted(p.name for p in (work / "folds").glob("*") if p.is_dir() and not p.name.startswith("."))
+        previous = None
+        try:
+            previous = json.loads((work / "resume.json").read_text())
+        except (OSError, ValueError):
+            pass
+        if fresh:
+            reason = "--fresh"
+        elif not isinstance(previous, dict) or "key" not in previous:
+            reason = "it has no readable resume.json"
+        elif previous["key"] != key["key"]:
+            changed = _changed(previous.get("content") or {}, key["content"])
+            reason = f"{', '.join(changed) or 'the run key'} changed"
+        else:
+            reason = None
+        if reason is not None:
+            shutil.rmtree(work)
+            message = f"discarding {len(done)} finished fold(s) in {work}: {reason}; training every fold"
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_output(work / "resume.json") as tmp:
+        tmp.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+    finished = [fold for fold in folds if (work / "folds" / fold_dir_name(fold)).is_dir()]
+    if finished:
+        message = f"resuming: {len(finished)} of {len(folds)} folds already trained in {work}"
+    return work, finished, message
+
+
+def _read_seconds(path: Path) -> float | None:
+    try:
+        return float(json.loads(path.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def train_run(
+    data: LosoData,
+    settings: TrainSettings,
+    out: str | Path,
+    inputs: Mapping[str, Any],
+    fresh: bool = False,
+    progress: Callable[[Iterator[FoldResult], int], Iterator[FoldResult]] | None = None,
+    echo: Callable[[str], Any] = print,
+    extra: Mapping[str, Any] | None = None,
+    started: float | None = None,
+    warn: Callable[[str], Any] | None = None,
+) -> tuple[dict[str, Any], list[FoldResult], dict[str, Any]]:
+    """A whole, resumable LOSO run into the folder `out`: (run.json, fold results, timings.json).
+
+    Folds already finished in the work folder under the same run key are not trained again (see
+    the module docstring); `inputs` is `dynamic_images_digest` of the cache. Every fold result is
+    read back from its files, finished earlier or just now, so resuming changes no byte of the
+    run (timings.json aside). `out` is replaced only once the run is complete; on any failure the
+    work folder stays for the next attempt. The classes of every fold are checked first
+    (`check_fold_classes`; its warnings go to `warn`, by default `echo`).
+    """
+    started = time.perf_counter() if started is None else started
+    out = Path(out)
+    for warning in check_fold_classes(data, settings.missing_class):
+        (warn or echo)(f"warning: {warning}")
+    folds = data.folds
+    threads = fold_threads(settings, len(folds))
+    key = run_key(settings, inputs, threads)
+    work, finished, message = open_work_folder(out, key, folds, fresh)
+    if message:
+        echo(message)
+    todo = [fold for fold in folds if fold not in finished]
+    timings = work / "timings"
+    timings.mkdir(exist_ok=True)
+    if todo:
+        run_loso(data, settings, work, todo, progress, threads=threads, timing_dir=timings)
+    results = [read_fold_result(work, fold, _read_seconds(timings / f"{fold_dir_name(fold)}.json")) for fold in folds]
+    run = write_run(work, results, settings, data.label_names, extra)
+    execution = {
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "cores": available_cores(),
+        "jobs": settings.jobs,
+        "backend": settings.backend,
+        "scheduler": settings.scheduler,
+        "threads_per_fold": "set by each Dask worker" if threads is None else threads,
+    }
+    timing = write_timings(work / "timings.json", results, execution, resumed=finished)
+    shutil.rmtree(timings)
+    (work / "resume.json").unlink()
+    # The finished run replaces `out` in two renames (work -> temporary sibling -> out), through the
+    # same helper as every atomic output; the old run is deleted only after the swap.
+    with atomic_output(out) as tmp:
+        os.replace(work, tmp)
+    return run, results, timing

@@ -1,9 +1,19 @@
-"""Stage `train`: leave-one-subject-out training on a dynamic-image cache."""
+"""Stage `train`: leave-one-subject-out training on a dynamic-image cache.
+
+Writes the run folder `--out`: per fold `folds/<fold>/` (model.pt, predictions.csv, manifest.json,
+train_log.csv), and run.json, predictions.csv, training_curve.csv and timings.json. Every file but
+timings.json is byte-identical for the same inputs and settings (`threads` fixed: whatever `jobs`).
+
+An interrupted run resumes: folds are finished one by one in the work folder
+`<out parent>/.<out name>.partial/`, and a rerun with the same settings and the same DI cache
+trains only the folds missing there ("resuming: K of N folds already trained in ..."). Changed
+settings, cache or code discard the work folder and train every fold, as does `--fresh`. The work
+folder becomes `--out` (replacing the previous run) only when every fold is done.
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 import torch
@@ -13,19 +23,18 @@ from pipeline.atomic import atomic_output
 from pipeline.cache import read_dynamic_images
 from pipeline.errors import MerError
 from pipeline.models import PAPER_MODELS, build_model, input_normalization
+from pipeline.params import optional_section
 from pipeline.training import (
     BACKENDS,
     MODES,
     TrainSettings,
-    available_cores,
+    dynamic_images_digest,
     load_loso_data,
     resolve_device,
-    run_loso,
+    train_run,
     training_curve,
-    write_run,
     write_training_curve,
 )
-from pipeline.params import optional_section
 from stages.common import jobs_option, params_option, stage_params
 
 
@@ -39,7 +48,13 @@ def model_settings(params_file: str, model: str) -> dict:
 
 @click.command("train")
 @click.option("--dynamic-images", "dynamic_images", type=click.Path(dir_okay=False), required=True, help="DI cache from `mer dynimg`.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder to write (replaced as a whole).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Run folder to write (replaced as a whole when every fold is done). Until then finished folds are kept in "
+    "the work folder .OUT.partial beside it, and a rerun with the same settings and cache resumes from them.",
+)
 @click.option(
     "--model",
     default=None,
@@ -56,6 +71,7 @@ def model_settings(params_file: str, model: str) -> dict:
     help="Also write the run's training curve (epoch, mean loss and training accuracy over folds) to this CSV, "
     "e.g. for a `plots:` entry of dvc.yaml outside the run folder.",
 )
+@click.option("--fresh", is_flag=True, help="Discard folds finished by an interrupted run (.OUT.partial) and train every fold.")
 @jobs_option
 @params_option
 def train(
@@ -67,11 +83,12 @@ def train(
     backend: str | None,
     scheduler: str | None,
     curve: str | None,
+    fresh: bool,
     jobs: int | None,
     params_file: str,
 ) -> None:
     """Train one model per LOSO fold and write checkpoints and predictions."""
-    options = dict(model=model, mode=mode, epochs=epochs, backend=backend, scheduler=scheduler, jobs=jobs)
+    options = {"model": model, "mode": mode, "epochs": epochs, "backend": backend, "scheduler": scheduler, "jobs": jobs}
     params = stage_params(params_file, "train", **options)
     # Per-model settings (params `models.NAME`) lie between the train section and the options, so
     # that each model of an experiment can differ, and changing one reruns only its cells.
@@ -103,27 +120,25 @@ def train(
         f"device {device}{' (bf16 autocast)' if settings.amp else ''}, {where}"
     )
     started = time.perf_counter()
-    with atomic_output(out, directory=True) as tmp:
 
-        def progress(results, total):
-            return tqdm(results, total=total, desc=f"train {settings.model}", unit="fold", disable=None)
+    def progress(results, total):
+        return tqdm(results, total=total, desc=f"train {settings.model}", unit="fold", disable=None)
 
-        results = run_loso(data, settings, tmp, folds, progress)
-        extra = {
-            "dynamic_images": str(dynamic_images),
-            "dynamic_images_fingerprint": str(di.attrs.get("fingerprint", "")),
-            "device": str(device),
-            "backend": settings.backend,
-            "cores": available_cores(),
-            "torch_version": torch.__version__,
-            "total_seconds": round(time.perf_counter() - started, 3),
-        }
-        run = write_run(tmp, results, settings, di.label_names, extra)
-        if curve:
-            with atomic_output(curve) as curve_tmp:
-                write_training_curve(curve_tmp, training_curve(results))
+    extra = {
+        "dynamic_images": str(dynamic_images),
+        "dynamic_images_fingerprint": str(di.attrs.get("fingerprint", "")),
+        "device": str(device),
+        "torch_version": torch.__version__,
+    }
+    run, results, timings = train_run(
+        data, settings, out, dynamic_images_digest(di, phases), fresh=fresh, progress=progress, echo=click.echo,
+        extra=extra, started=started, warn=lambda line: click.echo(line, err=True),
+    )
+    if curve:
+        with atomic_output(curve) as curve_tmp:
+            write_training_curve(curve_tmp, training_curve(results))
     correct = sum(r["true_label"] == r["pred_label"] for f in results for r in f.predictions)
     click.echo(
         f"{len(results)} folds, {run['n_samples']} predictions (pooled accuracy {correct / max(run['n_samples'], 1):.3f}) "
-        f"in {run['total_seconds']:.1f} s -> {Path(out)}"
+        f"in {timings['total_seconds']:.1f} s -> {out}"
     )

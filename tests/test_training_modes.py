@@ -239,6 +239,7 @@ def test_train_stage_on_a_local_dask_cluster(tmp_path):
     assert result.exit_code == 0, result.output
     assert "dask local cluster" in result.output and "augmentation flip True" in result.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["backend"] == "dask" and run["params"]["augment"]["flip"] is True and len(run["folds"]) == 3
+    assert run["params"]["augment"]["flip"] is True and len(run["folds"]) == 3
+    assert json.loads((tmp_path / "run" / "timings.json").read_text())["backend"] == "dask"  # how it ran: timings.json
     assert (tmp_path / "run" / "training_curve.csv").read_text() == curve.read_text()  # --curve: a copy outside the run folder
     assert curve.read_text().startswith("epoch,loss,train_accuracy,folds\n1,")
