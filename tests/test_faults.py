@@ -35,6 +35,7 @@ def big_inputs(tmp_path):
     return aligned, samples
 
 
+@pytest.mark.slow
 def test_a_killed_stage_leaves_no_output_and_a_rerun_completes(tmp_path, big_inputs, project_params):
     aligned, samples = big_inputs
     out = tmp_path / "di.h5"

@@ -89,6 +89,7 @@ def toy(tmp_path_factory):
     return {"folder": folder, "cache": cache, "params": params, "reference": reference}
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_retraining_its_finished_folds(toy, tmp_path):
     out, work = tmp_path / "run", tmp_path / ".run.partial"
     command = [sys.executable, "-m", "stages", "train", "--dynamic-images", str(toy["cache"]), "--out", str(out),
