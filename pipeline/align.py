@@ -9,12 +9,17 @@ transform per frame. `method: resize` takes frames that are already cropped face
 
 Grayscale clips (SAMM) are decoded, detected and warped on one channel and replicated to three
 channels once at the end.
+
+`align_clip(..., allocate=f)` lets the caller provide the memory of the final (T,H,W,3) frames
+(`f(shape)` returns an empty uint8 array): a pool worker uses it to warp straight into shared
+memory that the writer process maps, instead of pickling the frames back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ DETECTOR = "dlib-hog+shape_predictor_68"
 # Landmarks that micro-expressions barely move (temples, nose, eye corners): used to follow the head.
 STABLE_POINTS = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])
 _JPEG_SUFFIXES = {".jpg", ".jpeg"}
+Allocate = Callable[[tuple[int, ...]], np.ndarray]  # shape -> empty C-contiguous uint8 array
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class AlignSettings:
     smooth_window: int = 3  # detections averaged (centred moving average) when redetect_every > 0
 
     @classmethod
-    def from_params(cls, params: dict) -> "AlignSettings":
+    def from_params(cls, params: dict) -> AlignSettings:
         known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
         settings = cls(**known)
         if settings.size < 16 or not 0 < settings.eye_distance < 1 or not 0 < settings.eye_height < 1:
@@ -256,7 +262,7 @@ def detect(image: np.ndarray, settings: AlignSettings, upsample_levels: int | No
             if factor != 1.0:
                 import dlib  # the box is mapped back so landmarks use full-resolution detail
 
-                box = dlib.rectangle(*(int(round(v / factor)) for v in (box.left(), box.top(), box.right(), box.bottom())))
+                box = dlib.rectangle(*(round(v / factor) for v in (box.left(), box.top(), box.right(), box.bottom())))
             return Detection(landmarks_in_box(image, box), upsample, float(score), float(factor))
     return None
 
@@ -318,17 +324,23 @@ class _FrameSource:
         return np.array([[r, 0.0, (r - 1) / 2.0], [0.0, r, (r - 1) / 2.0]])
 
 
-def _output(count: int, settings: AlignSettings, grayscale: bool) -> np.ndarray:
-    return np.empty((count, settings.size, settings.size) + (() if grayscale else (3,)), np.uint8)
+def _empty(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, np.uint8)
 
 
-def _rgb(frames: np.ndarray) -> np.ndarray:
+def _output(count: int, settings: AlignSettings, grayscale: bool, allocate: Allocate) -> np.ndarray:
+    """The array frames are warped into: the final one for colour, a one-channel one for grayscale."""
+    shape = (count, settings.size, settings.size)
+    return _empty(shape) if grayscale else allocate(shape + (3,))
+
+
+def _rgb(frames: np.ndarray, allocate: Allocate) -> np.ndarray:
     """BGR crops become RGB, grayscale ones are replicated to three channels: once, at the end."""
     if frames.ndim == 4:
         flat = frames.reshape(-1, frames.shape[2], 3)
         cv2.cvtColor(flat, cv2.COLOR_BGR2RGB, dst=flat)
         return frames
-    out = np.empty(frames.shape + (3,), np.uint8)
+    out = allocate(frames.shape + (3,))
     out[...] = frames[..., None]
     return out
 
@@ -361,8 +373,12 @@ def _fallback(index: int, upsample: int) -> str:
     return "+".join(used) or "none"
 
 
-def align_clip(folder: ClipFolder, settings: AlignSettings) -> AlignedClip:
-    """Decode, detect on the first frame that shows a face, warp every frame with one transform."""
+def align_clip(folder: ClipFolder, settings: AlignSettings, allocate: Allocate | None = None) -> AlignedClip:
+    """Decode, detect on the first frame that shows a face, warp every frame with one transform.
+
+    `allocate(shape)` provides the memory of the returned frames (default: np.empty).
+    """
+    allocate = allocate or _empty
     if not folder.frames:
         raise AlignmentFailure("clip folder holds no image frames", folder.path)
     source = _FrameSource(folder)
@@ -374,7 +390,7 @@ def align_clip(folder: ClipFolder, settings: AlignSettings) -> AlignedClip:
         "input_fingerprint": input_fingerprint(folder),
     }
     if settings.method == "resize":
-        return _resize_clip(folder, source, settings, attrs)
+        return _resize_clip(folder, source, settings, attrs, allocate)
     reference, found, decoded = _find_reference(source, settings)
     attrs.update(
         reference_frame=int(folder.frame_numbers[reference]),
@@ -386,16 +402,16 @@ def align_clip(folder: ClipFolder, settings: AlignSettings) -> AlignedClip:
         fallback=_fallback(reference, found.upsample),
     )
     affine = similarity_transform(found.landmarks, settings)
+    affines = None
     if settings.redetect_every > 0:
-        frames, affines, used = _tracked_frames(source, decoded, reference, found, affine, settings)
+        frames, affines, used = _tracked_frames(source, decoded, reference, found, affine, settings, allocate)
         attrs["redetect_frames"] = [int(folder.frame_numbers[i]) for i in used]
-        attrs["frame_affines"] = affines
         affine = affines[reference]
     else:
         warp_affine = source.reduce_for(affine)
         if source.reduction > 1:
             decoded = []  # decoded again at the reduced size, like every other frame
-        frames = _output(len(source), settings, source.grayscale)
+        frames = _output(len(source), settings, source.grayscale, allocate)
         for index in range(len(source)):
             _warp(decoded[index] if index < len(decoded) else source[index], warp_affine, frames[index])
     attrs["source_size"] = [int(source.shape[1]), int(source.shape[0])]  # full resolution
@@ -403,15 +419,16 @@ def align_clip(folder: ClipFolder, settings: AlignSettings) -> AlignedClip:
     return AlignedClip(
         subject=folder.subject,
         clip=folder.clip,
-        frames=_rgb(frames),
+        frames=_rgb(frames, allocate),
         frame_numbers=np.array(folder.frame_numbers, dtype=np.int64),
         landmarks=found.landmarks,
         affine=affine,
         attrs=attrs,
+        frame_affines=affines,  # a dataset of the cache: an attribute would be limited to ~1,365 frames
     )
 
 
-def _tracked_frames(source, decoded, reference, found, affine, settings):
+def _tracked_frames(source, decoded, reference, found, affine, settings, allocate):
     """Re-detect every k-th frame, smooth the similarity to the reference, one transform per frame.
 
     Frames are decoded twice (detection frames at full size, then every frame for warping) rather
@@ -440,17 +457,19 @@ def _tracked_frames(source, decoded, reference, found, affine, settings):
     affines = np.array([_compose(affine, np.array([[a, -b, tx], [b, a, ty]])) for a, b, tx, ty in per_frame])
     source.reduce_for(affine)
     reduced = source.reduction_matrix()
-    out = _output(count, settings, source.grayscale)
+    out = _output(count, settings, source.grayscale, allocate)
     for index in range(count):
         frame = decoded[index] if source.reduction == 1 and index < len(decoded) else source[index]
         _warp(frame, _compose(affines[index], reduced), out[index])
     return out, affines, used
 
 
-def _resize_clip(folder: ClipFolder, source: _FrameSource, settings: AlignSettings, attrs: dict) -> AlignedClip:
+def _resize_clip(
+    folder: ClipFolder, source: _FrameSource, settings: AlignSettings, attrs: dict, allocate: Allocate
+) -> AlignedClip:
     """Frames that are already face crops: resize only; landmarks NaN, the affine is the scaling."""
     size = settings.size
-    out = _output(len(source), settings, source.grayscale)
+    out = _output(len(source), settings, source.grayscale, allocate)
     for index in range(len(source)):
         cv2.resize(source[index], (size, size), dst=out[index], interpolation=cv2.INTER_AREA)
     height, width = source.shape[:2]
@@ -460,7 +479,7 @@ def _resize_clip(folder: ClipFolder, source: _FrameSource, settings: AlignSettin
     return AlignedClip(
         subject=folder.subject,
         clip=folder.clip,
-        frames=_rgb(out),
+        frames=_rgb(out, allocate),
         frame_numbers=np.array(folder.frame_numbers, dtype=np.int64),
         landmarks=np.full((68, 2), np.nan, np.float32),
         affine=affine,

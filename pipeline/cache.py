@@ -2,7 +2,9 @@
 
 Aligned cache (schema "mer.aligned"): one group per clip, /<subject>/<clip>, holding
   frames (T,H,W,3) uint8, chunked one frame per chunk; frame_numbers (T,); landmarks (68,2);
-  affine (2,3); group attributes for the source folder and reference frame.
+  affine (2,3); frame_affines (T,2,3) when each frame has its own transform (align.redetect_every:
+  a dataset, not an attribute, as HDF5 attributes stop at 64 KB, about 1,365 frames); group
+  attributes for the source folder and reference frame.
 Dynamic-image cache (schema "mer.dynamic_images"): per-sample vectors sample_id, dataset,
   subject, clip, label, onset, apex, offset, apex_source (N,) and one (N,H,W,3) uint8 dataset
   per phase under images/.
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Self
 
 import h5py
 import numpy as np
@@ -97,6 +100,22 @@ class AlignedClip:
     landmarks: np.ndarray  # (68,2) float, in the source frame's pixel coordinates
     affine: np.ndarray  # (2,3) float, source -> aligned
     attrs: dict[str, Any] = field(default_factory=dict)
+    frame_affines: np.ndarray | None = None  # (T,2,3) float, one transform per frame (redetect mode)
+    # sha256 of datasets already computed (by a worker, in parallel), by dataset name; the writer
+    # computes the others. Only for arrays that are not modified afterwards.
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    """array_sha256 of a uint8 frame stack, hashed in place (no copy of a C-contiguous stack)."""
+    data = np.ascontiguousarray(frames, dtype=np.uint8)
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+
+
+def _write_hashed(group: h5py.Group, name: str, data: np.ndarray, digest: str, **kwargs: Any) -> None:
+    """_write with the checksum of `data` already computed."""
+    dataset = group.create_dataset(name, data=data, track_times=False, **kwargs)
+    dataset.attrs["sha256"] = digest
 
 
 class AlignedCacheWriter:
@@ -111,17 +130,21 @@ class AlignedCacheWriter:
         frames = np.ascontiguousarray(clip.frames, dtype=np.uint8)
         # Uncompressed: LZF saved only ~10 % on aligned faces, cost more than decoding in the single
         # writer, and liblzf's uninitialised hash table made identical frames compress differently.
-        _write(group, "frames", frames, chunks=(1, *frames.shape[1:]))
+        # The frames' checksum usually comes from the worker (the writer is the serial part).
+        digest = clip.checksums.get("frames") or frames_sha256(frames)
+        _write_hashed(group, "frames", frames, digest, chunks=(1, *frames.shape[1:]))
         _write(group, "frame_numbers", np.asarray(clip.frame_numbers, dtype=np.int64))
         _write(group, "landmarks", np.asarray(clip.landmarks, dtype=np.float32))
         _write(group, "affine", np.asarray(clip.affine, dtype=np.float64))
+        if clip.frame_affines is not None:
+            _write(group, "frame_affines", np.asarray(clip.frame_affines, dtype=np.float64))
         for key, value in clip.attrs.items():
             group.attrs[key] = value
 
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "AlignedCacheWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,6 +159,9 @@ def read_aligned_clip(handle: h5py.File, subject: str, clip: str, frames: bool =
     if subject not in handle or clip not in handle[subject]:
         raise MerError(f"clip {subject}/{clip} is not in the aligned cache {handle.filename}; rerun align")
     group = handle[subject][clip]
+    attrs = dict(group.attrs)
+    # caches written before frame_affines became a dataset kept it as an attribute
+    frame_affines = group["frame_affines"][()] if "frame_affines" in group else attrs.pop("frame_affines", None)
     return AlignedClip(
         subject=subject,
         clip=clip,
@@ -143,7 +169,8 @@ def read_aligned_clip(handle: h5py.File, subject: str, clip: str, frames: bool =
         frame_numbers=group["frame_numbers"][()],
         landmarks=group["landmarks"][()],
         affine=group["affine"][()],
-        attrs=dict(group.attrs),
+        attrs=attrs,
+        frame_affines=None if frame_affines is None else np.asarray(frame_affines, np.float64),
     )
 
 
@@ -324,4 +351,6 @@ def verify(path: str | Path) -> list[str]:
                         problems.append(f"{subject}/{clip}: missing dataset {name}")
                 if "frames" in group and "frame_numbers" in group and group["frames"].shape[0] != group["frame_numbers"].shape[0]:
                     problems.append(f"{subject}/{clip}: {group['frames'].shape[0]} frames but {group['frame_numbers'].shape[0]} frame numbers")
+                if "frames" in group and "frame_affines" in group and group["frame_affines"].shape != (group["frames"].shape[0], 2, 3):
+                    problems.append(f"{subject}/{clip}: frame_affines has shape {group['frame_affines'].shape}, expected ({group['frames'].shape[0]}, 2, 3)")
     return problems

@@ -6,12 +6,19 @@ Error policy (`align.on_error`, `--on-error`): `fail` lists every clip that coul
 same settings from the same frames. `--preview N` draws N aligned reference frames with their
 landmarks into `<out>.preview.png`. Every file is written under a temporary name and renamed
 (pipeline.atomic also removes temporaries left by a killed run).
+
+With `--jobs N > 1`, N pool workers align clips and this process alone writes the cache. Workers
+warp each clip's frames straight into a file of a private shared-memory folder and hash them there;
+the writer maps the file, writes it and unlinks it (pipeline.parallel): the frames are not pickled
+through the pool's pipe, and the writer, which shares the cores with the workers, does little more
+than the HDF5 write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -30,23 +37,68 @@ from pipeline.align import (
     reference_view,
 )
 from pipeline.atomic import atomic_output
-from pipeline.cache import ALIGNED_SCHEMA, AlignedCacheWriter, AlignedClip, array_sha256, open_cache, read_aligned_clip
+from pipeline.cache import (
+    ALIGNED_SCHEMA,
+    AlignedCacheWriter,
+    AlignedClip,
+    array_sha256,
+    frames_sha256,
+    open_cache,
+    read_aligned_clip,
+)
 from pipeline.errors import InputProblems, MerError
 from pipeline.frames import DATASETS, ClipFolder
 from pipeline.montage import aligned_montage
-from pipeline.parallel import limit_native_threads, ordered_map
-from stages.common import folder_pattern_option, jobs_option, params_option, recorded_params, resolve_folder_pattern, stage_params
+from pipeline.parallel import (
+    SHARED_MEMORY_SUPPORTED,
+    SharedAllocator,
+    SharedArray,
+    limit_native_threads,
+    ordered_map,
+    shared_folder,
+)
+from stages.common import (
+    folder_pattern_option,
+    jobs_option,
+    params_option,
+    recorded_params,
+    resolve_folder_pattern,
+    stage_params,
+)
 
 ON_ERROR = ("fail", "skip")
 FAILURE_FIELDS = ("subject", "clip", "file", "reason")
 
 
-def _align_one(folder: ClipFolder, settings: AlignSettings) -> AlignedClip | ClipFailure:
+@dataclass
+class _Shipped:
+    """A clip aligned by a pool worker, its frames waiting in a shared-memory file."""
+
+    clip: AlignedClip  # without frames
+    frames: SharedArray
+
+    def receive(self) -> AlignedClip:
+        self.clip.frames = self.frames.receive()  # maps the file and unlinks it
+        return self.clip
+
+
+def _align_one(folder: ClipFolder, settings: AlignSettings, shared: str | None = None) -> AlignedClip | _Shipped | ClipFailure:
+    """Align one clip; with `shared` (a folder in shared memory) its frames are left there."""
     limit_native_threads()
+    allocator = SharedAllocator(shared) if shared else None
     try:
-        return align_clip(folder, settings)
+        clip = align_clip(folder, settings, allocator)
+        clip.checksums["frames"] = frames_sha256(clip.frames)  # here, in parallel, not in the single writer
+        handle = allocator.ship(clip.frames) if allocator else None
+        if handle is None:
+            return clip
+        clip.frames = np.empty((0,), np.uint8)
+        return _Shipped(clip, handle)
     except AlignmentFailure as exc:
         return ClipFailure(folder.subject, folder.clip, exc.file or str(folder.path), exc.reason)
+    finally:
+        if allocator:
+            allocator.discard()  # the files of a failed clip
 
 
 def failures_path(out: str | Path) -> Path:
@@ -95,7 +147,8 @@ def _read_reused(handle, folder: ClipFolder) -> AlignedClip | None:
     except (OSError, KeyError, MerError):
         return None
     group = handle[folder.subject][folder.clip]
-    for name in ("frames", "frame_numbers", "landmarks", "affine"):
+    names = ("frames", "frame_numbers", "landmarks", "affine") + (("frame_affines",) if "frame_affines" in group else ())
+    for name in names:
         if group[name].attrs.get("sha256") != array_sha256(getattr(clip, name)):
             return None
     return clip
@@ -148,32 +201,41 @@ def align(
     previews: list[tuple[np.ndarray, np.ndarray, str]] = []
     todo = [f for f in folders if (f.subject, f.clip) not in reusable]
     n_frames = n_written = n_reused = 0
+    jobs = int(params.get("jobs", 1))
     old = open_cache(out_path, ALIGNED_SCHEMA) if reusable else contextlib.nullcontext()
+    shm = shared_folder() if jobs > 1 and todo and SHARED_MEMORY_SUPPORTED else contextlib.nullcontext(None)
     with atomic_output(out_path) as tmp:  # the previous output (read by --resume) is closed before the rename
-        with old as old_handle, AlignedCacheWriter(tmp, dataset, recorded_params(params)) as writer:
-            results = iter(ordered_map(_align_one, ((f, settings) for f in todo), int(params.get("jobs", 1))))
-            for position, folder in enumerate(tqdm(folders, desc=f"align {dataset}", unit="clip", disable=None)):
-                result = None
-                if (folder.subject, folder.clip) in reusable:
-                    result = _read_reused(old_handle, folder)
-                    if result is None:  # damaged in the old file: align it again, here
-                        result = _align_one(folder, settings)
+        with old as old_handle, AlignedCacheWriter(tmp, dataset, recorded_params(params)) as writer, shm as shared:
+            results = ordered_map(_align_one, ((f, settings, shared and str(shared)) for f in todo), jobs)
+            try:
+                for position, folder in enumerate(tqdm(folders, desc=f"align {dataset}", unit="clip", disable=None)):
+                    result = None
+                    if (folder.subject, folder.clip) in reusable:
+                        result = _read_reused(old_handle, folder)
+                        if result is None:  # damaged in the old file: align it again, here
+                            result = _align_one(folder, settings)
+                        else:
+                            n_reused += 1
                     else:
-                        n_reused += 1
-                else:
-                    result = next(results)
-                if isinstance(result, ClipFailure):
-                    failures.append(result)
-                    continue
-                if failures and policy == "fail":
-                    continue  # the output is discarded anyway; keep going to report every bad clip
-                result.attrs = dict(sorted(result.attrs.items()))  # the same bytes whether aligned or reused
-                writer.add(result)
-                n_written += 1
-                n_frames += len(result.frames)
-                if position in chosen:
-                    image, points = reference_view(result)
-                    previews.append((image, points, f"{result.subject}/{result.clip}"))
+                        result = next(results)
+                        if isinstance(result, _Shipped):
+                            result = result.receive()
+                    if isinstance(result, ClipFailure):
+                        failures.append(result)
+                        continue
+                    if failures and policy == "fail":
+                        continue  # the output is discarded anyway; keep going to report every bad clip
+                    result.attrs = dict(sorted(result.attrs.items()))  # the same bytes whether aligned or reused
+                    writer.add(result)
+                    n_written += 1
+                    n_frames += len(result.frames)
+                    if position in chosen:
+                        image, points = reference_view(result)
+                        previews.append((image.copy(), points, f"{result.subject}/{result.clip}"))
+                for _ in results:  # run the pool's iterator to its end: its workers stay up for the next run
+                    pass
+            finally:
+                results.close()  # after an error: cancel pending clips before the shared folder goes
         failures.sort(key=lambda f: (f.subject, f.clip))
         if failures and policy == "fail":
             raise InputProblems(
@@ -192,7 +254,7 @@ def align(
     if previews:
         sheet = aligned_montage([p[0] for p in previews], [p[1] for p in previews], [p[2] for p in previews])
         with atomic_output(preview_path(out_path)) as tmp_png:
-            ok, data = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+            _ok, data = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
             Path(tmp_png).write_bytes(data.tobytes())
     reused = f", {n_reused} reused from the previous output" if resume else ""
     click.echo(f"aligned {n_written} of {total} clips ({n_frames} frames{reused}) of {dataset} -> {out}")

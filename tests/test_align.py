@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import h5py
@@ -18,9 +19,18 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline.align as align_module
-from pipeline.align import AlignSettings, align_clip, transform_points
-from pipeline.cache import array_sha256
 import pipeline.frames as frames_module
+import pipeline.parallel as parallel_module
+import stages.align as align_stage
+from pipeline.align import AlignSettings, align_clip, transform_points
+from pipeline.cache import (
+    AlignedCacheWriter,
+    AlignedClip,
+    array_sha256,
+    frames_sha256,
+    read_aligned_clip,
+    verify,
+)
 from pipeline.frames import find_clip_folders, read_frame
 from pipeline.montage import aligned_montage
 from stages.cli import cli
@@ -161,10 +171,10 @@ def test_bad_clips_are_skipped_and_reported(tmp_path, casme_root, project_params
 def test_on_error_comes_from_params(tmp_path, casme_root, project_params, monkeypatch):
     _damage(casme_root, "empty", monkeypatch)
     project_params["align"]["on_error"] = "skip"
-    result, out = _run_align(tmp_path, casme_root, project_params)
+    result, _ = _run_align(tmp_path, casme_root, project_params)
     assert result.exit_code == 0 and (tmp_path / "aligned.h5.failures.csv").exists(), result.output
     project_params["align"]["on_error"] = "ignore"
-    result, out = _run_align(tmp_path, casme_root, project_params)
+    result, _out = _run_align(tmp_path, casme_root, project_params)
     assert result.exit_code != 0 and "on_error" in result.output
 
 
@@ -326,12 +336,12 @@ def _contents(path):
 
 
 def test_resume_without_previous_output_aligns_everything(tmp_path, casme_root, project_params):
-    result, out = _run_align(tmp_path, casme_root, project_params, "--resume")
+    result, _out = _run_align(tmp_path, casme_root, project_params, "--resume")
     assert result.exit_code == 0 and "no previous output" in result.output and "0 reused" in result.output
 
 
 def test_preview_montage_shows_reference_frames_and_landmarks(tmp_path, casme_root, project_params):
-    result, out = _run_align(tmp_path, casme_root, project_params, "--preview", "2")
+    result, _out = _run_align(tmp_path, casme_root, project_params, "--preview", "2")
     assert result.exit_code == 0, result.output
     sheet = cv2.imread(str(tmp_path / "aligned.h5.preview.png"))
     assert sheet is not None and sheet.shape[0] > 100 and sheet.shape[1] >= 2 * 160
@@ -377,7 +387,8 @@ def test_redetection_follows_a_drifting_head(tmp_path, project_params):
     still = align_clip(folder, AlignSettings())
     tracked = align_clip(folder, AlignSettings(redetect_every=4))
     assert tracked.attrs["redetect_frames"] == [46, 50, 54, 58, 61]
-    affines = tracked.attrs["frame_affines"]
+    affines = tracked.frame_affines
+    assert "frame_affines" not in tracked.attrs
     assert affines.shape == (16, 2, 3) and np.allclose(affines[0], tracked.affine)
 
     def error(affine_of_frame):
@@ -391,7 +402,10 @@ def test_redetection_follows_a_drifting_head(tmp_path, project_params):
     result, out = _run_align(tmp_path, tmp_path, project_params)
     assert result.exit_code == 0, result.output
     with h5py.File(out) as handle:
-        assert np.allclose(handle["sub01/EP01_01"].attrs["frame_affines"], affines)
+        assert np.allclose(handle["sub01/EP01_01/frame_affines"][()], affines)
+        assert "frame_affines" not in handle["sub01/EP01_01"].attrs
+        assert np.allclose(read_aligned_clip(handle, "sub01", "EP01_01").frame_affines, affines)
+    assert verify(out) == []
 
 
 def test_generic_layouts_use_the_folder_pattern(tmp_path, project_params):
@@ -403,3 +417,131 @@ def test_generic_layouts_use_the_folder_pattern(tmp_path, project_params):
         assert handle["7/happy1/frame_numbers"][()].tolist() == [46, 47]
     result, out = _run_align(tmp_path, root, project_params, "--folder-pattern", "s{subject}/{clip}")
     assert result.exit_code != 0 and "generic only" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# --jobs: byte-identical caches, frames handed over through shared memory, nothing left behind
+
+
+@pytest.fixture
+def shm_root(tmp_path, monkeypatch):
+    """The shared-memory root of this test only (other runs may use /dev/shm at the same time)."""
+    root = tmp_path / "shm"
+    root.mkdir()
+    monkeypatch.setattr(parallel_module, "SHARED_MEMORY_ROOT", root)
+    return root
+
+
+def _count_receives(monkeypatch) -> list:
+    received = []
+    real = align_stage._Shipped.receive
+    monkeypatch.setattr(align_stage._Shipped, "receive", lambda self: received.append(self.frames.path) or real(self))
+    return received
+
+
+@pytest.mark.parametrize("dataset, folder", [("casme2", "CASME2_RAW_selected"), ("samm", "SAMM")])
+def test_aligned_cache_is_byte_identical_whatever_the_jobs(tmp_path, tiny_demo, project_params, shm_root, monkeypatch, dataset, folder):
+    """Colour (CASME II) and grayscale (SAMM) clips; per-frame transforms (frame_affines) for SAMM."""
+    if dataset == "samm":
+        project_params["align"]["redetect_every"] = 4
+    params = write_params(tmp_path, project_params)
+    received = _count_receives(monkeypatch)
+    outputs = []
+    for run, jobs in (("a", 1), ("b", 2), ("c", 2)):
+        out = tmp_path / run / "aligned.h5"
+        result = CliRunner().invoke(cli, ["align", "--dataset", dataset, "--root", str(tiny_demo / dataset / folder),
+                                          "--out", str(out), "--params", str(params), "--jobs", str(jobs)])
+        assert result.exit_code == 0, result.output
+        assert verify(out) == []
+        outputs.append(out.read_bytes())
+        assert list(shm_root.iterdir()) == []  # the run's shared folder is gone
+    assert outputs[0] == outputs[1] == outputs[2]
+    with h5py.File(tmp_path / "b" / "aligned.h5") as handle:
+        n_clips = sum(len(handle[subject]) for subject in handle)
+        if dataset == "samm":
+            subject = min(handle)
+            group = handle[subject][min(handle[subject])]
+            assert group["frame_affines"].shape == (group["frames"].shape[0], 2, 3)
+    assert len(received) == 2 * n_clips  # every clip of the jobs-2 runs came through shared memory
+    assert all(Path(path).parent.parent == shm_root for path in received)
+
+
+def test_no_shared_memory_file_is_left_after_failed_clips(tmp_path, casme_root, project_params, shm_root, monkeypatch):
+    # a frame of another size fails the clip after its output was allocated in shared memory
+    face = place(portrait(), 1.6, 0, 0)
+    write_clip(casme_root / BAD, [face, face, cv2.resize(face, (320, 240))])
+    stale = shm_root / "mer-shared-999999999-abcd"  # left by a killed run: its process is gone
+    stale.mkdir()
+    (stale / "1-x.u8").write_bytes(b"x")
+    for policy in ("skip", "fail"):
+        result, _out = _run_align(tmp_path, casme_root, project_params, "--jobs", "2", "--on-error", policy)
+        assert "sub03/EP05_01" in result.output and "frame is about 320x240" in result.output, result.output
+        assert result.exit_code == (0 if policy == "skip" else 1), result.output
+        assert list(shm_root.iterdir()) == []
+    # in the worker itself: the failed clip's file is deleted at once, a good clip's is handed over
+    from pipeline.frames import find_clip_folders
+
+    folders = find_clip_folders("casme2", casme_root)
+    shared = shm_root / "shared"
+    shared.mkdir()
+    failure = align_stage._align_one(folders[("sub03", "EP05_01")], AlignSettings(), str(shared))
+    assert isinstance(failure, align_stage.ClipFailure) and list(shared.iterdir()) == []
+    shipped = align_stage._align_one(folders[("sub01", "EP01_01")], AlignSettings(), str(shared))
+    assert isinstance(shipped, align_stage._Shipped) and len(list(shared.iterdir())) == 1
+    clip = shipped.receive()
+    assert list(shared.iterdir()) == []  # unlinked once mapped
+    reference = align_clip(folders[("sub01", "EP01_01")], AlignSettings())
+    assert np.array_equal(clip.frames, reference.frames)
+    assert clip.checksums["frames"] == array_sha256(reference.frames)
+
+    def crash(folder, settings, allocate):
+        allocate((3, 8, 8, 3))
+        raise RuntimeError("worker bug")
+
+    monkeypatch.setattr(align_stage, "align_clip", crash)
+    with pytest.raises(RuntimeError):
+        align_stage._align_one(folders[("sub01", "EP01_01")], AlignSettings(), str(shared))
+    assert list(shared.iterdir()) == []
+
+
+def test_shared_allocator_falls_back_to_ordinary_memory(tmp_path):
+    allocator = parallel_module.SharedAllocator(tmp_path / "missing")  # as when /dev/shm is full
+    array = allocator((2, 4, 4, 3))
+    array[...] = 7
+    assert allocator.ship(array) is None and array.sum() == 7 * 96
+    allocator = parallel_module.SharedAllocator(tmp_path)
+    array = allocator((2, 4, 4, 3))
+    array[...] = np.arange(96, dtype=np.uint8).reshape(array.shape)
+    handle = allocator.ship(array)
+    assert handle is not None and allocator.ship(array) is None
+    allocator.discard()  # a shipped array is no longer the allocator's to delete
+    received = handle.receive()
+    assert np.array_equal(received, array) and not received.flags.writeable
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_checksum_is_the_caches_checksum():
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    assert frames_sha256(frames) == array_sha256(frames)
+    assert frames_sha256(frames[:, ::2]) == array_sha256(frames[:, ::2])  # non-contiguous views too
+
+
+def test_long_clips_keep_their_per_frame_affines(tmp_path):
+    """1,500 per-frame transforms: beyond the ~1,365 an HDF5 attribute (64 KB) could hold."""
+    count = 1500
+    rng = np.random.default_rng(1)
+    affines = rng.normal(size=(count, 2, 3))
+    clip = AlignedClip("006", "006_1_2", rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8), np.arange(count, dtype=np.int64) + 5562,
+                       np.zeros((68, 2), np.float32), affines[0], {"method": "landmarks"}, frame_affines=affines)
+    path = tmp_path / "long.h5"
+    with AlignedCacheWriter(path, "samm", {"redetect_every": 1}) as writer:
+        writer.add(clip)
+    assert verify(path) == []
+    with h5py.File(path) as handle:
+        assert "frame_affines" not in handle["006/006_1_2"].attrs
+        assert handle["006/006_1_2/frame_affines"].attrs["sha256"] == array_sha256(affines)
+        back = read_aligned_clip(handle, "006", "006_1_2")
+    assert np.array_equal(back.frame_affines, affines) and np.array_equal(back.frames, clip.frames)
+    with h5py.File(path, "a") as handle:  # damage is detected like in any other dataset
+        handle["006/006_1_2/frame_affines"][5, 0, 0] += 1
+    assert any("frame_affines" in problem for problem in verify(path))
