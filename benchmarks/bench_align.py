@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Self
@@ -43,7 +42,7 @@ import cv2
 import psutil
 import yaml
 
-from benchmarks.workload import casme2_scale, machine_line
+from benchmarks.workload import TreeMemory, casme2_scale, machine_line
 from pipeline.align import find_align_clips
 from pipeline.parallel import limit_native_threads, ordered_map
 from pipeline.params import load_section
@@ -98,34 +97,6 @@ class CpuTime:
         return self.main + self.workers
 
 
-class PeakMemory:
-    """Peak of the summed resident memory of this process and all its descendants, sampled."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                try:
-                    total += process.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[float, int, CpuTime]:
     """Wall time, peak memory and CPU time of the align stage on these clip folders (linked into a temp root)."""
     from stages.align import align
@@ -137,7 +108,7 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
             os.symlink(folder.path, root / folder.subject / folder.clip)
         out = Path(tmp) / "aligned.h5"
         args = ["--dataset", "casme2", "--root", str(root), "--out", str(out), "--params", str(params_file), "--jobs", str(jobs)]
-        with PeakMemory() as memory, CpuTime() as cpu:
+        with TreeMemory(os.getpid()) as memory, CpuTime() as cpu:
             start = time.perf_counter()
             align.main(args, standalone_mode=False)
             elapsed = time.perf_counter() - start

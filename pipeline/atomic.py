@@ -18,7 +18,8 @@ def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a writer that was killed leaves none)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -37,7 +38,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     removed = []
     for candidate in target.parent.glob(f".{target.name}.tmp-*"):
         pid = candidate.name[len(f".{target.name}.tmp-") :].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             _remove(candidate)
             removed.append(candidate)
     return removed

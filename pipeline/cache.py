@@ -118,7 +118,22 @@ def _write_hashed(group: h5py.Group, name: str, data: np.ndarray, digest: str, *
     dataset.attrs["sha256"] = digest
 
 
-class AlignedCacheWriter:
+class _CacheWriter:
+    """An HDF5 file open for writing, closed by `close()` or at the end of a `with` block."""
+
+    _handle: h5py.File
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AlignedCacheWriter(_CacheWriter):
     """Appends clips to an aligned cache; the caller owns atomic placement of the file."""
 
     def __init__(self, path: str | Path, dataset: str, params: Mapping[str, Any]):
@@ -140,15 +155,6 @@ class AlignedCacheWriter:
             _write(group, "frame_affines", np.asarray(clip.frame_affines, dtype=np.float64))
         for key, value in clip.attrs.items():
             group.attrs[key] = value
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def aligned_clip_keys(handle: h5py.File) -> list[tuple[str, str]]:
@@ -195,7 +201,7 @@ class DynamicImageSet:
         return list(self.images)
 
 
-class DynamicImageWriter:
+class DynamicImageWriter(_CacheWriter):
     """Writes a DI cache one sample at a time, so memory does not grow with the number of clips.
 
     `n` samples are added in their final order with `add`, then `finish` writes the per-sample
@@ -254,15 +260,6 @@ class DynamicImageWriter:
             self._group[phase].attrs["sha256"] = digest.hexdigest()
         for key, value in (extra_attrs or {}).items():
             self._handle.attrs[key] = value
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def write_dynamic_images(

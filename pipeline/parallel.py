@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
+from .atomic import pid_alive
+
 # tmpfs on Linux; where it is missing or not writable, the system temporary folder is used instead.
 SHARED_MEMORY_ROOT = Path("/dev/shm")
 SHARED_PREFIX = "mer-shared-"
@@ -61,16 +63,6 @@ def ordered_map(function: Callable[..., Any], items: Iterable[tuple], jobs: int)
 # Handing large arrays from workers to the writer through shared memory
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def _shared_root() -> Path:
     root = SHARED_MEMORY_ROOT
     if root.is_dir() and os.access(root, os.W_OK | os.X_OK):
@@ -85,7 +77,7 @@ def remove_stale_shared_folders(root: Path | None = None) -> list[Path]:
     with contextlib.suppress(OSError):
         for candidate in root.glob(f"{SHARED_PREFIX}*"):
             pid = candidate.name[len(SHARED_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(candidate, ignore_errors=True)
                 removed.append(candidate)
     return removed
