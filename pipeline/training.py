@@ -761,7 +761,6 @@ def write_run(
     return run
 
 
-
 def write_timings(path: str | Path, results: Sequence[FoldResult], execution: Mapping[str, Any], resumed: Sequence[str] = ()) -> dict[str, Any]:
     """timings.json: the one file of a run that differs between identical runs (seconds per fold and
     in all, and how the folds ran: cores, jobs, backend)."""
