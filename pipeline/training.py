@@ -58,7 +58,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,9 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("loky", "dask")
 LEGACY_KEYS = ("augment_flip", "augment_rotation")  # before `augment:`; still read
 MISSING_CLASS = ("error", "warn")
+# Wraps a fold's epochs (e.g. in a progress bar): (epochs, fold) -> the same epochs. Used only where
+# folds run in this process (jobs 1); parallel folds report per fold.
+EpochProgress = Callable[[Iterable[int], str], Iterable[int]]
 # Settings that change how a run executes or what it checks, never its numbers: they are left out of
 # run.json's params and of the run key (`threads` is resolved to the torch threads per fold instead).
 EXECUTION_KEYS = ("jobs", "backend", "scheduler", "missing_class")
@@ -440,6 +443,7 @@ def train_fold(
     out_dir: str | Path | None = None,
     threads: int | None = None,
     timing_dir: str | Path | None = None,
+    epoch_progress: EpochProgress | None = None,
 ) -> FoldResult:
     """Train on every fold but `fold`, predict `fold` with the last model, write the fold folder.
 
@@ -470,7 +474,8 @@ def train_fold(
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         log: list[dict[str, float]] = []
-        for epoch in range(1, settings.epochs + 1):
+        epochs = range(1, settings.epochs + 1)
+        for epoch in epoch_progress(epochs, fold) if epoch_progress else epochs:
             loss, accuracy = train_epoch(model, optimizer, x_train, y_train, settings, generator, device)
             log.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
 
@@ -657,6 +662,7 @@ def run_loso(
     progress: Callable[[Iterator[FoldResult], int], Iterator[FoldResult]] | None = None,
     threads: int | None = None,
     timing_dir: str | Path | None = None,
+    epoch_progress: EpochProgress | None = None,
 ) -> list[FoldResult]:
     """Train every fold (or the given ones); results sorted by fold. `threads` overrides
     `fold_threads(settings, len(folds))`, e.g. to keep a resumed run's threads those of the whole run;
@@ -686,7 +692,7 @@ def run_loso(
             on_worker = dataclasses.replace(settings, threads=threads)
             results: Iterator[FoldResult] = runner(delayed(_train_fold_on_worker)(data, fold, on_worker, str(out_dir), timing) for fold in folds)
         elif jobs == 1:
-            results = (train_fold(data, fold, settings, out_dir, threads, timing) for fold in folds)
+            results = (train_fold(data, fold, settings, out_dir, threads, timing, epoch_progress) for fold in folds)
         else:
             from joblib import Parallel, delayed
 
@@ -887,6 +893,7 @@ def train_run(
     extra: Mapping[str, Any] | None = None,
     started: float | None = None,
     warn: Callable[[str], Any] | None = None,
+    epoch_progress: EpochProgress | None = None,
 ) -> tuple[dict[str, Any], list[FoldResult], dict[str, Any]]:
     """A whole, resumable LOSO run into the folder `out`: (run.json, fold results, timings.json).
 
@@ -911,7 +918,7 @@ def train_run(
     timings = work / "timings"
     timings.mkdir(exist_ok=True)
     if todo:
-        run_loso(data, settings, work, todo, progress, threads=threads, timing_dir=timings)
+        run_loso(data, settings, work, todo, progress, threads=threads, timing_dir=timings, epoch_progress=epoch_progress)
     results = [read_fold_result(work, fold, _read_seconds(timings / f"{fold_dir_name(fold)}.json")) for fold in folds]
     run = write_run(work, results, settings, data.label_names, extra)
     execution = {

@@ -124,6 +124,9 @@ def train(
     def progress(results, total):
         return tqdm(results, total=total, desc=f"train {settings.model}", unit="fold", disable=None)
 
+    def epoch_progress(epochs, fold):  # shown when folds run in this process (jobs 1)
+        return tqdm(epochs, desc=f"fold {fold}", unit="epoch", leave=False, disable=None)
+
     extra = {
         "dynamic_images": str(dynamic_images),
         "dynamic_images_fingerprint": str(di.attrs.get("fingerprint", "")),
@@ -131,7 +134,7 @@ def train(
         "torch_version": torch.__version__,
     }
     run, results, timings = train_run(
-        data, settings, out, dynamic_images_digest(di, phases), fresh=fresh, progress=progress, echo=click.echo,
+        data, settings, out, dynamic_images_digest(di, phases), fresh=fresh, progress=progress, epoch_progress=epoch_progress, echo=click.echo,
         extra=extra, started=started, warn=lambda line: click.echo(line, err=True),
     )
     if curve:

@@ -309,3 +309,22 @@ def test_evaluate_names_the_damaged_file_and_fold(tmp_path, damage, message):
     assert result.exit_code != 0
     assert message in result.output and "predictions.csv" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "reports").exists()
+
+
+def test_epochs_of_folds_run_here_can_be_shown(tmp_path):
+    """With jobs 1 every fold hands its epochs to `epoch_progress` (the stage's per-epoch bar)."""
+    from pipeline.training import run_loso
+
+    di = read_dynamic_images(make_cache(tmp_path / "di.h5"))
+    data = load_loso_data(di, PHASES, 32, (0.5,) * 3, (0.5,) * 3)
+    settings = TrainSettings.from_params({"input_size": 32, "epochs": 3, "batch_size": 8, "device": "cpu", "jobs": 1})
+    seen = []
+
+    def record(epochs, fold):
+        for epoch in epochs:
+            seen.append((fold, epoch))
+            yield epoch
+
+    results = run_loso(data, settings, tmp_path / "run", epoch_progress=record)
+    assert seen == [(s, e) for s in SUBJECTS for e in (1, 2, 3)]
+    assert [len(r.log) for r in results] == [3, 3, 3]
