@@ -224,7 +224,10 @@ def compare_modes(args: argparse.Namespace) -> None:
     from pipeline.params import load_section
     from pipeline.training import load_loso_data, run_loso
 
+    from stages.train import model_settings
+
     params = load_section(args.params, "train")
+    params.update(model_settings(str(args.params), str(params.get("model", "learnet"))))  # as `mer train` does
     di = read_dynamic_images(args.dynamic_images)
     results = {}
     for mode in ("baseline", "dual_phase"):

@@ -693,11 +693,27 @@ REFERENCE_FACE_WIDTH = 265.0
 _NOISE_PAD = 32
 
 
-def clip_displacements(clip: ClipPlan, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+SUBJECT_STYLE = 0.5  # share of each clip's motion that is the subject's own style, the same for all classes
+CLIP_JITTER = 0.25  # per-landmark variation of a clip's motion, relative
+
+
+@functools.lru_cache(maxsize=64)
+def subject_style(seed: int, dataset: str, subject: str) -> np.ndarray:
+    """(68, 2) a subject's idiosyncratic motion: a random mix of all patterns, largest of length 1.
+
+    People differ in how they move their faces; mixed into every clip of the subject, it makes
+    leave-one-subject-out generalization a real test instead of matching one template per class.
+    """
+    weights = derived_rng(seed, dataset, subject, "style").dirichlet(np.full(len(PATTERN_NAMES), 0.5))
+    style = sum(w * pattern(name).astype(np.float64) for w, name in zip(weights, PATTERN_NAMES))
+    return style / np.linalg.norm(style, axis=1).max()
+
+
+def clip_displacements(clip: ClipPlan, landmarks: np.ndarray, rng: np.random.Generator, style: np.ndarray) -> np.ndarray:
     """(68, 2) peak landmark displacements of one clip, in frame pixels."""
     face_width, _, roll = face_scale(landmarks)
-    moves = pattern(clip.pattern).astype(np.float64)
-    moves = moves * (1 + 0.08 * rng.standard_normal(moves.shape))  # per-clip jitter of the shape
+    moves = (1 - SUBJECT_STYLE) * pattern(clip.pattern).astype(np.float64) + SUBJECT_STYLE * style
+    moves = moves * (1 + CLIP_JITTER * rng.standard_normal(moves.shape))  # per-clip variation of the shape
     amplitude = rng.uniform(*AMPLITUDE_RANGE) * face_width / REFERENCE_FACE_WIDTH
     return moves @ _rotation(math.degrees(roll)).T * amplitude
 
@@ -725,7 +741,7 @@ def render_clip(clip: ClipPlan, seed: int) -> np.ndarray:
     rng = derived_rng(seed, clip.dataset, clip.subject, clip.clip)
     base, landmarks = render_subject(clip.look)
     height, width = base.shape[:2]
-    displacements = clip_displacements(clip, landmarks, rng)
+    displacements = clip_displacements(clip, landmarks, rng, subject_style(seed, clip.dataset, clip.subject))
     _, eye_distance, _ = face_scale(landmarks)
     (x0, y0, x1, y1), flow = displacement_field(landmarks, displacements, 0.12 * eye_distance, (width, height))
     curve = intensity_curve(clip.n_frames, clip.apex_index, float(rng.uniform(0.0, 0.15)))
