@@ -790,6 +790,33 @@ def work_folder(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
+@contextlib.contextmanager
+def exclusive_run(out: str | Path) -> Iterator[None]:
+    """Hold the lock of the run `out` (`.<out name>.partial.lock` beside it) for the block.
+
+    Two `mer train` processes writing the same run would train into one work folder and corrupt
+    each other's folds; the second is refused instead. The lock is an flock, so the system releases
+    it when its holder dies, even by SIGKILL; the empty lock file stays (DVC ignores it).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = work_folder(out).with_name(f"{work_folder(out).name}.lock")
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MerError(f"another `mer train` is writing {out} (it holds {path}); wait for it to finish or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def dynamic_images_digest(di: DynamicImageSet, phases: Sequence[str]) -> dict[str, Any]:
     """What a run's numbers depend on in the DI cache: its fingerprint attribute, the samples (ids,
     datasets, subjects, labels), the label names and the images of the phases used."""
@@ -902,38 +929,40 @@ def train_run(
     read back from its files, finished earlier or just now, so resuming changes no byte of the
     run (timings.json aside). `out` is replaced only once the run is complete; on any failure the
     work folder stays for the next attempt. The classes of every fold are checked first
-    (`check_fold_classes`; its warnings go to `warn`, by default `echo`).
+    (`check_fold_classes`; its warnings go to `warn`, by default `echo`). One process at a time
+    writes a run (`exclusive_run`).
     """
     started = time.perf_counter() if started is None else started
     out = Path(out)
     for warning in check_fold_classes(data, settings.missing_class):
         (warn or echo)(f"warning: {warning}")
-    folds = data.folds
-    threads = fold_threads(settings, len(folds))
-    key = run_key(settings, inputs, threads)
-    work, finished, message = open_work_folder(out, key, folds, fresh)
-    if message:
-        echo(message)
-    todo = [fold for fold in folds if fold not in finished]
-    timings = work / "timings"
-    timings.mkdir(exist_ok=True)
-    if todo:
-        run_loso(data, settings, work, todo, progress, threads=threads, timing_dir=timings, epoch_progress=epoch_progress)
-    results = [read_fold_result(work, fold, _read_seconds(timings / f"{fold_dir_name(fold)}.json")) for fold in folds]
-    run = write_run(work, results, settings, data.label_names, extra)
-    execution = {
-        "total_seconds": round(time.perf_counter() - started, 3),
-        "cores": available_cores(),
-        "jobs": settings.jobs,
-        "backend": settings.backend,
-        "scheduler": settings.scheduler,
-        "threads_per_fold": "set by each Dask worker" if threads is None else threads,
-    }
-    timing = write_timings(work / "timings.json", results, execution, resumed=finished)
-    shutil.rmtree(timings)
-    (work / "resume.json").unlink()
-    # The finished run replaces `out` in two renames (work -> temporary sibling -> out), through the
-    # same helper as every atomic output; the old run is deleted only after the swap.
-    with atomic_output(out) as tmp:
-        os.replace(work, tmp)
-    return run, results, timing
+    with exclusive_run(out):  # a second process writing the same run is refused, not interleaved
+        folds = data.folds
+        threads = fold_threads(settings, len(folds))
+        key = run_key(settings, inputs, threads)
+        work, finished, message = open_work_folder(out, key, folds, fresh)
+        if message:
+            echo(message)
+        todo = [fold for fold in folds if fold not in finished]
+        timings = work / "timings"
+        timings.mkdir(exist_ok=True)
+        if todo:
+            run_loso(data, settings, work, todo, progress, threads=threads, timing_dir=timings, epoch_progress=epoch_progress)
+        results = [read_fold_result(work, fold, _read_seconds(timings / f"{fold_dir_name(fold)}.json")) for fold in folds]
+        run = write_run(work, results, settings, data.label_names, extra)
+        execution = {
+            "total_seconds": round(time.perf_counter() - started, 3),
+            "cores": available_cores(),
+            "jobs": settings.jobs,
+            "backend": settings.backend,
+            "scheduler": settings.scheduler,
+            "threads_per_fold": "set by each Dask worker" if threads is None else threads,
+        }
+        timing = write_timings(work / "timings.json", results, execution, resumed=finished)
+        shutil.rmtree(timings)
+        (work / "resume.json").unlink()
+        # The finished run replaces `out` in two renames (work -> temporary sibling -> out), through the
+        # same helper as every atomic output; the old run is deleted only after the swap.
+        with atomic_output(out) as tmp:
+            os.replace(work, tmp)
+        return run, results, timing

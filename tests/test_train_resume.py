@@ -216,3 +216,20 @@ def test_fold_results_are_read_back_from_the_files_written(tmp_path):
         assert all(row[f"prob_{c}"] == round(row[f"prob_{c}"], 6) for row in result.predictions for c in CLASSES)
         assert result.seconds > 0
     assert run["n_samples"] == 12 and not (tmp_path / ".run.partial").exists()
+
+
+def test_a_second_process_writing_the_same_run_is_refused(toy, tmp_path):
+    """While one `mer train` holds a run's lock, another one for the same --out stops at once and
+    touches nothing; the lock dies with its holder, so the next run goes ahead."""
+    import fcntl
+
+    out = tmp_path / "run"
+    lock = tmp_path / ".run.partial.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `mer train` holds it
+        result = invoke("train", "--dynamic-images", toy["cache"], "--out", out, "--params", toy["params"])
+        assert result.exit_code != 0 and "another `mer train` is writing" in result.output, result.output
+        assert not out.exists() and not (tmp_path / ".run.partial").exists()
+    result = invoke("train", "--dynamic-images", toy["cache"], "--out", out, "--params", toy["params"])
+    assert result.exit_code == 0, result.output
+    assert_same_run(out, toy["reference"])
