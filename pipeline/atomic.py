@@ -29,19 +29,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Delete temporaries of `target` left by writers that were killed (SIGKILL, power loss).
-
-    Only temporaries whose writer process no longer exists are removed, so two concurrent
-    writers never delete each other's work in progress.
-    """
+def remove_orphans(folder: Path, prefix: str) -> list[Path]:
+    """Delete the entries of `folder` named `<prefix><pid>-...` whose writer process no longer
+    exists (killed by SIGKILL, a power loss); a live writer's work in progress is never touched."""
     removed = []
-    for candidate in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = candidate.name[len(f".{target.name}.tmp-") :].split("-", 1)[0]
+    for candidate in folder.glob(f"{prefix}*"):
+        pid = candidate.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             _remove(candidate)
             removed.append(candidate)
     return removed
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete temporaries of `target` left by writers that were killed (see `remove_orphans`), so
+    two concurrent writers never delete each other's work in progress."""
+    return remove_orphans(target.parent, f".{target.name}.tmp-")
 
 
 def _remove(path: Path) -> None:

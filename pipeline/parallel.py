@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from .atomic import pid_alive
+from .atomic import remove_orphans
 
 # tmpfs on Linux; where it is missing or not writable, the system temporary folder is used instead.
 SHARED_MEMORY_ROOT = Path("/dev/shm")
@@ -72,15 +72,10 @@ def _shared_root() -> Path:
 
 def remove_stale_shared_folders(root: Path | None = None) -> list[Path]:
     """Delete shared folders left by runs that were killed (their process no longer exists)."""
-    root = _shared_root() if root is None else root
-    removed = []
-    with contextlib.suppress(OSError):
-        for candidate in root.glob(f"{SHARED_PREFIX}*"):
-            pid = candidate.name[len(SHARED_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(candidate, ignore_errors=True)
-                removed.append(candidate)
-    return removed
+    try:
+        return remove_orphans(_shared_root() if root is None else root, SHARED_PREFIX)
+    except OSError:  # an unreadable shared-memory root: nothing to clean there
+        return []
 
 
 @contextlib.contextmanager
