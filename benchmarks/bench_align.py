@@ -43,9 +43,9 @@ import psutil
 import yaml
 
 from benchmarks.workload import TreeMemory, casme2_scale, machine_line
-from pipeline.align import find_align_clips
+from pipeline.align.clip import find_align_clips
+from pipeline.config import load_section
 from pipeline.parallel import limit_native_threads, ordered_map
-from pipeline.params import load_section
 
 
 def _decode_clip(paths: list[Path]) -> int:
@@ -107,7 +107,18 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
             (root / folder.subject).mkdir(parents=True, exist_ok=True)
             os.symlink(folder.path, root / folder.subject / folder.clip)
         out = Path(tmp) / "aligned.h5"
-        args = ["--dataset", "casme2", "--root", str(root), "--out", str(out), "--params", str(params_file), "--jobs", str(jobs)]
+        args = [
+            "--dataset",
+            "casme2",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--params",
+            str(params_file),
+            "--jobs",
+            str(jobs),
+        ]
         with TreeMemory(os.getpid()) as memory, CpuTime() as cpu:
             start = time.perf_counter()
             align.main(args, standalone_mode=False)
@@ -136,8 +147,10 @@ def main() -> None:
     n_frames = sum(len(f.frames) for f in folders)
     print(machine_line())
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"workload: casme2-scale, {len(folders)} clips, {n_frames} JPEG frames of 640x480, "
-          f"crop {settings['size']}, detect_max_side {settings['detect_max_side']}")
+    print(
+        f"workload: casme2-scale, {len(folders)} clips, {n_frames} JPEG frames of 640x480, "
+        f"crop {settings['size']}, detect_max_side {settings['detect_max_side']}"
+    )
     decode_only(folders[:5], 1)  # warm the page cache and the imports equally for everyone
     decode_only(folders[:4], args.jobs)  # start the worker pool outside the timings
     t_decode = decode_only(folders, args.jobs)
@@ -154,14 +167,20 @@ def main() -> None:
 
     print(f"decode only, jobs={args.jobs}:   {t_decode:7.2f} s  ({n_frames / t_decode:.0f} frames/s)")
     print(f"decode only, warm malloc: {t_decode_warm:5.2f} s  ({n_frames / t_decode_warm:.0f} frames/s)")
-    print(f"align, jobs={args.jobs}:         {t_align:7.2f} s  ({n_frames / t_align:.0f} frames/s), peak memory {mem_align / mib:.0f} MiB, {cpu(cpu_align)}")
-    print(f"align, jobs=1:         {t_align1:7.2f} s  ({n_frames / t_align1:.0f} frames/s), peak memory {mem_align1 / mib:.0f} MiB, {cpu(cpu_align1)}")
+    print(
+        f"align, jobs={args.jobs}:         {t_align:7.2f} s  ({n_frames / t_align:.0f} frames/s), peak memory {mem_align / mib:.0f} MiB, {cpu(cpu_align)}"
+    )
+    print(
+        f"align, jobs=1:         {t_align1:7.2f} s  ({n_frames / t_align1:.0f} frames/s), peak memory {mem_align1 / mib:.0f} MiB, {cpu(cpu_align1)}"
+    )
     print(f"align, jobs={args.jobs}, {len(half)} clips: {t_half:7.2f} s, peak memory {mem_half / mib:.0f} MiB")
     print(f"ratio align / decode:  {t_align / t_decode:7.2f}  (target <= 1.5)")
     print(f"ratio align / decode with warm malloc: {t_align / t_decode_warm:5.2f}")
     print(f"ratio jobs1 / jobs{args.jobs}:   {t_align1 / t_align:7.2f}  (target >= 1.7)")
-    print(f"CPU time jobs{args.jobs} / jobs1: {cpu_align.total / cpu_align1.total:7.2f}  (parallel overhead; "
-          f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})")
+    print(
+        f"CPU time jobs{args.jobs} / jobs1: {cpu_align.total / cpu_align1.total:7.2f}  (parallel overhead; "
+        f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})"
+    )
     print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

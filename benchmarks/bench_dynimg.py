@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 
 from benchmarks.workload import casme2_scale, machine_line
-from pipeline.annotations import read_samples
-from pipeline.dynamic_images import DynamicImageSettings, clip_dynamic_images, phase_frames, to_uint8
-from pipeline.params import load_section
+from pipeline.config import load_section
+from pipeline.dynimg.rank_pooling import DynamicImageSettings, clip_dynamic_images, phase_frames, to_uint8
+from pipeline.io.samples import read_samples
 
 
 def read_only(handle: h5py.File, samples: list[dict]) -> float:
@@ -35,8 +35,18 @@ def read_only(handle: h5py.File, samples: list[dict]) -> float:
 
 
 def _regen_clip(frames: np.ndarray, numbers: np.ndarray, s: dict, settings: DynamicImageSettings) -> None:
-    clip_dynamic_images(frames, numbers, s["onset"], s["apex"], s["offset"], settings.phases, settings.variant,
-                        settings.size, False, settings.min_phase_frames)
+    clip_dynamic_images(
+        frames,
+        numbers,
+        s["onset"],
+        s["apex"],
+        s["offset"],
+        settings.phases,
+        settings.variant,
+        settings.size,
+        False,
+        settings.min_phase_frames,
+    )
 
 
 def _loop_clip(frame_at, numbers: list[int], s: dict, settings: DynamicImageSettings) -> None:
@@ -99,16 +109,24 @@ def main() -> None:
     print(machine_line())
     with h5py.File(work["aligned"], "r") as handle:
         shape = handle[f"{samples[0]['subject']}/{samples[0]['clip']}/frames"].shape[1:]
-        print(f"workload: casme2-scale, {len(samples)} clips, {n_frames} frames of {shape}, "
-              f"phases {', '.join(settings.phases)}, DI size {settings.size}, one process")
+        print(
+            f"workload: casme2-scale, {len(samples)} clips, {n_frames} frames of {shape}, "
+            f"phases {', '.join(settings.phases)}, DI size {settings.size}, one process"
+        )
         read_only(handle, samples[:5])  # warm the page cache equally for everyone
         t_read = read_only(handle, samples)
         t_regen = regenerate(handle, samples, settings)
         subset = samples[: args.loop_clips]
         t_loop_subset = loop_reference(handle, subset, settings)
         t_regen_subset = regenerate(handle, subset, settings)
-        loaded = [(handle[f"{s['subject']}/{s['clip']}/frames"][()], handle[f"{s['subject']}/{s['clip']}/frame_numbers"][()], s)
-                  for s in subset]
+        loaded = [
+            (
+                handle[f"{s['subject']}/{s['clip']}/frames"][()],
+                handle[f"{s['subject']}/{s['clip']}/frame_numbers"][()],
+                s,
+            )
+            for s in subset
+        ]
     t_loop_memory = loop_in_memory(loaded, settings)
     t_regen_memory = regen_in_memory(loaded, settings)
     print(f"read aligned frames:   {t_read:7.2f} s")
@@ -116,8 +134,10 @@ def main() -> None:
     print(f"per-frame loop ({len(subset)} clips): {t_loop_subset:7.2f} s vs {t_regen_subset:.2f} s for the same clips")
     print(f"ratio regen / read:    {t_regen / t_read:7.2f}  (target <= 2)")
     print(f"ratio loop / regen:    {t_loop_subset / t_regen_subset:7.2f}  (target >= 20), reading included")
-    print(f"compute only, frames in memory ({len(subset)} clips): loop {t_loop_memory:.2f} s, regen {t_regen_memory:.2f} s, "
-          f"ratio {t_loop_memory / t_regen_memory:.2f}")
+    print(
+        f"compute only, frames in memory ({len(subset)} clips): loop {t_loop_memory:.2f} s, regen {t_regen_memory:.2f} s, "
+        f"ratio {t_loop_memory / t_regen_memory:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def mer_executable() -> str:
 def run_stage(args: list[str], cwd: Path) -> dict:
     """Run one `mer` command; its wall time and memory (tree peak, main and largest-worker VmHWM)."""
     start = time.perf_counter()
-    process = subprocess.Popen([mer_executable(), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [mer_executable(), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     with TreeMemory(process.pid) as memory:
         output = process.stdout.read()
         # wait4: the exit status and the exact ru_maxrss of the stage process and the workers it reaped
@@ -67,8 +69,14 @@ def run_stage(args: list[str], cwd: Path) -> dict:
         raise SystemExit(f"mer {' '.join(args)} failed (exit {process.returncode})")
     maxrss = usage.ru_maxrss * 1024  # KiB on Linux; a max over single processes, never a sum
     main = memory.main_hwm if memory.worker_hwm else max(memory.main_hwm, maxrss)  # no workers: exact
-    return {"wall": wall, "tree": max(memory.peak, maxrss), "main": main, "worker": memory.worker_hwm,
-            "processes": len(memory.processes), "output": output}
+    return {
+        "wall": wall,
+        "tree": max(memory.peak, maxrss),
+        "main": main,
+        "worker": memory.worker_hwm,
+        "processes": len(memory.processes),
+        "output": output,
+    }
 
 
 def count_frames(root: Path) -> tuple[int, int]:
@@ -92,11 +100,45 @@ def run_preset(preset: str, work: Path, epochs: int, demo: Path | None, subset: 
     run, reports = work / "run", work / "reports"
     commands = {
         "align": ["align", "--dataset", "casme2", "--root", str(root), "--out", str(aligned)],
-        "annotate": ["annotate", "--dataset", "casme2", "--root", str(root), "--coding", str(coding),
-                     "--classes", CLASSES, "--out", str(samples)],
-        "dynimg": ["dynimg", "--aligned", str(aligned), "--samples", str(samples), "--classes", CLASSES, "--out", str(dis)],
-        "train": ["train", "--dynamic-images", str(dis), "--model", MODEL, "--mode", MODE, "--out", str(run),
-                  "--curve", str(work / "curve.csv"), "--epochs", str(epochs)],
+        "annotate": [
+            "annotate",
+            "--dataset",
+            "casme2",
+            "--root",
+            str(root),
+            "--coding",
+            str(coding),
+            "--classes",
+            CLASSES,
+            "--out",
+            str(samples),
+        ],
+        "dynimg": [
+            "dynimg",
+            "--aligned",
+            str(aligned),
+            "--samples",
+            str(samples),
+            "--classes",
+            CLASSES,
+            "--out",
+            str(dis),
+        ],
+        "train": [
+            "train",
+            "--dynamic-images",
+            str(dis),
+            "--model",
+            MODEL,
+            "--mode",
+            MODE,
+            "--out",
+            str(run),
+            "--curve",
+            str(work / "curve.csv"),
+            "--epochs",
+            str(epochs),
+        ],
         "evaluate": ["evaluate", "--run", str(run), "--out", str(reports), "--metrics", str(work / "metrics.json")],
     }
     for stage, args in commands.items():
@@ -136,9 +178,24 @@ def run_subset(work: Path, root: Path, rows: list[dict], count: int, p: list[str
     aligned = sub / "aligned.h5"
     frames = sum(1 for f in folders for x in f.iterdir() if x.suffix.lower() == ".jpg")
     return {
-        "align": run_stage(["align", "--dataset", "casme2", "--root", str(sub / "root"), "--out", str(aligned), *p], sub),
-        "dynimg": run_stage(["dynimg", "--aligned", str(aligned), "--samples", str(sub / "samples.csv"), "--classes", CLASSES,
-                             "--out", str(sub / "dynamic_images.h5"), *p], sub),
+        "align": run_stage(
+            ["align", "--dataset", "casme2", "--root", str(sub / "root"), "--out", str(aligned), *p], sub
+        ),
+        "dynimg": run_stage(
+            [
+                "dynimg",
+                "--aligned",
+                str(aligned),
+                "--samples",
+                str(sub / "samples.csv"),
+                "--classes",
+                CLASSES,
+                "--out",
+                str(sub / "dynamic_images.h5"),
+                *p,
+            ],
+            sub,
+        ),
         "workload": f"{len(folders)} clips, {frames} frames -> {len(kept)} kept",
     }
 
@@ -151,7 +208,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
     parser.add_argument("--epochs", type=int, default=1, help="train epochs per fold, both presets (params: 20)")
-    parser.add_argument("--subset", type=int, default=32, help="control: align and dynimg on the first N casme2-scale clips too")
+    parser.add_argument(
+        "--subset", type=int, default=32, help="control: align and dynimg on the first N casme2-scale clips too"
+    )
     parser.add_argument("--reuse-demo", action="store_true", help="use the cached casme2-scale demo copy")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -164,40 +223,58 @@ def main() -> None:
             work = Path(tmp) / preset
             work.mkdir()
             demo = cached if preset == "casme2-scale" else None
-            results[preset] = run_preset(preset, work, args.epochs, demo, args.subset if preset == "casme2-scale" else 0)
+            results[preset] = run_preset(
+                preset, work, args.epochs, demo, args.subset if preset == "casme2-scale" else 0
+            )
     tiny, big = results["tiny"], results["casme2-scale"]
-    print(f"workload: CASME II layout, 640x480 frames, tiny vs casme2-scale demo presets; jobs {tiny['settings']}; "
-          f"train {MODEL} {MODE}, {args.epochs} epoch(s) per fold on both")
-    print("peak memory per stage, MiB (tree: sampled sum of RSS of the stage process and its workers; "
-          "main / worker: exact VmHWM of the stage process / its largest worker)")
-    print(f"{'stage':<10} {'tiny tree':>9} {'main':>6} {'worker':>6}   {'c2s tree':>8} {'main':>6} {'worker':>6}  "
-          f"{'ratio':>5}  {'c2s s':>6}  workload tiny | casme2-scale")
+    print(
+        f"workload: CASME II layout, 640x480 frames, tiny vs casme2-scale demo presets; jobs {tiny['settings']}; "
+        f"train {MODEL} {MODE}, {args.epochs} epoch(s) per fold on both"
+    )
+    print(
+        "peak memory per stage, MiB (tree: sampled sum of RSS of the stage process and its workers; "
+        "main / worker: exact VmHWM of the stage process / its largest worker)"
+    )
+    print(
+        f"{'stage':<10} {'tiny tree':>9} {'main':>6} {'worker':>6}   {'c2s tree':>8} {'main':>6} {'worker':>6}  "
+        f"{'ratio':>5}  {'c2s s':>6}  workload tiny | casme2-scale"
+    )
     for stage in STAGES:
         a, b = tiny.get(stage), big.get(stage)
         if a is None or b is None:
             print(f"{stage:<10} (not measured: --reuse-demo)")
             continue
         ratio = b["tree"] / a["tree"]
-        print(f"{stage:<10} {fmt(a['tree']):>9} {fmt(a['main'])} {fmt(a['worker'])}   {fmt(b['tree']):>8} {fmt(b['main'])} "
-              f"{fmt(b['worker'])}  {ratio:5.2f}  {b['wall']:6.1f}  {tiny['workload'][stage]} | {big['workload'][stage]}")
+        print(
+            f"{stage:<10} {fmt(a['tree']):>9} {fmt(a['main'])} {fmt(a['worker'])}   {fmt(b['tree']):>8} {fmt(b['main'])} "
+            f"{fmt(b['worker'])}  {ratio:5.2f}  {b['wall']:6.1f}  {tiny['workload'][stage]} | {big['workload'][stage]}"
+        )
     sub = big.get("subset")
     if sub:
-        print(f"control, same clip lengths (55-80 frames), fewer clips: casme2-scale's first {args.subset} clips "
-              f"({sub['workload']}) vs all of them; MiB")
+        print(
+            f"control, same clip lengths (55-80 frames), fewer clips: casme2-scale's first {args.subset} clips "
+            f"({sub['workload']}) vs all of them; MiB"
+        )
         for stage in STREAMING:
             a, b = sub[stage], big[stage]
-            print(f"  {stage:<8} tree {fmt(a['tree'])} -> {fmt(b['tree'])} ({b['tree'] / a['tree']:.2f}x), "
-                  f"main {fmt(a['main'])} -> {fmt(b['main'])} ({b['main'] / a['main']:.2f}x), "
-                  f"worker {fmt(a['worker'])} -> {fmt(b['worker'])} ({b['worker'] / a['worker']:.2f}x)")
+            print(
+                f"  {stage:<8} tree {fmt(a['tree'])} -> {fmt(b['tree'])} ({b['tree'] / a['tree']:.2f}x), "
+                f"main {fmt(a['main'])} -> {fmt(b['main'])} ({b['main'] / a['main']:.2f}x), "
+                f"worker {fmt(a['worker'])} -> {fmt(b['worker'])} ({b['worker'] / a['worker']:.2f}x)"
+            )
     for stage in STREAMING:
         ratio = big[stage]["tree"] / tiny[stage]["tree"]
         worker = (big[stage]["worker"] / tiny[stage]["worker"]) if tiny[stage]["worker"] else float("nan")
         verdict = "PASS" if ratio <= LIMIT else "FAIL"
-        print(f"verdict {stage}: {verdict}, must not grow with the dataset: casme2-scale / tiny = {ratio:.2f} "
-              f"(limit {LIMIT}); main {big[stage]['main'] / tiny[stage]['main']:.2f}, largest worker {worker:.2f} "
-              f"(tiny clips are 10-16 frames, casme2-scale 55-80: a worker holds one clip)")
-    print(f"train grows by design: the whole DI set is loaded once as tensors (ratio "
-          f"{big['train']['tree'] / tiny['train']['tree']:.2f})")
+        print(
+            f"verdict {stage}: {verdict}, must not grow with the dataset: casme2-scale / tiny = {ratio:.2f} "
+            f"(limit {LIMIT}); main {big[stage]['main'] / tiny[stage]['main']:.2f}, largest worker {worker:.2f} "
+            f"(tiny clips are 10-16 frames, casme2-scale 55-80: a worker holds one clip)"
+        )
+    print(
+        f"train grows by design: the whole DI set is loaded once as tensors (ratio "
+        f"{big['train']['tree'] / tiny['train']['tree']:.2f})"
+    )
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"bench_memory took {time.perf_counter() - start:.0f} s")
 

@@ -105,8 +105,15 @@ def run_repro(project: Path, log_path: Path) -> dict:
     starts: list[tuple[str, float]] = []
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         with TreeMemory(process.pid, interval=0.1) as sampler:
             for line in process.stdout:
                 now = time.perf_counter() - start
@@ -125,8 +132,13 @@ def run_repro(project: Path, log_path: Path) -> dict:
     for i, (name, t0) in enumerate(starts):
         t1 = starts[i + 1][1] if i + 1 < len(starts) else wall
         stages.append((name, t1 - t0, sampler.per_label.get(name, 0)))
-    return {"wall": wall, "stages": stages, "tree_peak": sampler.peak, "largest_kib": largest,
-            "before_stages": starts[0][1] if starts else wall}
+    return {
+        "wall": wall,
+        "stages": stages,
+        "tree_peak": sampler.peak,
+        "largest_kib": largest,
+        "before_stages": starts[0][1] if starts else wall,
+    }
 
 
 def workload_line(project: Path, params: dict) -> str:
@@ -139,10 +151,12 @@ def workload_line(project: Path, params: dict) -> str:
             parts.append(f"{ds} {n} clips")
     exp = params["experiment"]
     cells = len(exp["datasets"]) * len(exp["models"]) * len(exp["modes"])
-    return (f"workload: demo preset '{params['demo']['preset']}' ({', '.join(parts)} after the class presets); "
-            f"{cells} train/evaluate cells ({' x '.join('/'.join(exp[k]) for k in ('datasets', 'models', 'modes'))}), "
-            f"{params['train']['epochs']} epochs per LOSO fold, jobs: demo {params['demo']['jobs']}, "
-            f"align {params['align']['jobs']}, dynimg {params['dynimg']['jobs']}, train {params['train']['jobs']}")
+    return (
+        f"workload: demo preset '{params['demo']['preset']}' ({', '.join(parts)} after the class presets); "
+        f"{cells} train/evaluate cells ({' x '.join('/'.join(exp[k]) for k in ('datasets', 'models', 'modes'))}), "
+        f"{params['train']['epochs']} epochs per LOSO fold, jobs: demo {params['demo']['jobs']}, "
+        f"align {params['align']['jobs']}, dynimg {params['dynimg']['jobs']}, train {params['train']['jobs']}"
+    )
 
 
 def metrics_table(project: Path) -> list[str]:
@@ -160,12 +174,20 @@ def metrics_table(project: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=("demo", "tiny"), default="demo",
-                        help="demo: what the README's `dvc repro` runs; tiny: a quick check (2 epochs)")
+    parser.add_argument(
+        "--preset",
+        choices=("demo", "tiny"),
+        default="demo",
+        help="demo: what the README's `dvc repro` runs; tiny: a quick check (2 epochs)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="what-if: override train.epochs")
     parser.add_argument("--keep", type=Path, default=None, help="reproduce in this (new or empty) folder and keep it")
-    parser.add_argument("--source", choices=("worktree", "head"), default="worktree",
-                        help="copy the working-tree versions of the tracked files, or commit HEAD")
+    parser.add_argument(
+        "--source",
+        choices=("worktree", "head"),
+        default="worktree",
+        help="copy the working-tree versions of the tracked files, or commit HEAD",
+    )
     args = parser.parse_args()
     if args.keep:
         if args.keep.exists() and any(args.keep.iterdir()):
@@ -181,13 +203,24 @@ def main() -> None:
         print(machine_line())
         print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         print(f"project: {origin}, copied to {project}")
-        print("preset: " + ("identical to the README's `dvc repro`" if not differs else "DIFFERS from the README's `dvc repro`: " + "; ".join(differs)))
+        print(
+            "preset: "
+            + (
+                "identical to the README's `dvc repro`"
+                if not differs
+                else "DIFFERS from the README's `dvc repro`: " + "; ".join(differs)
+            )
+        )
         result = run_repro(project, project / "dvc-repro.log")
         print(workload_line(project, params))
-        print(f"dvc repro, from scratch: {result['wall']:7.1f} s  ({int(result['wall'] // 60)} min {int(result['wall'] % 60):02d} s), "
-              f"{len(result['stages'])} stages; dvc start-up before the first stage {result['before_stages']:.1f} s")
+        print(
+            f"dvc repro, from scratch: {result['wall']:7.1f} s  ({int(result['wall'] // 60)} min {int(result['wall'] % 60):02d} s), "
+            f"{len(result['stages'])} stages; dvc start-up before the first stage {result['before_stages']:.1f} s"
+        )
         print(f"peak memory, whole process tree (sampled sum of RSS): {result['tree_peak'] / MIB:7.0f} MiB")
-        print(f"peak memory, largest single process (ru_maxrss of children, a max not a sum): {result['largest_kib'] / 1024:7.0f} MiB")
+        print(
+            f"peak memory, largest single process (ru_maxrss of children, a max not a sum): {result['largest_kib'] / 1024:7.0f} MiB"
+        )
         print("per stage (from its 'Running stage' line to the next; includes dvc saving its outputs):")
         print("  stage                                   wall s   share   tree peak MiB")
         for name, seconds, peak in result["stages"]:

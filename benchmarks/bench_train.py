@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.workload import machine_line
-from pipeline.models import build_model
-from pipeline.training import (
+from pipeline.train.models import build_model
+from pipeline.train.training import (
     LosoData,
     TrainSettings,
     _batches,
@@ -59,7 +59,9 @@ DI_SIZE = 112  # the DI cache's stored size (params dynimg.size)
 PHASES = ("full", "onset_apex", "apex_offset")
 
 
-def demo_sized_set(subjects: int = 10, clips: int = 10, size: int = DI_SIZE, seed: int = 0) -> tuple[LosoData, dict[str, np.ndarray]]:
+def demo_sized_set(
+    subjects: int = 10, clips: int = 10, size: int = DI_SIZE, seed: int = 0
+) -> tuple[LosoData, dict[str, np.ndarray]]:
     """Synthetic DIs (uint8 stacks and the prepared float arrays) of the demo preset's size."""
     rng = np.random.default_rng(seed)
     n = subjects * clips
@@ -142,8 +144,14 @@ def speed(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     settings = TrainSettings.from_params(
-        {"model": args.model, "mode": args.mode, "input_size": args.input_size, "batch_size": args.batch_size,
-         "device": args.device, "epochs": args.epochs}
+        {
+            "model": args.model,
+            "mode": args.mode,
+            "input_size": args.input_size,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "epochs": args.epochs,
+        }
     )
     data, raw = demo_sized_set()
     size = settings.input_size
@@ -153,10 +161,14 @@ def speed(args: argparse.Namespace) -> None:
     train_idx = np.flatnonzero(data.groups != fold)
     x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases])).to(device)
     y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases))).to(device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} torch threads"
-    print(f"workload: in-memory DI set of the demo size ({len(data.labels)} clips x {len(PHASES)} phases at {DI_SIZE}x{DI_SIZE}, "
-          f"{len(data.folds)} subjects), {settings.model} at input {size}, {settings.mode}, one LOSO fold: {len(train_idx)} "
-          f"training clips = {len(x_train)} samples, batch {settings.batch_size}, {where}, median of {args.epochs} epochs after 1 warm-up")
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} torch threads"
+    )
+    print(
+        f"workload: in-memory DI set of the demo size ({len(data.labels)} clips x {len(PHASES)} phases at {DI_SIZE}x{DI_SIZE}, "
+        f"{len(data.folds)} subjects), {settings.model} at input {size}, {settings.mode}, one LOSO fold: {len(train_idx)} "
+        f"training clips = {len(x_train)} samples, batch {settings.batch_size}, {where}, median of {args.epochs} epochs after 1 warm-up"
+    )
 
     seed = fold_seed(0, fold)
     generator = torch.Generator().manual_seed(seed)
@@ -178,11 +190,15 @@ def speed(args: argparse.Namespace) -> None:
     for epoch in range(1, args.epochs + 1):  # interleaved: a load change on the shared machine hits both
         batches = ref_batches()  # sliced outside the timing: the floor
         if epoch % 2:  # alternate which path goes first
-            t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
+            t_pipe.append(
+                timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch)
+            )
             t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, device, epoch=epoch))
         else:
             t_ref.append(timed(plain_epoch, ref_model, ref_opt, batches, device, epoch=epoch))
-            t_pipe.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
+            t_pipe.append(
+                timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch)
+            )
     pipe, ref = statistics.median(t_pipe), statistics.median(t_ref)
     print(f"in-memory epoch:        {pipe:7.3f} s")
     print(f"model-only epoch:       {ref:7.3f} s")
@@ -195,9 +211,15 @@ def speed(args: argparse.Namespace) -> None:
         folder = datasets.ImageFolder(tmp, transform=tf)
         assert len(folder) == count
         for workers in args.loader_workers:
-            loader = DataLoader(folder, batch_size=settings.batch_size, shuffle=True, num_workers=workers,
-                                persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(seed))
+            loader = DataLoader(
+                folder,
+                batch_size=settings.batch_size,
+                shuffle=True,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(seed),
+            )
             png_model, png_opt = fresh(settings, seed, device)  # both start afresh: same stage of training
             pipe_model, pipe_opt = fresh(settings, seed, device)
             timed(plain_epoch, png_model, png_opt, loader, device)  # warm-up (and worker start)
@@ -205,25 +227,30 @@ def speed(args: argparse.Namespace) -> None:
             t_png, t_now = [], []
             for epoch in range(1, args.epochs + 1):
                 t_png.append(timed(plain_epoch, png_model, png_opt, loader, device, epoch=epoch))
-                t_now.append(timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch))
+                t_now.append(
+                    timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device, epoch=epoch)
+                )
             png, pipe_now = statistics.median(t_png), statistics.median(t_now)
-            print(f"PNG ImageFolder DataLoader, num_workers {workers}: {png:7.3f} s per epoch ({count} PNG files) vs in-memory "
-                  f"{pipe_now:.3f} s (fresh models, interleaved); ratio PNG / in-memory: {png / pipe_now:6.3f}  (target >= 3)")
+            print(
+                f"PNG ImageFolder DataLoader, num_workers {workers}: {png:7.3f} s per epoch ({count} PNG files) vs in-memory "
+                f"{pipe_now:.3f} s (fresh models, interleaved); ratio PNG / in-memory: {png / pipe_now:6.3f}  (target >= 3)"
+            )
             # The data path alone (no model): what each way costs per epoch before the model's floor.
             png_data = statistics.median(timed(drain, loader, device, epoch=e) for e in range(args.epochs))
             memory_data = statistics.median(timed(drain, slices(), device, epoch=e) for e in range(args.epochs))
-            print(f"  data path alone: PNG loader {png_data:.3f} s vs in-memory slicing {memory_data:.4f} s per epoch "
-                  f"(ratio {png_data / max(memory_data, 1e-9):.0f}); the model's own epoch: {ref:.3f} s")
+            print(
+                f"  data path alone: PNG loader {png_data:.3f} s vs in-memory slicing {memory_data:.4f} s per epoch "
+                f"(ratio {png_data / max(memory_data, 1e-9):.0f}); the model's own epoch: {ref:.3f} s"
+            )
             del loader
 
 
 def compare_modes(args: argparse.Namespace) -> None:
-    from pipeline.cache import read_dynamic_images
-    from pipeline.metrics import Predictions, compute_metrics
-    from pipeline.models import input_normalization
-    from pipeline.params import load_section
-    from pipeline.training import load_loso_data, run_loso
-
+    from pipeline.config import load_section
+    from pipeline.evaluate.metrics import Predictions, compute_metrics
+    from pipeline.io.caches import read_dynamic_images
+    from pipeline.train.models import input_normalization
+    from pipeline.train.training import load_loso_data, run_loso
     from stages.train import model_settings
 
     params = load_section(args.params, "train")
@@ -238,7 +265,9 @@ def compare_modes(args: argparse.Namespace) -> None:
         settings = TrainSettings.from_params({**raw, **overrides})
         probe = build_model(settings.model, len(di.label_names), False, None, settings.input_size)
         mean, std = input_normalization(probe)
-        data = load_loso_data(di, list(dict.fromkeys([*settings.train_phases, *settings.test_phases])), settings.input_size, mean, std)
+        data = load_loso_data(
+            di, list(dict.fromkeys([*settings.train_phases, *settings.test_phases])), settings.input_size, mean, std
+        )
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mer-bench-loso-") as tmp:
             folds = run_loso(data, settings, tmp)
@@ -246,13 +275,19 @@ def compare_modes(args: argparse.Namespace) -> None:
         rows = [r for f in folds for r in f.predictions]
         index = {n: i for i, n in enumerate(di.label_names)}
         predictions = Predictions(
-            np.array([r["sample_id"] for r in rows]), np.array([r["subject"] for r in rows]), np.array([r["dataset"] for r in rows]),
-            np.array([index[r["true_label"]] for r in rows]), np.array([index[r["pred_label"]] for r in rows]), list(di.label_names),
+            np.array([r["sample_id"] for r in rows]),
+            np.array([r["subject"] for r in rows]),
+            np.array([r["dataset"] for r in rows]),
+            np.array([index[r["true_label"]] for r in rows]),
+            np.array([index[r["pred_label"]] for r in rows]),
+            list(di.label_names),
         )
         results[mode] = (compute_metrics(predictions), seconds, settings)
     first = results["baseline"][2]
-    print(f"compare modes on {args.dynamic_images}: {len(di)} clips, {len(set(np.asarray(di.samples['subject']).tolist()))} LOSO folds, "
-          f"{first.model}, input {first.input_size}, {first.epochs} epochs, batch {first.batch_size}, lr {first.lr}, jobs {first.jobs}")
+    print(
+        f"compare modes on {args.dynamic_images}: {len(di)} clips, {len(set(np.asarray(di.samples['subject']).tolist()))} LOSO folds, "
+        f"{first.model}, input {first.input_size}, {first.epochs} epochs, batch {first.batch_size}, lr {first.lr}, jobs {first.jobs}"
+    )
     print(f"{'mode':<12} {'accuracy':>9} {'UF1':>7} {'UAR':>7} {'seconds':>8}")
     for mode, (m, seconds, _) in results.items():
         print(f"{mode:<12} {m['accuracy']:9.3f} {m['uf1']:7.3f} {m['uar']:7.3f} {seconds:8.1f}")
@@ -267,14 +302,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the speed part (default: torch's)")
     parser.add_argument("--mode", default="dual_phase", help="training mode of the speed workload")
     parser.add_argument("--model", default="learnet", help="model of the speed workload: learnet or a timm name")
-    parser.add_argument("--input-size", type=int, default=112, help="model input size (DIs are stored at 112 and resized)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="training device of the speed part")
-    parser.add_argument("--loader-workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers values to compare")
+    parser.add_argument(
+        "--input-size", type=int, default=112, help="model input size (DIs are stored at 112 and resized)"
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="training device of the speed part"
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers values to compare"
+    )
     parser.add_argument("--skip-speed", action="store_true", help="only --compare-modes")
     parser.add_argument("--compare-modes", action="store_true", help="LOSO baseline vs dual_phase on --dynamic-images")
     parser.add_argument("--dynamic-images", type=Path, default=Path("cache/dynamic_images/casme2.h5"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="train settings for --compare-modes")
-    parser.add_argument("--compare-epochs", type=int, default=None, help="epochs per fold for --compare-modes (default: params)")
+    parser.add_argument(
+        "--compare-epochs", type=int, default=None, help="epochs per fold for --compare-modes (default: params)"
+    )
     args = parser.parse_args()
     print(machine_line())
     if args.threads:

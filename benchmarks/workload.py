@@ -45,10 +45,35 @@ def casme2_scale(workdir: Path, jobs: int = 2) -> dict[str, Path]:
         _mer("demo-data", "--out", str(demo), "--params", str(params), "--jobs", str(jobs))
     if not aligned.exists():
         print("aligning it (once) ...", flush=True)
-        _mer("align", "--dataset", "casme2", "--root", str(root), "--out", str(aligned), "--params", str(params), "--jobs", str(jobs))
+        _mer(
+            "align",
+            "--dataset",
+            "casme2",
+            "--root",
+            str(root),
+            "--out",
+            str(aligned),
+            "--params",
+            str(params),
+            "--jobs",
+            str(jobs),
+        )
     if not samples.exists():
-        _mer("annotate", "--dataset", "casme2", "--root", str(root), "--coding", str(coding), "--classes", "casme2-5",
-             "--out", str(samples), "--params", str(params))
+        _mer(
+            "annotate",
+            "--dataset",
+            "casme2",
+            "--root",
+            str(root),
+            "--coding",
+            str(coding),
+            "--classes",
+            "casme2-5",
+            "--out",
+            str(samples),
+            "--params",
+            str(params),
+        )
     return {"params": params, "root": root, "coding": coding, "aligned": aligned, "samples": samples}
 
 

@@ -10,8 +10,8 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def _temporary_sibling(path: Path) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from .atomic import remove_orphans
+from pipeline.atomic import remove_orphans
 
 # tmpfs on Linux; where it is missing or not writable, the system temporary folder is used instead.
 SHARED_MEMORY_ROOT = Path("/dev/shm")

@@ -27,8 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.align import (
-    AlignmentFailure,
+from pipeline.align.clip import (
     AlignSettings,
     ClipFailure,
     align_clip,
@@ -36,8 +35,12 @@ from pipeline.align import (
     input_fingerprint,
     reference_view,
 )
+from pipeline.align.montage import aligned_montage
 from pipeline.atomic import atomic_output
-from pipeline.cache import (
+from pipeline.datasets.layouts import DATASETS, ClipFolder
+from pipeline.errors import InputProblems, MerError
+from pipeline.imaging import FrameError
+from pipeline.io.caches import (
     ALIGNED_SCHEMA,
     AlignedCacheWriter,
     AlignedClip,
@@ -46,9 +49,6 @@ from pipeline.cache import (
     open_cache,
     read_aligned_clip,
 )
-from pipeline.errors import InputProblems, MerError
-from pipeline.frames import DATASETS, ClipFolder
-from pipeline.montage import aligned_montage
 from pipeline.parallel import (
     SHARED_MEMORY_SUPPORTED,
     SharedAllocator,
@@ -82,7 +82,9 @@ class _Shipped:
         return self.clip
 
 
-def _align_one(folder: ClipFolder, settings: AlignSettings, shared: str | None = None) -> AlignedClip | _Shipped | ClipFailure:
+def _align_one(
+    folder: ClipFolder, settings: AlignSettings, shared: str | None = None
+) -> AlignedClip | _Shipped | ClipFailure:
     """Align one clip; with `shared` (a folder in shared memory) its frames are left there."""
     limit_native_threads()
     allocator = SharedAllocator(shared) if shared else None
@@ -94,7 +96,7 @@ def _align_one(folder: ClipFolder, settings: AlignSettings, shared: str | None =
             return clip
         clip.frames = np.empty((0,), np.uint8)
         return _Shipped(clip, handle)
-    except AlignmentFailure as exc:
+    except FrameError as exc:
         return ClipFailure(folder.subject, folder.clip, exc.file or str(folder.path), exc.reason)
     finally:
         if allocator:
@@ -136,7 +138,9 @@ def _reusable_clips(out: Path, folders: list[ClipFolder], settings: AlignSetting
             attrs = handle[folder.subject][folder.clip].attrs
             if attrs.get("align_settings") == record and attrs.get("input_fingerprint") == input_fingerprint(folder):
                 reusable.add((folder.subject, folder.clip))
-    note = "" if reusable else f"--resume: no clip of {out} matches the current settings and frames; aligning every clip"
+    note = (
+        "" if reusable else f"--resume: no clip of {out} matches the current settings and frames; aligning every clip"
+    )
     return reusable, note
 
 
@@ -147,7 +151,9 @@ def _read_reused(handle, folder: ClipFolder) -> AlignedClip | None:
     except (OSError, KeyError, MerError):
         return None
     group = handle[folder.subject][folder.clip]
-    names = ("frames", "frame_numbers", "landmarks", "affine") + (("frame_affines",) if "frame_affines" in group else ())
+    names = ("frames", "frame_numbers", "landmarks", "affine") + (
+        ("frame_affines",) if "frame_affines" in group else ()
+    )
     for name in names:
         if group[name].attrs.get("sha256") != array_sha256(getattr(clip, name)):
             return None
@@ -171,13 +177,28 @@ def _preview_indices(count: int, wanted: int) -> set[int]:
     help="fail: list the bad clips and write nothing; skip: write the rest and OUT.failures.csv (default: params, else fail).",
 )
 @folder_pattern_option("align")
-@click.option("--resume", is_flag=True, help="Reuse clips of an existing OUT aligned with the same settings from the same frames.")
-@click.option("--preview", type=click.IntRange(min=0), default=0, show_default=True, help="Draw N aligned reference frames with landmarks into OUT.preview.png.")
+@click.option(
+    "--resume", is_flag=True, help="Reuse clips of an existing OUT aligned with the same settings from the same frames."
+)
+@click.option(
+    "--preview",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Draw N aligned reference frames with landmarks into OUT.preview.png.",
+)
 @jobs_option
 @params_option
 def align(
-    dataset: str, root: str, out: str, on_error: str | None, folder_pattern: str | None, resume: bool, preview: int,
-    jobs: int | None, params_file: str,
+    dataset: str,
+    root: str,
+    out: str,
+    on_error: str | None,
+    folder_pattern: str | None,
+    resume: bool,
+    preview: int,
+    jobs: int | None,
+    params_file: str,
 ) -> None:
     """Align and crop the faces of every clip into an HDF5 cache."""
     params = stage_params(params_file, "align", jobs=jobs, on_error=on_error, folder_pattern=folder_pattern)
@@ -244,7 +265,9 @@ def align(
                 [f.line() for f in failures],
             )
         if not n_written:
-            raise InputProblems(f"none of the {total} clips could be aligned; nothing was written", [f.line() for f in failures])
+            raise InputProblems(
+                f"none of the {total} clips could be aligned; nothing was written", [f.line() for f in failures]
+            )
         report = failures_path(out_path)
         if failures:
             _write_failures(report, failures)
@@ -261,7 +284,10 @@ def align(
     if previews:
         click.echo(f"preview of {len(previews)} clips -> {preview_path(out_path)}")
     if failures:
-        click.echo(f"warning: {len(failures)} of {total} clips could not be aligned and were skipped; see {failures_path(out_path)}", err=True)
+        click.echo(
+            f"warning: {len(failures)} of {total} clips could not be aligned and were skipped; see {failures_path(out_path)}",
+            err=True,
+        )
         for failure in failures[:10]:
             click.echo(f"  - {failure.line()}", err=True)
         if len(failures) > 10:

@@ -9,27 +9,25 @@ from __future__ import annotations
 
 import click
 
-from pipeline.annotations import (
-    DEFAULT_PRESET,
-    annotate_samples,
-    dropped_path,
-    summary_lines,
-    write_dropped,
-    write_samples,
-)
 from pipeline.atomic import atomic_output
+from pipeline.datasets.annotations import DEFAULT_PRESET, annotate_samples, summary_lines
+from pipeline.datasets.layouts import DATASETS
 from pipeline.errors import MerError
-from pipeline.frames import DATASETS
+from pipeline.io.samples import dropped_path, write_dropped, write_samples
 from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_params
 
 
 @click.command("annotate")
 @click.option(
-    "--dataset", type=click.Choice(DATASETS), required=True,
+    "--dataset",
+    type=click.Choice(DATASETS),
+    required=True,
     help="Coding-sheet and folder layout: casme2, samm, or generic (CSV with subject, clip, onset, apex, offset, emotion).",
 )
 @click.option("--root", type=click.Path(), required=True, help="Folder holding the subject folders.")
-@click.option("--coding", type=click.Path(dir_okay=False), required=True, help="Coding spreadsheet (.xlsx or .csv export).")
+@click.option(
+    "--coding", type=click.Path(dir_okay=False), required=True, help="Coding spreadsheet (.xlsx or .csv export)."
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Samples table to write (.csv).")
 @click.option(
     "--classes",
@@ -53,24 +51,44 @@ from stages.common import folder_pattern_option, params_option, resolve_folder_p
 @folder_pattern_option("annotate")
 @params_option
 def annotate(
-    dataset: str, root: str, coding: str, out: str, classes: str | None, on_problem: str | None,
-    overrides: str | None, folder_pattern: str | None, params_file: str,
+    dataset: str,
+    root: str,
+    coding: str,
+    out: str,
+    classes: str | None,
+    on_problem: str | None,
+    overrides: str | None,
+    folder_pattern: str | None,
+    params_file: str,
 ) -> None:
     """Parse a CASME II, SAMM or generic coding sheet into one validated row per clip."""
-    params = stage_params(params_file, "annotate", on_problem=on_problem, classes=classes, overrides=overrides,
-                          folder_pattern=folder_pattern)
+    params = stage_params(
+        params_file,
+        "annotate",
+        on_problem=on_problem,
+        classes=classes,
+        overrides=overrides,
+        folder_pattern=folder_pattern,
+    )
     spec = params.get("classes") or DEFAULT_PRESET.get(dataset)  # generic: every emotion its own class
     pattern = resolve_folder_pattern(dataset, folder_pattern, params)
-    result = annotate_samples(dataset, coding, root, spec, str(params.get("on_problem", "fail")),
-                              overrides=params.get("overrides") or None, folder_pattern=pattern)
+    result = annotate_samples(
+        dataset,
+        coding,
+        root,
+        spec,
+        str(params.get("on_problem", "fail")),
+        overrides=params.get("overrides") or None,
+        folder_pattern=pattern,
+    )
     if not result.samples:
         raise MerError(
             f"no clip of {coding} is kept with classes {result.scheme.name}: " + "; ".join(summary_lines(result)[1:3])
         )
     report = dropped_path(out)
     with atomic_output(out) as tmp_out, atomic_output(report) as tmp_report:
-        write_samples(tmp_out, result.samples)
-        write_dropped(tmp_report, result.dropped)
+        write_samples(tmp_out, (s.as_row() for s in result.samples))
+        write_dropped(tmp_report, (d.as_row() for d in result.dropped))
     for line in summary_lines(result, out):
         click.echo(line)
     if result.dropped:

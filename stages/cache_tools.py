@@ -8,8 +8,8 @@ from collections import Counter
 import click
 
 from pipeline.atomic import atomic_output
-from pipeline.cache import ALIGNED_SCHEMA, aligned_clip_keys, open_cache, read_dynamic_images, verify
 from pipeline.errors import MerError
+from pipeline.io.caches import ALIGNED_SCHEMA, aligned_clip_keys, open_cache, read_dynamic_images, verify
 
 
 @click.group("cache")
@@ -70,7 +70,7 @@ def verify_command(file: str) -> None:
 @click.option("--count", type=int, default=6, show_default=True, help="Samples to show (spread over the classes).")
 def preview(file: str, out: str, count: int) -> None:
     """Draw the full DI and the phase DIs of a few clips side by side (PNG)."""
-    from pipeline.preview import dynamic_image_sheet, pick_samples  # matplotlib only when drawing
+    from pipeline.dynimg.preview import dynamic_image_sheet, pick_samples  # matplotlib only when drawing
 
     data = read_dynamic_images(file)
     if len(data) == 0:

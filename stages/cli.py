@@ -9,7 +9,6 @@ import click
 from pipeline import __version__
 from pipeline.errors import MerError
 
-
 # Commands are imported when used, so `mer align` does not pay for importing torch.
 _COMMANDS = {
     "demo-data": "stages.demo_data:demo_data",

@@ -1,6 +1,6 @@
 """Tool `combine`: samples tables of several datasets -> one composite samples table (MEGC-style).
 
-Validation and concatenation live in `pipeline.composite`; this command reads the inputs,
+Validation and concatenation live in `pipeline.datasets.composite`; this command reads the inputs,
 writes the combined table atomically and prints per-dataset counts. It reads no params
 section: its only setting, the class preset the tables must share, is `--classes`.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import click
 
 from pipeline.atomic import atomic_output
-from pipeline.composite import SamplesInput, combine_samples, composite_summary, write_composite
+from pipeline.datasets.composite import SamplesInput, combine_samples, composite_summary
+from pipeline.io.samples import write_samples
 
 
 @click.command("combine")
@@ -33,6 +34,6 @@ def combine(inputs: tuple[str, ...], out: str, classes: str | None) -> None:
     """Concatenate the samples tables of several datasets for a composite (MEGC-style) run."""
     result = combine_samples([SamplesInput.parse(text) for text in inputs], classes)
     with atomic_output(out) as tmp:
-        write_composite(tmp, result.rows)
+        write_samples(tmp, result.rows)
     for line in composite_summary(result, out):
         click.echo(line)

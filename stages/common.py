@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
+from pipeline.config import load_section
+from pipeline.datasets.layouts import DEFAULT_FOLDER_PATTERN
 from pipeline.errors import MerError
-from pipeline.frames import DEFAULT_FOLDER_PATTERN
-from pipeline.params import load_section
 
 params_option = click.option(
     "--params",
@@ -18,7 +18,9 @@ params_option = click.option(
     show_default=True,
     help="Params file whose stage section supplies every setting not given as an option.",
 )
-jobs_option = click.option("--jobs", type=int, default=None, help="Parallel worker processes (default: params, else 1).")
+jobs_option = click.option(
+    "--jobs", type=int, default=None, help="Parallel worker processes (default: params, else 1)."
+)
 
 
 def folder_pattern_option(section: str):

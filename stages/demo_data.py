@@ -6,7 +6,7 @@ import click
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_output
-from pipeline.demo import FORMAT_CHOICES, PRESET_NAMES, generate
+from pipeline.demo.generate import FORMAT_CHOICES, PRESET_NAMES, generate
 from pipeline.errors import MerError
 from stages.common import jobs_option, params_option, stage_params
 
@@ -18,11 +18,17 @@ def _progress(results, total: int, dataset: str):
 @click.command("demo-data")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write (replaced as a whole).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None, help="Size of the copies (default: params).")
-@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None, help="Datasets to make (default: params).")
-@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives identical files (default: params).")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None, help="Datasets to make (default: params)."
+)
+@click.option(
+    "--seed", type=int, default=None, help="Random seed; the same seed gives identical files (default: params)."
+)
 @jobs_option
 @params_option
-def demo_data(out: str, preset: str | None, fmt: str | None, seed: int | None, jobs: int | None, params_file: str) -> None:
+def demo_data(
+    out: str, preset: str | None, fmt: str | None, seed: int | None, jobs: int | None, params_file: str
+) -> None:
     """Generate synthetic CASME II and SAMM copies."""
     params = stage_params(params_file, "demo", preset=preset, format=fmt, seed=seed, jobs=jobs)
     preset, fmt = str(params.get("preset", "demo")), str(params.get("format", "both"))

@@ -5,19 +5,30 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 import yaml
 
 from pipeline.errors import MerError
 
-STAGE_SECTIONS = ("demo", "datasets", "experiment", "models", "align", "annotate", "dynimg", "train", "evaluate", "report")
+STAGE_SECTIONS = (
+    "demo",
+    "datasets",
+    "experiment",
+    "models",
+    "align",
+    "annotate",
+    "dynimg",
+    "train",
+    "evaluate",
+    "report",
+)
 
 
 def _landmark_model() -> str:
-    from pipeline.landmarks import load_models, model_folder
+    from pipeline.align.landmarks import load_models, model_folder
 
     load_models()
     return f"dlib 68-point model in {model_folder()}"
@@ -39,7 +50,9 @@ def _timm() -> str:
 def _dvc() -> str:
     version = importlib.metadata.version("dvc")
     if shutil.which("git") is None:
-        raise RuntimeError(f"dvc {version} found but git is not on PATH: install git (dvc exp and metrics diff need it)")
+        raise RuntimeError(
+            f"dvc {version} found but git is not on PATH: install git (dvc exp and metrics diff need it)"
+        )
     return f"dvc {version}, git {shutil.which('git')}"
 
 
@@ -67,7 +80,14 @@ def _params(path: Path) -> Callable[[], str]:
 
 
 @click.command("doctor")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default="cache", show_default=True, help="Cache folder to test.")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False),
+    default="cache",
+    show_default=True,
+    help="Cache folder to test.",
+)
 @click.option("--params", "params_file", type=click.Path(dir_okay=False), default="params.yaml", show_default=True)
 def doctor(cache_dir: str, params_file: str) -> None:
     """Check the installation (landmark model, torch device, DVC, cache folder) and say what to fix."""

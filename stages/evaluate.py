@@ -10,18 +10,18 @@ import click
 
 from pipeline.atomic import atomic_output
 from pipeline.errors import InputProblems, MerError
-from pipeline.metrics import (
+from pipeline.evaluate.metrics import (
     bootstrap_intervals,
     compute_metrics,
     confusion,
     leakage_problems,
-    read_predictions,
-    read_run_info,
+    load_predictions,
     write_confusion_csv,
     write_per_class_csv,
     write_per_subject_csv,
 )
-from pipeline.plots import plot_confusion
+from pipeline.evaluate.plots import plot_confusion
+from pipeline.io.runs import read_run_info
 from stages.common import params_option, stage_params
 
 _KNOWN = {"confusion_normalize", "bootstrap", "confidence"}
@@ -29,9 +29,16 @@ _KNOWN = {"confusion_normalize", "bootstrap", "confidence"}
 
 @click.command("evaluate")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder from `mer train`.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Reports folder to write (replaced as a whole).")
-@click.option("--metrics", "metrics_file", type=click.Path(dir_okay=False), default=None,
-              help="Metrics JSON to write (default: OUT/metrics.json).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Reports folder to write (replaced as a whole)."
+)
+@click.option(
+    "--metrics",
+    "metrics_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Metrics JSON to write (default: OUT/metrics.json).",
+)
 @params_option
 def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str) -> None:
     """Accuracy, UF1 and UAR over the predictions pooled across all folds."""
@@ -47,8 +54,10 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
         raise InputProblems(f"{run_dir} is not a valid leave-one-subject-out run; nothing was evaluated", leaks)
     label_names = info["label_names"]
     folds = info.get("folds")
-    expected = {fold: int(entry["n_test_samples"]) for fold, entry in folds.items()} if isinstance(folds, dict) else None
-    predictions = read_predictions(Path(run_dir) / "predictions.csv", label_names, expected)
+    expected = (
+        {fold: int(entry["n_test_samples"]) for fold, entry in folds.items()} if isinstance(folds, dict) else None
+    )
+    predictions = load_predictions(Path(run_dir) / "predictions.csv", label_names, expected)
     metrics = compute_metrics(predictions)
     metrics = {
         "accuracy": metrics.pop("accuracy"),
@@ -73,7 +82,13 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
         headline["per_dataset"] = metrics["per_dataset"]
     text = json.dumps(headline, indent=2) + "\n"
     with atomic_output(out, directory=True) as tmp:
-        plot_confusion(counts, label_names, tmp / "confusion_matrix.png", bool(params.get("confusion_normalize", True)), title.strip())
+        plot_confusion(
+            counts,
+            label_names,
+            tmp / "confusion_matrix.png",
+            bool(params.get("confusion_normalize", True)),
+            title.strip(),
+        )
         write_confusion_csv(tmp / "confusion_matrix.csv", counts, label_names)
         write_per_class_csv(tmp / "per_class.csv", metrics)
         write_per_subject_csv(tmp / "per_subject.csv", metrics)
@@ -82,8 +97,18 @@ def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str)
             writer.writerow(["run", "model", "mode", "scope", "accuracy", "uf1", "uar", "n_samples"])
             scopes = [("all", metrics)] + list(metrics.get("per_dataset", {}).items())
             for scope, row in scopes:
-                writer.writerow([Path(run_dir).name, info.get("model", ""), info.get("mode", ""), scope,
-                                 f"{row['accuracy']:.4f}", f"{row['uf1']:.4f}", f"{row['uar']:.4f}", row["n_samples"]])
+                writer.writerow(
+                    [
+                        Path(run_dir).name,
+                        info.get("model", ""),
+                        info.get("mode", ""),
+                        scope,
+                        f"{row['accuracy']:.4f}",
+                        f"{row['uf1']:.4f}",
+                        f"{row['uar']:.4f}",
+                        row["n_samples"],
+                    ]
+                )
         (tmp / "details.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if metrics_file is None:
             (tmp / "metrics.json").write_text(text)

@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_output
-from pipeline.cache import read_dynamic_images
+from pipeline.config import optional_section
 from pipeline.errors import MerError
-from pipeline.models import PAPER_MODELS, build_model, input_normalization
-from pipeline.params import optional_section
-from pipeline.training import (
+from pipeline.io.caches import read_dynamic_images
+from pipeline.train.models import PAPER_MODELS, build_model, input_normalization
+from pipeline.train.training import (
     BACKENDS,
     MODES,
     TrainSettings,
@@ -47,7 +47,13 @@ def model_settings(params_file: str, model: str) -> dict:
 
 
 @click.command("train")
-@click.option("--dynamic-images", "dynamic_images", type=click.Path(dir_okay=False), required=True, help="DI cache from `mer dynimg`.")
+@click.option(
+    "--dynamic-images",
+    "dynamic_images",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="DI cache from `mer dynimg`.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -60,10 +66,24 @@ def model_settings(params_file: str, model: str) -> dict:
     default=None,
     help=f"'learnet' or a timm model name; the paper's set: {', '.join(PAPER_MODELS)} (default: params).",
 )
-@click.option("--mode", type=click.Choice(list(MODES)), default=None, help="Training phases and augmentation preset (default: params).")
+@click.option(
+    "--mode",
+    type=click.Choice(list(MODES)),
+    default=None,
+    help="Training phases and augmentation preset (default: params).",
+)
 @click.option("--epochs", type=int, default=None, help="Epochs per fold (default: params).")
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Where folds run: loky (this machine) or dask (default: params).")
-@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: params; none: a local cluster).")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Where folds run: loky (this machine) or dask (default: params).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: params; none: a local cluster).",
+)
 @click.option(
     "--curve",
     type=click.Path(dir_okay=False),
@@ -71,7 +91,9 @@ def model_settings(params_file: str, model: str) -> dict:
     help="Also write the run's training curve (epoch, mean loss and training accuracy over folds) to this CSV, "
     "e.g. for a `plots:` entry of dvc.yaml outside the run folder.",
 )
-@click.option("--fresh", is_flag=True, help="Discard folds finished by an interrupted run (.OUT.partial) and train every fold.")
+@click.option(
+    "--fresh", is_flag=True, help="Discard folds finished by an interrupted run (.OUT.partial) and train every fold."
+)
 @jobs_option
 @params_option
 def train(
@@ -113,7 +135,11 @@ def train(
     data = load_loso_data(di, phases, settings.input_size, mean, std, source=str(dynamic_images))
     folds = data.folds
     augment = ", ".join(f"{k} {v}" for k, v in settings.augment.to_dict().items()) if settings.augment else "none"
-    where = f"dask {settings.scheduler or 'local cluster'}" if settings.backend == "dask" else f"jobs {min(settings.jobs, len(folds))}"
+    where = (
+        f"dask {settings.scheduler or 'local cluster'}"
+        if settings.backend == "dask"
+        else f"jobs {min(settings.jobs, len(folds))}"
+    )
     click.echo(
         f"{settings.model} {settings.mode}: {len(folds)} LOSO folds, {len(di)} clips, train on {', '.join(settings.train_phases)}, "
         f"test on {', '.join(settings.test_phases)}, augmentation {augment}, input {settings.input_size}, {settings.epochs} epochs, "
@@ -134,8 +160,17 @@ def train(
         "torch_version": torch.__version__,
     }
     run, results, timings = train_run(
-        data, settings, out, dynamic_images_digest(di, phases), fresh=fresh, progress=progress, epoch_progress=epoch_progress, echo=click.echo,
-        extra=extra, started=started, warn=lambda line: click.echo(line, err=True),
+        data,
+        settings,
+        out,
+        dynamic_images_digest(di, phases),
+        fresh=fresh,
+        progress=progress,
+        epoch_progress=epoch_progress,
+        echo=click.echo,
+        extra=extra,
+        started=started,
+        warn=lambda line: click.echo(line, err=True),
     )
     if curve:
         with atomic_output(curve) as curve_tmp:

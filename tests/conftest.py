@@ -29,7 +29,7 @@ def write_params(folder: Path, params: dict) -> Path:
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """The `tiny` demo copy (CASME II and SAMM layouts with ground truth), generated once per run."""
-    from pipeline.demo import generate
+    from pipeline.demo.generate import generate
 
     out = tmp_path_factory.mktemp("tiny-demo") / "demo"
     generate(out, preset="tiny", fmt="both", seed=7)

@@ -42,7 +42,9 @@ def write_gray_clip(folder: Path, frames: list[np.ndarray], first: int = 5562, p
     return folder
 
 
-def drifting(image: np.ndarray, count: int, step: tuple[float, float], scale: float = 1.6) -> tuple[list[np.ndarray], np.ndarray]:
+def drifting(
+    image: np.ndarray, count: int, step: tuple[float, float], scale: float = 1.6
+) -> tuple[list[np.ndarray], np.ndarray]:
     """`count` frames of the portrait shifted a little more each frame, and the shift of each frame."""
     shifts = np.array([(i * step[0], i * step[1]) for i in range(count)])
     return [place(image, scale, dx, dy) for dx, dy in shifts], shifts

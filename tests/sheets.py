@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 import openpyxl
 
 # Header of CASME2-coding-20140508.xlsx: two unnamed columns included.
-CASME2_HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units", "Estimated Emotion"]
+CASME2_HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetFrame",
+    "ApexFrame",
+    "OffsetFrame",
+    None,
+    "Action Units",
+    "Estimated Emotion",
+]
 SAMM_HEADER = [
-    "Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame", "Duration",
-    "Micro", "Action Units", "Estimated Emotion", "Objective Classes", "Notes",
+    "Subject",
+    "Filename",
+    "Inducement Code",
+    "Onset Frame",
+    "Apex Frame",
+    "Offset Frame",
+    "Duration",
+    "Micro",
+    "Action Units",
+    "Estimated Emotion",
+    "Objective Classes",
+    "Notes",
 ]
 SAMM_PREAMBLE = [
     ["SAMM: Spontaneous Actions and Micro-Movements - FACS codes"],
@@ -32,11 +52,55 @@ SAMM_PREAMBLE = [
     [],
 ]  # 13 rows: the header is on spreadsheet row 14
 
-CASME2_EMOTIONS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25, "sadness": 7, "fear": 2}
-SAMM_EMOTIONS = {"Anger": 57, "Other": 26, "Happiness": 26, "Surprise": 15, "Contempt": 12, "Disgust": 9, "Fear": 8, "Sadness": 6}
+CASME2_EMOTIONS = {
+    "others": 99,
+    "disgust": 63,
+    "happiness": 32,
+    "repression": 27,
+    "surprise": 25,
+    "sadness": 7,
+    "fear": 2,
+}
+SAMM_EMOTIONS = {
+    "Anger": 57,
+    "Other": 26,
+    "Happiness": 26,
+    "Surprise": 15,
+    "Contempt": 12,
+    "Disgust": 9,
+    "Fear": 8,
+    "Sadness": 6,
+}
 SAMM_SUBJECTS = [
-    "006", "007", "009", "010", "011", "012", "013", "014", "015", "016", "017", "018", "019", "020", "021",
-    "022", "023", "024", "025", "026", "028", "030", "031", "032", "033", "034", "035", "036", "037",
+    "006",
+    "007",
+    "009",
+    "010",
+    "011",
+    "012",
+    "013",
+    "014",
+    "015",
+    "016",
+    "017",
+    "018",
+    "019",
+    "020",
+    "021",
+    "022",
+    "023",
+    "024",
+    "025",
+    "026",
+    "028",
+    "030",
+    "031",
+    "032",
+    "033",
+    "034",
+    "035",
+    "036",
+    "037",
 ]
 
 
@@ -86,7 +150,9 @@ def casme2_distribution() -> list[list]:
         subject = i % 26 + 1
         onset = 40 + i
         apex = "/" if i % 17 == 0 else onset + 9
-        rows.append(casme2_row(subject, f"EP{i // 26 + 1:02d}_{i % 3 + 1:02d}f", onset, apex, onset + 30, emotion, "4+7+L10"))
+        rows.append(
+            casme2_row(subject, f"EP{i // 26 + 1:02d}_{i % 3 + 1:02d}f", onset, apex, onset + 30, emotion, "4+7+L10")
+        )
     return rows
 
 
@@ -108,7 +174,9 @@ def samm_distribution() -> list[list]:
         cell = subject if i % 2 else int(subject)
         onset = 1000 + 50 * i
         apex = -1 if i % 13 == 0 else onset + 12
-        rows.append(samm_row(cell, f"{subject}_{counter[subject]}_{i % 5 + 1}", onset, apex, onset + 40, emotion, "R12 + R15"))
+        rows.append(
+            samm_row(cell, f"{subject}_{counter[subject]}_{i % 5 + 1}", onset, apex, onset + 40, emotion, "R12 + R15")
+        )
     return rows
 
 
@@ -149,12 +217,15 @@ def samm_clip(root: Path, subject: str, clip: str, onset: int, offset: int, peak
 GENERIC_HEADER = ["subject", "clip", "onset", "apex", "offset", "emotion"]
 
 
-def generic_clip(root: Path, folder: str, onset: int, offset: int, peak: int | None = None,
-                 name: str = "frame_{:04d}.png") -> Path:
+def generic_clip(
+    root: Path, folder: str, onset: int, offset: int, peak: int | None = None, name: str = "frame_{:04d}.png"
+) -> Path:
     """A clip of a generic copy at root/folder (e.g. 's01/happy_1/color'), frames named name.format(n)."""
     return write_clip(root / folder, range(onset, offset + 1), name, peak)
 
 
-def write_overrides(path: Path, rows: Sequence[Sequence], header=("subject", "clip", "onset", "apex", "offset")) -> Path:
+def write_overrides(
+    path: Path, rows: Sequence[Sequence], header=("subject", "clip", "onset", "apex", "offset")
+) -> Path:
     """An overrides CSV: blank cells (None) keep the coding sheet's values."""
     return write_csv(path, [list(header), *rows], encoding="utf-8")

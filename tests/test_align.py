@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import pipeline.align as align_module
-import pipeline.frames as frames_module
+import pipeline.align.clip as align_module
+import pipeline.datasets.layouts as frames_module
 import pipeline.parallel as parallel_module
 import stages.align as align_stage
-from pipeline.align import AlignSettings, align_clip, transform_points
-from pipeline.cache import (
+from pipeline.align.clip import AlignSettings, align_clip, transform_points
+from pipeline.align.montage import aligned_montage
+from pipeline.datasets.layouts import find_clip_folders, read_frame
+from pipeline.io.caches import (
     AlignedCacheWriter,
     AlignedClip,
     array_sha256,
@@ -31,8 +33,6 @@ from pipeline.cache import (
     read_aligned_clip,
     verify,
 )
-from pipeline.frames import find_clip_folders, read_frame
-from pipeline.montage import aligned_montage
 from stages.cli import cli
 from tests.conftest import PROJECT, write_params
 from tests.faces import drifting, place, portrait, write_clip, write_gray_clip
@@ -70,7 +70,20 @@ def test_shifted_and_scaled_clips_align_to_the_same_landmarks(casme_root):
 def _run_align(tmp_path, root, project_params, *extra):
     params = write_params(tmp_path, project_params)
     out = tmp_path / "aligned.h5"
-    args = ["align", "--dataset", "casme2", "--root", str(root), "--out", str(out), "--params", str(params), "--jobs", "1", *extra]
+    args = [
+        "align",
+        "--dataset",
+        "casme2",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--jobs",
+        "1",
+        *extra,
+    ]
     return CliRunner().invoke(cli, args), out
 
 
@@ -195,8 +208,22 @@ def test_a_killed_run_leaves_the_previous_output(tmp_path, project_params):
     params = write_params(tmp_path, project_params)
     out = tmp_path / "aligned.h5"
     out.write_bytes(b"previous output")
-    command = [sys.executable, "-m", "stages", "align", "--dataset", "casme2", "--root", str(root), "--out", str(out),
-               "--params", str(params), "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "stages",
+        "align",
+        "--dataset",
+        "casme2",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--jobs",
+        "1",
+    ]
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -233,7 +260,9 @@ def test_detection_fallbacks_are_recorded(tmp_path):
     face = portrait()
     blank = np.full((480, 640, 3), 128, np.uint8)
     settings = AlignSettings()
-    later = align_clip(_folder(write_clip(tmp_path / "sub01" / "EP01_01", [blank, place(face, 1.6, 0, 0)], first=20)), settings)
+    later = align_clip(
+        _folder(write_clip(tmp_path / "sub01" / "EP01_01", [blank, place(face, 1.6, 0, 0)], first=20)), settings
+    )
     assert later.attrs["reference_frame"] == 21 and later.attrs["reference_index"] == 1
     assert later.attrs["fallback"] == "later_frame" and later.attrs["detect_upsample"] == 0
     small = align_clip(_folder(write_clip(tmp_path / "sub01" / "EP01_02", [place(face, 0.5, 0, 0)] * 2)), settings)
@@ -245,7 +274,7 @@ def test_detection_fallbacks_are_recorded(tmp_path):
 
 
 def _folder(path):
-    from pipeline.frames import ClipFolder, list_frames
+    from pipeline.datasets.layouts import ClipFolder, list_frames
 
     return ClipFolder("casme2", path.parent.name, path.name, path, list_frames(path))
 
@@ -262,7 +291,9 @@ def test_grayscale_clips_are_warped_on_one_channel(tmp_path, monkeypatch, channe
         write_clip(folder, [cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) for f in frames], first=5562, pattern="006_{:05d}.jpg")
     warped_shapes = []
     real_warp = cv2.warpAffine
-    monkeypatch.setattr(align_module.cv2, "warpAffine", lambda src, *a, **k: warped_shapes.append(src.shape) or real_warp(src, *a, **k))
+    monkeypatch.setattr(
+        align_module.cv2, "warpAffine", lambda src, *a, **k: warped_shapes.append(src.shape) or real_warp(src, *a, **k)
+    )
     clip = align_clip(_folder(folder), AlignSettings())
     monkeypatch.undo()
     assert clip.attrs["grayscale"] == 1 and clip.frames.shape == (2, 224, 224, 3)
@@ -377,7 +408,9 @@ def test_resize_method_uses_the_datasets_own_crops(tmp_path, project_params):
         affine = group["affine"][()]
         assert affine[0, 0] == pytest.approx(224 / 160) and affine[1, 1] == pytest.approx(224 / 170)
         assert group.attrs["method"] == "resize"
-        expected = cv2.resize(cv2.imread(str(root / "sub01/EP02_01f/reg_img46.jpg")), (224, 224), interpolation=cv2.INTER_AREA)
+        expected = cv2.resize(
+            cv2.imread(str(root / "sub01/EP02_01f/reg_img46.jpg")), (224, 224), interpolation=cv2.INTER_AREA
+        )
         assert np.array_equal(group["frames"][0], expected[..., ::-1])
 
 
@@ -393,8 +426,10 @@ def test_redetection_follows_a_drifting_head(tmp_path, project_params):
 
     def error(affine_of_frame):
         first = transform_points(tracked.landmarks, affine_of_frame(0))
-        return max(np.linalg.norm(transform_points(tracked.landmarks + shifts[t], affine_of_frame(t)) - first, axis=1).mean()
-                   for t in range(len(frames)))
+        return max(
+            np.linalg.norm(transform_points(tracked.landmarks + shifts[t], affine_of_frame(t)) - first, axis=1).mean()
+            for t in range(len(frames))
+        )
 
     assert error(lambda t: affines[t]) < 1.5
     assert error(lambda t: still.affine) > 5  # without re-detection the face drifts in the crop
@@ -411,7 +446,9 @@ def test_redetection_follows_a_drifting_head(tmp_path, project_params):
 def test_generic_layouts_use_the_folder_pattern(tmp_path, project_params):
     root = tmp_path / "mydata"
     write_clip(root / "s7" / "happy1" / "color", [place(portrait(), 1.6, 0, 0)] * 2, pattern="frame{:03d}.jpg")
-    result, out = _run_align(tmp_path, root, project_params, "--dataset", "generic", "--folder-pattern", "s{subject}/{clip}/color")
+    result, out = _run_align(
+        tmp_path, root, project_params, "--dataset", "generic", "--folder-pattern", "s{subject}/{clip}/color"
+    )
     assert result.exit_code == 0, result.output
     with h5py.File(out) as handle:
         assert handle["7/happy1/frame_numbers"][()].tolist() == [46, 47]
@@ -440,7 +477,9 @@ def _count_receives(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("dataset, folder", [("casme2", "CASME2_RAW_selected"), ("samm", "SAMM")])
-def test_aligned_cache_is_byte_identical_whatever_the_jobs(tmp_path, tiny_demo, project_params, shm_root, monkeypatch, dataset, folder):
+def test_aligned_cache_is_byte_identical_whatever_the_jobs(
+    tmp_path, tiny_demo, project_params, shm_root, monkeypatch, dataset, folder
+):
     """Colour (CASME II) and grayscale (SAMM) clips; per-frame transforms (frame_affines) for SAMM."""
     if dataset == "samm":
         project_params["align"]["redetect_every"] = 4
@@ -449,8 +488,22 @@ def test_aligned_cache_is_byte_identical_whatever_the_jobs(tmp_path, tiny_demo, 
     outputs = []
     for run, jobs in (("a", 1), ("b", 2), ("c", 2)):
         out = tmp_path / run / "aligned.h5"
-        result = CliRunner().invoke(cli, ["align", "--dataset", dataset, "--root", str(tiny_demo / dataset / folder),
-                                          "--out", str(out), "--params", str(params), "--jobs", str(jobs)])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "align",
+                "--dataset",
+                dataset,
+                "--root",
+                str(tiny_demo / dataset / folder),
+                "--out",
+                str(out),
+                "--params",
+                str(params),
+                "--jobs",
+                str(jobs),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert verify(out) == []
         outputs.append(out.read_bytes())
@@ -479,7 +532,7 @@ def test_no_shared_memory_file_is_left_after_failed_clips(tmp_path, casme_root, 
         assert result.exit_code == (0 if policy == "skip" else 1), result.output
         assert list(shm_root.iterdir()) == []
     # in the worker itself: the failed clip's file is deleted at once, a good clip's is handed over
-    from pipeline.frames import find_clip_folders
+    from pipeline.datasets.layouts import find_clip_folders
 
     folders = find_clip_folders("casme2", casme_root)
     shared = shm_root / "shared"
@@ -531,8 +584,16 @@ def test_long_clips_keep_their_per_frame_affines(tmp_path):
     count = 1500
     rng = np.random.default_rng(1)
     affines = rng.normal(size=(count, 2, 3))
-    clip = AlignedClip("006", "006_1_2", rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8), np.arange(count, dtype=np.int64) + 5562,
-                       np.zeros((68, 2), np.float32), affines[0], {"method": "landmarks"}, frame_affines=affines)
+    clip = AlignedClip(
+        "006",
+        "006_1_2",
+        rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8),
+        np.arange(count, dtype=np.int64) + 5562,
+        np.zeros((68, 2), np.float32),
+        affines[0],
+        {"method": "landmarks"},
+        frame_affines=affines,
+    )
     path = tmp_path / "long.h5"
     with AlignedCacheWriter(path, "samm", {"redetect_every": 1}) as writer:
         writer.add(clip)

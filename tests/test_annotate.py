@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.annotations import (
-    SAMPLE_COLUMNS,
+from pipeline.datasets.annotations import (
     annotate_samples,
     class_scheme,
-    estimate_apex,
     impute_apex,
     label_names_for,
     normalize_action_units,
     read_coding,
-    read_samples,
 )
+from pipeline.datasets.layouts import find_clip_folders
 from pipeline.errors import InputProblems, MerError
-from pipeline.frames import find_clip_folders
+from pipeline.io.samples import SAMPLE_COLUMNS, read_samples
+from pipeline.motion import estimate_apex
 from stages.cli import cli
 from tests.conftest import write_params
 from tests.sheets import (
@@ -100,7 +99,12 @@ def test_casme2_xlsx_is_normalized_validated_and_apex_imputed(tmp_path, casme2_c
     first = samples[("sub01", "EP02_01f")]
     assert (first.onset, first.apex, first.offset, first.n_frames) == (46, 59, 80, 35)
     assert (first.apex_source, first.emotion, first.label, first.action_units, first.source_row) == (
-        "annotated", "happiness", "happiness", "12", 2)
+        "annotated",
+        "happiness",
+        "happiness",
+        "12",
+        2,
+    )
     imputed = samples[("sub01", "EP03_02")]
     assert imputed.apex_source == "imputed" and imputed.emotion == "disgust" and imputed.action_units == "4+7+L10"
     assert abs(imputed.apex - (9 + 30)) <= 2  # the blob peaks at the 31st frame, img39; midpoint would be 54
@@ -136,7 +140,17 @@ def test_samm_xlsx_with_preamble_and_mixed_subject_cells(tmp_path, samm_copy):
 
 def test_header_found_by_content_and_names_matched_loosely(tmp_path, casme2_copy):
     root, rows = casme2_copy
-    header = ["subject", "File_Name", "Extra", "onset_frame", "APEX FRAME", "Offset Frame", "Coder", "action units", "estimated_emotion"]
+    header = [
+        "subject",
+        "File_Name",
+        "Extra",
+        "onset_frame",
+        "APEX FRAME",
+        "Offset Frame",
+        "Coder",
+        "action units",
+        "estimated_emotion",
+    ]
     preamble = [["CASME II coding, updated version"], [], ["see the readme"]]
     path = write_xlsx(tmp_path / "CASME2-coding-updated.xlsx", [*preamble, header, *rows])
     result = annotate_samples("casme2", path, root, "casme2-5")
@@ -153,7 +167,13 @@ def test_casme2_class_counts_per_preset(tmp_path):
     sheet = casme2_sheet(tmp_path / "c.xlsx", casme2_distribution())
     five = annotate_samples("casme2", sheet, None, "casme2-5")
     assert five.n_rows == 255 and len(five.samples) == 246
-    assert Counter(s.label for s in five.samples) == {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25}
+    assert Counter(s.label for s in five.samples) == {
+        "others": 99,
+        "disgust": 63,
+        "happiness": 32,
+        "repression": 27,
+        "surprise": 25,
+    }
     assert Counter(d.emotion for d in five.dropped) == {"sadness": 7, "fear": 2}
     megc = annotate_samples("casme2", sheet, None, "megc-3")
     assert len(megc.samples) == 147
@@ -165,7 +185,13 @@ def test_samm_class_counts_per_preset(tmp_path):
     five = annotate_samples("samm", sheet, None, "samm-5")
     assert five.n_rows == 159 and len(five.samples) == 136
     assert len({s.subject for s in five.samples}) == 27
-    assert Counter(s.label for s in five.samples) == {"anger": 57, "other": 26, "happiness": 26, "surprise": 15, "contempt": 12}
+    assert Counter(s.label for s in five.samples) == {
+        "anger": 57,
+        "other": 26,
+        "happiness": 26,
+        "surprise": 15,
+        "contempt": 12,
+    }
     megc = annotate_samples("samm", sheet, None, "megc-3")
     assert len(megc.samples) == 133
     assert Counter(s.label for s in megc.samples) == {"negative": 92, "positive": 26, "surprise": 15}
@@ -195,8 +221,21 @@ def test_inline_class_mapping_through_the_cli(tmp_path, casme2_copy, project_par
     sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
     params = write_params(tmp_path, project_params)
     out = tmp_path / "samples.csv"
-    args = ["annotate", "--dataset", "casme2", "--root", str(root), "--coding", str(sheet), "--out", str(out),
-            "--classes", "happiness=positive,disgust=negative,sadness=negative", "--params", str(params)]
+    args = [
+        "annotate",
+        "--dataset",
+        "casme2",
+        "--root",
+        str(root),
+        "--coding",
+        str(sheet),
+        "--out",
+        str(out),
+        "--classes",
+        "happiness=positive,disgust=negative,sadness=negative",
+        "--params",
+        str(params),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     labels = {(r["clip"], r["label"]) for r in read_samples(out)}
@@ -211,31 +250,62 @@ def test_inline_class_mapping_through_the_cli(tmp_path, casme2_copy, project_par
 def _run(tmp_path, project_params, dataset, root, sheet, *extra):
     params = write_params(tmp_path, project_params)
     out = tmp_path / "cache" / "samples" / f"{dataset}.csv"
-    args = ["annotate", "--dataset", dataset, "--root", str(root), "--coding", str(sheet), "--out", str(out),
-            "--params", str(params), *extra]
+    args = [
+        "annotate",
+        "--dataset",
+        dataset,
+        "--root",
+        str(root),
+        "--coding",
+        str(sheet),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        *extra,
+    ]
     return CliRunner().invoke(cli, args), out
 
 
 def test_cli_writes_the_samples_table(tmp_path, casme2_copy, project_params):
     root, rows = casme2_copy
-    result, out = _run(tmp_path, project_params, "casme2", root, casme2_sheet(tmp_path / "c.xlsx", rows), "--classes", "casme2-5")
+    result, out = _run(
+        tmp_path, project_params, "casme2", root, casme2_sheet(tmp_path / "c.xlsx", rows), "--classes", "casme2-5"
+    )
     assert result.exit_code == 0, result.output
     with open(out, newline="") as handle:
         assert tuple(next(csv.reader(handle))) == SAMPLE_COLUMNS
     samples = read_samples(out)
-    assert [(r["subject"], r["clip"]) for r in samples] == [("sub01", "EP02_01f"), ("sub01", "EP03_02"), ("sub02", "EP01_11f")]
+    assert [(r["subject"], r["clip"]) for r in samples] == [
+        ("sub01", "EP02_01f"),
+        ("sub01", "EP03_02"),
+        ("sub02", "EP01_11f"),
+    ]
     assert samples[0] == {
-        "dataset": "casme2", "subject": "sub01", "clip": "EP02_01f", "onset": 46, "apex": 59, "offset": 80,
-        "apex_source": "annotated", "n_frames": 35, "emotion": "happiness", "label": "happiness",
-        "action_units": "12", "source_row": 2,
+        "dataset": "casme2",
+        "subject": "sub01",
+        "clip": "EP02_01f",
+        "onset": 46,
+        "apex": 59,
+        "offset": 80,
+        "apex_source": "annotated",
+        "n_frames": 35,
+        "emotion": "happiness",
+        "label": "happiness",
+        "action_units": "12",
+        "source_row": 2,
     }
     assert samples[1]["apex_source"] == "imputed" and isinstance(samples[1]["apex"], int)
-    assert "read 4 rows" in result.output and "happiness 1, disgust 1, repression 0, surprise 0, others 1" in result.output
+    assert (
+        "read 4 rows" in result.output and "happiness 1, disgust 1, repression 0, surprise 0, others 1" in result.output
+    )
     assert "not in class preset 1" in result.output and "apex imputed for 1 clips" in result.output
     assert sorted(p.name for p in out.parent.iterdir()) == ["casme2.csv", "casme2.dropped.csv"]
     # Same inputs, same bytes.
     first = out.read_bytes()
-    again, _ = _run(tmp_path, project_params, "casme2", root, casme2_sheet(tmp_path / "c.xlsx", rows), "--classes", "casme2-5")
+    again, _ = _run(
+        tmp_path, project_params, "casme2", root, casme2_sheet(tmp_path / "c.xlsx", rows), "--classes", "casme2-5"
+    )
     assert again.exit_code == 0 and out.read_bytes() == first
 
 
@@ -250,11 +320,11 @@ def broken_casme2(tmp_path, casme2_copy):
     for n in (15, 16, 17):
         (gap / f"img{n}.jpg").unlink()
     bad = rows + [
-        casme2_row(3, "EP01_01", "ten", 20, 30, "happiness"),          # row 6: text in a frame column
-        casme2_row(3, "EP01_02", 30, 20, 10, "happiness"),             # row 7: onset after offset
-        casme2_row(1, "EP02_01f", 46, 59, 80, "happiness", 12),        # row 8: duplicate of row 2
-        casme2_row(4, "EP07_07", 1, 5, 9, "surprise"),                 # row 9: no such folder
-        casme2_row(3, "EP05_02", 10, 20, 30, "repression"),            # row 10: frames 15-17 missing
+        casme2_row(3, "EP01_01", "ten", 20, 30, "happiness"),  # row 6: text in a frame column
+        casme2_row(3, "EP01_02", 30, 20, 10, "happiness"),  # row 7: onset after offset
+        casme2_row(1, "EP02_01f", 46, 59, 80, "happiness", 12),  # row 8: duplicate of row 2
+        casme2_row(4, "EP07_07", 1, 5, 9, "surprise"),  # row 9: no such folder
+        casme2_row(3, "EP05_02", 10, 20, 30, "repression"),  # row 10: frames 15-17 missing
     ]
     return root, bad
 
@@ -267,8 +337,13 @@ def test_malformed_rows_fail_with_every_problem_listed(tmp_path, broken_casme2):
     problems = caught.value.problems
     text = str(caught.value)
     assert "nothing was written" in text and "on_problem: drop" in text
-    assert any(p.startswith("row 6 (subject sub03, clip EP01_01)") and "OnsetFrame holds text 'ten'" in p for p in problems)
-    assert any(p.startswith("row 7 (subject sub03, clip EP01_02)") and "OnsetFrame 30 is after OffsetFrame 10" in p for p in problems)
+    assert any(
+        p.startswith("row 6 (subject sub03, clip EP01_01)") and "OnsetFrame holds text 'ten'" in p for p in problems
+    )
+    assert any(
+        p.startswith("row 7 (subject sub03, clip EP01_02)") and "OnsetFrame 30 is after OffsetFrame 10" in p
+        for p in problems
+    )
     assert any(p.startswith("row 8 (subject sub01, clip EP02_01f)") and "repeats row 2" in p for p in problems)
     assert any(p.startswith("row 9 (subject sub04, clip EP07_07)") and "no clip folder" in p for p in problems)
     assert any(p.startswith("row 10 (subject sub03, clip EP05_02)") and "15-17" in p for p in problems)
@@ -289,14 +364,24 @@ def test_cli_fails_and_writes_nothing_on_malformed_rows(tmp_path, broken_casme2,
 
 def test_drop_policy_writes_the_valid_rows_and_reports_the_rest(tmp_path, broken_casme2, project_params):
     root, rows = broken_casme2
-    result, out = _run(tmp_path, project_params, "casme2", root, casme2_sheet(tmp_path / "c.xlsx", rows), "--on-problem", "drop")
+    result, out = _run(
+        tmp_path, project_params, "casme2", root, casme2_sheet(tmp_path / "c.xlsx", rows), "--on-problem", "drop"
+    )
     assert result.exit_code == 0, result.output
-    assert [(r["subject"], r["clip"]) for r in read_samples(out)] == [("sub01", "EP02_01f"), ("sub01", "EP03_02"), ("sub02", "EP01_11f")]
+    assert [(r["subject"], r["clip"]) for r in read_samples(out)] == [
+        ("sub01", "EP02_01f"),
+        ("sub01", "EP03_02"),
+        ("sub02", "EP01_11f"),
+    ]
     with open(out.with_name("casme2.dropped.csv"), newline="") as handle:
         dropped = {int(r["source_row"]): r["reason"] for r in csv.DictReader(handle)}
     assert dropped == {
-        5: "not in class preset", 6: "text in frame column", 7: "frame order", 8: "duplicate row",
-        9: "clip folder missing", 10: "frames missing",
+        5: "not in class preset",
+        6: "text in frame column",
+        7: "frame order",
+        8: "duplicate row",
+        9: "clip folder missing",
+        10: "frames missing",
     }
     assert "dropped 6 rows" in result.output and "row 9 (sub04/EP07_07)" in result.output
 
@@ -312,7 +397,10 @@ def test_conflicting_duplicates_are_all_dropped(tmp_path, casme2_copy):
     with pytest.raises(InputProblems) as caught:
         annotate_samples("casme2", casme2_sheet(tmp_path / "d.xlsx", rows), root, "casme2-5")
     assert [p.split(":")[0] for p in caught.value.problems] == [
-        "row 4 (subject sub02, clip EP01_11f)", "row 6 (subject sub02, clip EP01_11f)", "row 6 (subject sub02, clip EP01_11f)"]
+        "row 4 (subject sub02, clip EP01_11f)",
+        "row 6 (subject sub02, clip EP01_11f)",
+        "row 6 (subject sub02, clip EP01_11f)",
+    ]
 
 
 def test_a_file_that_is_not_a_coding_sheet(tmp_path, casme2_copy, project_params):
@@ -360,11 +448,14 @@ def test_overrides_correct_the_sheet_without_editing_it(tmp_path, casme2_copy):
     root, rows = casme2_copy
     sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
     original = sheet.read_bytes()
-    overrides = write_overrides(tmp_path / "fixes.csv", [
-        [1, "EP02_01f", None, 62, None],          # apex only; subject written as in the sheet
-        ["sub02", "EP01_11f", 121, None, 149],    # onset / offset only: the sheet's apex stays
-        ["sub01", "EP03_02", None, 40, None],     # an apex for a clip the sheet leaves '/'
-    ])
+    overrides = write_overrides(
+        tmp_path / "fixes.csv",
+        [
+            [1, "EP02_01f", None, 62, None],  # apex only; subject written as in the sheet
+            ["sub02", "EP01_11f", 121, None, 149],  # onset / offset only: the sheet's apex stays
+            ["sub01", "EP03_02", None, 40, None],  # an apex for a clip the sheet leaves '/'
+        ],
+    )
     result = annotate_samples("casme2", sheet, root, "casme2-5", overrides=overrides)
     samples = _by_clip(result.samples)
     first = samples[("sub01", "EP02_01f")]
@@ -378,17 +469,22 @@ def test_overrides_correct_the_sheet_without_editing_it(tmp_path, casme2_copy):
     assert sheet.read_bytes() == original
     # '/' (or -1) in the apex column forgets the sheet's apex: it is imputed instead.
     again = write_overrides(tmp_path / "impute.csv", [["sub02", "EP01_11f", None, "/", None]])
-    imputed = _by_clip(annotate_samples("casme2", sheet, root, "casme2-5", overrides=again).samples)[("sub02", "EP01_11f")]
+    imputed = _by_clip(annotate_samples("casme2", sheet, root, "casme2-5", overrides=again).samples)[
+        ("sub02", "EP01_11f")
+    ]
     assert imputed.apex_source == "imputed" and abs(imputed.apex - (120 + 25)) <= 2
 
 
 def test_an_override_can_repair_a_broken_row(tmp_path, broken_casme2):
     root, rows = broken_casme2
     sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
-    fixes = write_overrides(tmp_path / "fixes.csv", [
-        ["sub03", "EP01_01", 10, None, None],     # row 6 held 'ten'
-        ["sub03", "EP05_02", None, 12, 14],       # row 10: stop before the missing frames 15-17
-    ])
+    fixes = write_overrides(
+        tmp_path / "fixes.csv",
+        [
+            ["sub03", "EP01_01", 10, None, None],  # row 6 held 'ten'
+            ["sub03", "EP05_02", None, 12, 14],  # row 10: stop before the missing frames 15-17
+        ],
+    )
     with pytest.raises(InputProblems) as caught:
         annotate_samples("casme2", sheet, root, "casme2-5", overrides=fixes)
     rows_left = sorted(int(p.split()[1]) for p in caught.value.problems)
@@ -404,18 +500,24 @@ def test_an_override_can_repair_a_broken_row(tmp_path, broken_casme2):
 def test_override_problems_are_reported_with_the_override_row(tmp_path, casme2_copy, project_params):
     root, rows = casme2_copy
     sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
-    overrides = write_overrides(tmp_path / "fixes.csv", [
-        ["sub01", "EP02_01f", None, 60, None],    # row 2: fine
-        ["sub09", "EP02_01f", None, 60, None],    # row 3: no such clip in the sheet
-        ["sub02", "EP01_11f", "abc", None, None], # row 4: text
-        ["sub02", "EP09_10", None, None, None],   # row 5: changes nothing
-        ["sub01", "EP02_01f", None, 61, None],    # row 6: the same clip again
-    ])
+    overrides = write_overrides(
+        tmp_path / "fixes.csv",
+        [
+            ["sub01", "EP02_01f", None, 60, None],  # row 2: fine
+            ["sub09", "EP02_01f", None, 60, None],  # row 3: no such clip in the sheet
+            ["sub02", "EP01_11f", "abc", None, None],  # row 4: text
+            ["sub02", "EP09_10", None, None, None],  # row 5: changes nothing
+            ["sub01", "EP02_01f", None, 61, None],  # row 6: the same clip again
+        ],
+    )
     with pytest.raises(InputProblems) as caught:
         annotate_samples("casme2", sheet, root, "casme2-5", overrides=overrides)
     problems = caught.value.problems
     assert len(problems) == 4
-    assert problems[0].startswith("fixes.csv row 3 (subject sub09, clip EP02_01f)") and "sheet has sub01/EP02_01f" in problems[0]
+    assert (
+        problems[0].startswith("fixes.csv row 3 (subject sub09, clip EP02_01f)")
+        and "sheet has sub01/EP02_01f" in problems[0]
+    )
     assert problems[1].startswith("fixes.csv row 4") and "'abc'" in problems[1]
     assert problems[2].startswith("fixes.csv row 5") and "sets none of" in problems[2]
     assert problems[3].startswith("fixes.csv row 6") and "row 2" in problems[3]
@@ -447,8 +549,19 @@ def test_overrides_through_params_and_cli(tmp_path, casme2_copy, project_params)
 
 @pytest.mark.parametrize(
     "cell, expected",
-    [(12, "12"), (12.0, "12"), ("4+7+L10", "4+7+L10"), ("R12 + R15", "R12+R15"), ("R14A", "R14A"),
-     ("r14a", "R14A"), ("AU4 + AU7", "4+7"), ("1+2+R4B", "1+2+R4B"), (None, ""), ("/", ""), ("12.0+4", "12+4")],
+    [
+        (12, "12"),
+        (12.0, "12"),
+        ("4+7+L10", "4+7+L10"),
+        ("R12 + R15", "R12+R15"),
+        ("R14A", "R14A"),
+        ("r14a", "R14A"),
+        ("AU4 + AU7", "4+7"),
+        ("1+2+R4B", "1+2+R4B"),
+        (None, ""),
+        ("/", ""),
+        ("12.0+4", "12+4"),
+    ],
 )
 def test_action_units_are_canonical(cell, expected):
     assert normalize_action_units(cell) == expected
@@ -484,13 +597,27 @@ def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params, t
     clip, each clip's apex is imputed here from its frames, whatever the sheet says."""
     params = write_params(tmp_path, project_params)
     demo = tiny_demo
-    layouts = {"casme2": ("CASME2_RAW_selected", "CASME2-coding-20140508.xlsx"), "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx")}
+    layouts = {
+        "casme2": ("CASME2_RAW_selected", "CASME2-coding-20140508.xlsx"),
+        "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx"),
+    }
     n_imputed = 0
     errors: dict[str, list[int]] = {}
     for dataset, (folder, coding) in layouts.items():
         out = tmp_path / f"{dataset}.csv"
-        args = ["annotate", "--dataset", dataset, "--root", str(demo / dataset / folder), "--coding",
-                str(demo / dataset / coding), "--out", str(out), "--params", str(params)]
+        args = [
+            "annotate",
+            "--dataset",
+            dataset,
+            "--root",
+            str(demo / dataset / folder),
+            "--coding",
+            str(demo / dataset / coding),
+            "--out",
+            str(out),
+            "--params",
+            str(params),
+        ]
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         with open(demo / dataset / "ground_truth.csv", newline="") as handle:
@@ -511,10 +638,12 @@ def test_demo_data_imputed_apexes_are_near_the_truth(tmp_path, project_params, t
     assert n_imputed >= 2
     with capsys.disabled():
         print()
-        for dataset, errs in [*errors.items(), ("all", [e for errs in errors.values() for e in errs])]:
+        for dataset, errs in [*errors.items(), ("all", [e for found in errors.values() for e in found])]:
             within = sum(abs(e) <= 3 for e in errs)
-            print(f"  apex imputation, {dataset}: {within}/{len(errs)} clips ({100 * within / len(errs):.0f} %) within 3 frames "
-                  f"of the true apex; median |error| {float(np.median(np.abs(errs))):.1f}, max {max(map(abs, errs))}")
+            print(
+                f"  apex imputation, {dataset}: {within}/{len(errs)} clips ({100 * within / len(errs):.0f} %) within 3 frames "
+                f"of the true apex; median |error| {float(np.median(np.abs(errs))):.1f}, max {max(map(abs, errs))}"
+            )
     all_errors = [e for errs in errors.values() for e in errs]
     assert len(all_errors) >= 20
     assert sum(abs(e) <= 3 for e in all_errors) >= 0.9 * len(all_errors)

@@ -12,7 +12,20 @@ from tests.conftest import write_params
 def _align(tmp_path, params_path):
     root = tmp_path / "data"
     (root / "sub01" / "EP01_01").mkdir(parents=True)
-    return CliRunner().invoke(cli, ["align", "--dataset", "casme2", "--root", str(root), "--out", str(tmp_path / "a.h5"), "--params", str(params_path)])
+    return CliRunner().invoke(
+        cli,
+        [
+            "align",
+            "--dataset",
+            "casme2",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "a.h5"),
+            "--params",
+            str(params_path),
+        ],
+    )
 
 
 def test_missing_params_file(tmp_path):
@@ -51,8 +64,20 @@ def test_values_out_of_range_or_of_the_wrong_type(tmp_path, project_params, sect
     if section == "align":
         result = _align(tmp_path, params)
     else:
-        result = CliRunner().invoke(cli, ["dynimg", "--aligned", str(tmp_path / "a.h5"), "--samples", str(tmp_path / "s.csv"),
-                                          "--out", str(tmp_path / "d.h5"), "--params", str(params)])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "dynimg",
+                "--aligned",
+                str(tmp_path / "a.h5"),
+                "--samples",
+                str(tmp_path / "s.csv"),
+                "--out",
+                str(tmp_path / "d.h5"),
+                "--params",
+                str(params),
+            ],
+        )
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert not list(tmp_path.glob("*.h5"))

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from openpyxl import load_workbook
 
-from pipeline import demo
-from pipeline.landmarks import detect_faces
+import pipeline.demo.generate as demo
+from pipeline.align.landmarks import detect_faces
 from stages.cli import cli
 from tests.conftest import write_params
 
@@ -115,7 +115,17 @@ def test_samm_layout(tiny):
 def test_casme2_coding_sheet(tiny):
     sheet = load_workbook(tiny / "casme2" / "CASME2-coding-20140508.xlsx").active
     rows = list(sheet.iter_rows(values_only=True))
-    assert rows[0] == ("Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units", "Estimated Emotion")
+    assert rows[0] == (
+        "Subject",
+        "Filename",
+        None,
+        "OnsetFrame",
+        "ApexFrame",
+        "OffsetFrame",
+        None,
+        "Action Units",
+        "Estimated Emotion",
+    )
     data = rows[1:]
     truth = {(r["subject"], r["clip"]): r for r in _ground_truth(tiny, "casme2")}
     assert len(data) == len(truth) == 16
@@ -170,7 +180,9 @@ def test_ground_truth_keeps_the_true_apex(tiny):
             assert int(row["onset"]) <= int(row["apex"]) <= int(row["offset"])
             assert row["pattern"] in demo.PATTERN_NAMES
     # the apex position within the clip varies
-    positions = {(int(r["apex"]) - int(r["onset"])) / (int(r["offset"]) - int(r["onset"])) for r in _ground_truth(tiny, "casme2")}
+    positions = {
+        (int(r["apex"]) - int(r["onset"])) / (int(r["offset"]) - int(r["onset"])) for r in _ground_truth(tiny, "casme2")
+    }
     assert max(positions) - min(positions) > 0.15
 
 
@@ -183,7 +195,9 @@ def test_dlib_finds_the_face_in_every_first_frame(tiny):
         for row in _ground_truth(tiny, dataset):
             frames = _clip_frames(tiny, dataset, row)
             image = cv2.imread(str(frames[int(row["onset"])]), cv2.IMREAD_COLOR)
-            assert detect_faces(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), 0), f"no face in {dataset} {row['subject']}/{row['clip']}"
+            assert detect_faces(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), 0), (
+                f"no face in {dataset} {row['subject']}/{row['clip']}"
+            )
 
 
 def test_the_apex_frame_shows_motion(tiny):
@@ -275,6 +289,14 @@ def test_displacement_field_peaks_near_the_moved_landmark():
 def test_presets_have_the_documented_sizes():
     scale = demo.PRESETS["casme2-scale"]["casme2"]
     assert scale.clips == 255 and scale.subjects == 26
-    assert dict(scale.counts) == {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25, "sadness": 7, "fear": 2}
+    assert dict(scale.counts) == {
+        "others": 99,
+        "disgust": 63,
+        "happiness": 32,
+        "repression": 27,
+        "surprise": 25,
+        "sadness": 7,
+        "fear": 2,
+    }
     assert demo.PRESETS["casme2-scale"]["samm"].clips == 159
     assert demo.PRESETS["demo"]["casme2"].clips == 102

@@ -32,14 +32,29 @@ def invoke(*args) -> None:
 
 def test_annotate_writes_the_same_tables_twice(tmp_path, tiny_demo, project_params):
     params = write_params(tmp_path, project_params)
-    demo = {"casme2": ("CASME2_RAW_selected", "CASME2-coding-20140508.xlsx", "casme2-5"),
-            "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx", "samm-5")}
+    demo = {
+        "casme2": ("CASME2_RAW_selected", "CASME2-coding-20140508.xlsx", "casme2-5"),
+        "samm": ("SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx", "samm-5"),
+    }
     for dataset, (root, coding, classes) in demo.items():
         outputs = []
         for run in ("first", "second"):
             out = tmp_path / run / f"{dataset}.csv"
-            invoke("annotate", "--dataset", dataset, "--root", tiny_demo / dataset / root, "--coding", tiny_demo / dataset / coding,
-                   "--classes", classes, "--out", out, "--params", params)
+            invoke(
+                "annotate",
+                "--dataset",
+                dataset,
+                "--root",
+                tiny_demo / dataset / root,
+                "--coding",
+                tiny_demo / dataset / coding,
+                "--classes",
+                classes,
+                "--out",
+                out,
+                "--params",
+                params,
+            )
             outputs.append({**tree_bytes(out), **tree_bytes(out.with_suffix(".dropped.csv"))})
         assert len(outputs[0]) == 2 and outputs[0] == outputs[1], dataset
         # the tiny demo has imputed apexes (estimated from the frames) and dropped clips: both must repeat
@@ -52,14 +67,43 @@ def test_evaluate_and_report_write_the_same_bytes_twice(tmp_path):
     params = params_for(tmp_path, epochs=1, mode="baseline")
     runs = tmp_path / "runs"
     invoke("train", "--dynamic-images", cache, "--out", runs / "casme2-learnet-baseline", "--params", params)
-    invoke("train", "--dynamic-images", cache, "--out", runs / "casme2-learnet-dual_phase", "--params", params, "--mode", "dual_phase")
+    invoke(
+        "train",
+        "--dynamic-images",
+        cache,
+        "--out",
+        runs / "casme2-learnet-dual_phase",
+        "--params",
+        params,
+        "--mode",
+        "dual_phase",
+    )
     evaluated, reported = [], []
     for name in ("first", "second"):
         reports, metrics = tmp_path / name / "reports", tmp_path / name / "metrics.json"
-        invoke("evaluate", "--run", runs / "casme2-learnet-dual_phase", "--out", reports, "--metrics", metrics, "--params", params)
+        invoke(
+            "evaluate",
+            "--run",
+            runs / "casme2-learnet-dual_phase",
+            "--out",
+            reports,
+            "--metrics",
+            metrics,
+            "--params",
+            params,
+        )
         evaluated.append({**tree_bytes(reports), **tree_bytes(metrics)})
-        invoke("report", "--run", runs / "casme2-learnet-baseline", "--run", runs / "casme2-learnet-dual_phase",
-               "--out", tmp_path / name / "results", "--params", params)
+        invoke(
+            "report",
+            "--run",
+            runs / "casme2-learnet-baseline",
+            "--run",
+            runs / "casme2-learnet-dual_phase",
+            "--out",
+            tmp_path / name / "results",
+            "--params",
+            params,
+        )
         reported.append(tree_bytes(tmp_path / name / "results"))
     assert "confusion_matrix.png" in evaluated[0] and "metrics.json" in evaluated[0]  # bootstrap intervals included
     assert evaluated[0] == evaluated[1]

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.dynamic_images import (
+from pipeline.dynimg.rank_pooling import (
     SingleFrameWarning,
     clip_dynamic_images,
     dynamic_image,
@@ -127,7 +127,7 @@ def test_long_clips_are_read_block_by_block_from_the_cache(tmp_path):
     frames held in memory: memory per clip is bounded without changing the result."""
     import h5py
 
-    from pipeline.dynamic_images import FRAME_BLOCK
+    from pipeline.dynimg.rank_pooling import FRAME_BLOCK
 
     rng = np.random.default_rng(1)
     T = 3 * FRAME_BLOCK + 7

@@ -6,9 +6,9 @@ import csv
 
 import numpy as np
 
-from pipeline.align import AlignSettings, align_clip
-from pipeline.dynamic_images import dynamic_image
-from pipeline.frames import find_clip_folders
+from pipeline.align.clip import AlignSettings, align_clip
+from pipeline.datasets.layouts import find_clip_folders
+from pipeline.dynimg.rank_pooling import dynamic_image
 
 
 def test_onset_apex_and_apex_offset_dis_have_opposite_motion(tiny_demo):

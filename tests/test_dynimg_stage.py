@@ -8,11 +8,24 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cache import AlignedCacheWriter, AlignedClip, read_dynamic_images
+from pipeline.io.caches import AlignedCacheWriter, AlignedClip, read_dynamic_images
 from stages.cli import cli
 from tests.conftest import write_params
 
-SAMPLE_COLUMNS = ["dataset", "subject", "clip", "onset", "apex", "offset", "apex_source", "n_frames", "emotion", "label", "action_units", "source_row"]
+SAMPLE_COLUMNS = [
+    "dataset",
+    "subject",
+    "clip",
+    "onset",
+    "apex",
+    "offset",
+    "apex_source",
+    "n_frames",
+    "emotion",
+    "label",
+    "action_units",
+    "source_row",
+]
 
 
 def _blob_clip(subject: str, clip: str, first: int, n: int, apex: int, seed: int) -> AlignedClip:
@@ -22,13 +35,19 @@ def _blob_clip(subject: str, clip: str, first: int, n: int, apex: int, seed: int
     intensity = np.where(t <= apex, t / max(apex, 1), (n - 1 - t) / max(n - 1 - apex, 1))
     frames = np.repeat(rng.integers(60, 120, (1, 64, 64, 3)), n, axis=0).astype(np.float32)
     frames[:, 20:40, 20:40] += 60 * intensity[:, None, None, None]
-    return AlignedClip(subject, clip, frames.astype(np.uint8), np.arange(first, first + n), np.zeros((68, 2)), np.eye(2, 3))
+    return AlignedClip(
+        subject, clip, frames.astype(np.uint8), np.arange(first, first + n), np.zeros((68, 2)), np.eye(2, 3)
+    )
 
 
 @pytest.fixture
 def inputs(tmp_path):
-    clips = [("sub01", "EP01_01", 46, 12, 5, "happiness"), ("sub01", "EP02_01f", 3, 9, 2, "surprise"), ("sub02", "EP07_02", 120, 15, 9, "disgust"),
-             ("sub02", "EP08_01", 7, 10, 0, "others")]  # apex on the onset frame
+    clips = [
+        ("sub01", "EP01_01", 46, 12, 5, "happiness"),
+        ("sub01", "EP02_01f", 3, 9, 2, "surprise"),
+        ("sub02", "EP07_02", 120, 15, 9, "disgust"),
+        ("sub02", "EP08_01", 7, 10, 0, "others"),
+    ]  # apex on the onset frame
     aligned = tmp_path / "aligned.h5"
     with AlignedCacheWriter(aligned, "casme2", {"size": 64}) as writer:
         for i, (subject, clip, first, n, apex, _) in enumerate(clips):
@@ -38,14 +57,42 @@ def inputs(tmp_path):
         out = csv.writer(handle)
         out.writerow(SAMPLE_COLUMNS)
         for row, (subject, clip, first, n, apex, emotion) in enumerate(clips, start=2):
-            out.writerow(["casme2", subject, clip, first, first + apex, first + n - 1, "annotated", n, emotion, emotion, "12", row])
+            out.writerow(
+                [
+                    "casme2",
+                    subject,
+                    clip,
+                    first,
+                    first + apex,
+                    first + n - 1,
+                    "annotated",
+                    n,
+                    emotion,
+                    emotion,
+                    "12",
+                    row,
+                ]
+            )
     return aligned, samples
 
 
 def _dynimg(tmp_path, inputs, params, *extra):
     aligned, samples = inputs
     out = tmp_path / "di.h5"
-    args = ["dynimg", "--aligned", str(aligned), "--samples", str(samples), "--classes", "casme2-5", "--out", str(out), "--params", str(write_params(tmp_path, params)), *extra]
+    args = [
+        "dynimg",
+        "--aligned",
+        str(aligned),
+        "--samples",
+        str(samples),
+        "--classes",
+        "casme2-5",
+        "--out",
+        str(out),
+        "--params",
+        str(write_params(tmp_path, params)),
+        *extra,
+    ]
     return CliRunner().invoke(cli, args), out
 
 
@@ -57,9 +104,16 @@ def test_dynimg_writes_a_cache_that_info_and_verify_accept(tmp_path, inputs, pro
     assert data.images["full"].shape == (4, 112, 112, 3)
     assert data.label_names == ["happiness", "disgust", "repression", "surprise", "others"]
     assert data.samples["label"].tolist() == [0, 3, 1, 4]
-    assert data.samples["sample_id"].tolist() == ["casme2/sub01/EP01_01", "casme2/sub01/EP02_01f", "casme2/sub02/EP07_02", "casme2/sub02/EP08_01"]
+    assert data.samples["sample_id"].tolist() == [
+        "casme2/sub01/EP01_01",
+        "casme2/sub01/EP02_01f",
+        "casme2/sub02/EP07_02",
+        "casme2/sub02/EP08_01",
+    ]
     assert "1 clip(s) had a onset_apex phase shorter than 2 frames: widened" in result.output
-    assert not np.array_equal(data.images["onset_apex"][3], data.images["onset_apex"][3].min())  # motion, not a flat frame
+    assert not np.array_equal(
+        data.images["onset_apex"][3], data.images["onset_apex"][3].min()
+    )  # motion, not a flat frame
     # the square brightens then fades: the two phase DIs have opposite sign in it
     rise, fall = data.images["onset_apex"][0], data.images["apex_offset"][0]
     assert rise[56, 56].mean() > rise[5, 5].mean() and fall[56, 56].mean() < fall[5, 5].mean()
@@ -133,8 +187,21 @@ def test_composite_table_reads_one_aligned_cache_per_dataset(tmp_path, inputs, p
     lines = samples.read_text().splitlines()
     lines.append("samm,006,006_1_2,5562,5566,5572,annotated,11,happiness,happiness,12,15")
     combined.write_text("\n".join(lines) + "\n")
-    args = ["dynimg", "--aligned", f"casme2={aligned}", "--aligned", f"samm={other}", "--samples", str(combined),
-            "--classes", "casme2-5", "--out", str(tmp_path / "di.h5"), "--params", str(write_params(tmp_path, project_params))]
+    args = [
+        "dynimg",
+        "--aligned",
+        f"casme2={aligned}",
+        "--aligned",
+        f"samm={other}",
+        "--samples",
+        str(combined),
+        "--classes",
+        "casme2-5",
+        "--out",
+        str(tmp_path / "di.h5"),
+        "--params",
+        str(write_params(tmp_path, project_params)),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     data = read_dynamic_images(tmp_path / "di.h5")
@@ -155,8 +222,18 @@ def test_train_refuses_an_incomplete_or_foreign_cache(tmp_path, inputs, project_
             del handle["images/onset_apex"]
         else:
             handle.attrs["schema_version"] = 0
-    result = CliRunner().invoke(cli, ["train", "--dynamic-images", str(out), "--out", str(tmp_path / "run"),
-                                      "--params", str(write_params(tmp_path, project_params))])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--dynamic-images",
+            str(out),
+            "--out",
+            str(tmp_path / "run"),
+            "--params",
+            str(write_params(tmp_path, project_params)),
+        ],
+    )
     assert result.exit_code == 1
     expected = "lacks images/onset_apex" if damage == "missing_dataset" else "schema version 0, this tool reads 1"
     assert expected in result.output and not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.atomic import atomic_output
-from pipeline.cache import AlignedCacheWriter, AlignedClip
+from pipeline.io.caches import AlignedCacheWriter, AlignedClip
 from stages.cli import cli
 from tests.conftest import write_params
 from tests.test_dynimg_stage import SAMPLE_COLUMNS
@@ -40,8 +40,24 @@ def test_a_killed_stage_leaves_no_output_and_a_rerun_completes(tmp_path, big_inp
     aligned, samples = big_inputs
     out = tmp_path / "di.h5"
     params = write_params(tmp_path, project_params)
-    command = [sys.executable, "-m", "stages", "dynimg", "--aligned", str(aligned), "--samples", str(samples),
-               "--classes", "casme2-5", "--out", str(out), "--params", str(params), "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "stages",
+        "dynimg",
+        "--aligned",
+        str(aligned),
+        "--samples",
+        str(samples),
+        "--classes",
+        "casme2-5",
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--jobs",
+        "1",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".di.h5.tmp-*")) and time.monotonic() < deadline and process.poll() is None:
@@ -69,12 +85,32 @@ def test_a_read_only_shared_cache_is_used_without_modification(tmp_path, big_inp
     aligned, samples = big_inputs
     params = write_params(tmp_path, project_params)
     di = tmp_path / "shared.h5"
-    made = CliRunner().invoke(cli, ["dynimg", "--aligned", str(aligned), "--samples", str(samples), "--classes", "casme2-5",
-                                    "--out", str(di), "--params", str(params), "--jobs", "1"])
+    made = CliRunner().invoke(
+        cli,
+        [
+            "dynimg",
+            "--aligned",
+            str(aligned),
+            "--samples",
+            str(samples),
+            "--classes",
+            "casme2-5",
+            "--out",
+            str(di),
+            "--params",
+            str(params),
+            "--jobs",
+            "1",
+        ],
+    )
     assert made.exit_code == 0, made.output
     os.chmod(di, 0o444)
     before = (hashlib.sha256(di.read_bytes()).hexdigest(), di.stat().st_mtime_ns)
-    for args in (["cache", "info", str(di)], ["cache", "verify", str(di)], ["cache", "preview", str(di), "--out", str(tmp_path / "p.png")]):
+    for args in (
+        ["cache", "info", str(di)],
+        ["cache", "verify", str(di)],
+        ["cache", "preview", str(di), "--out", str(tmp_path / "p.png")],
+    ):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
     assert (hashlib.sha256(di.read_bytes()).hexdigest(), di.stat().st_mtime_ns) == before

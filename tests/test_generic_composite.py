@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.annotations import SAMPLE_COLUMNS, annotate_samples, label_names_for, read_samples, write_samples
-from pipeline.composite import SamplesInput, aligned_caches, combine_samples
+from pipeline.datasets.annotations import annotate_samples, label_names_for
+from pipeline.datasets.composite import SamplesInput, aligned_caches, combine_samples
+from pipeline.datasets.layouts import DATASETS, compile_folder_pattern, find_clip_folders
 from pipeline.errors import InputProblems, MerError
-from pipeline.frames import DATASETS, compile_folder_pattern, find_clip_folders
+from pipeline.io.samples import SAMPLE_COLUMNS, read_samples, write_samples
 from stages.cli import cli
 from tests.conftest import write_params
 from tests.sheets import (
@@ -46,9 +47,9 @@ def generic_copy(tmp_path):
     (root / "calibration").mkdir()  # no 's' prefix: not a subject folder
     rows = [
         ["01", "happy_1", 1, 12, 30, "Happiness"],
-        ["01", "disgust_2", 5, "", 45, "disgust"],      # blank apex: imputed
+        ["01", "disgust_2", 5, "", 45, "disgust"],  # blank apex: imputed
         ["02", "surprise_1", 100, 108, 130, "surprise"],
-        ["A3", "fear_1", 1, None, 25, "Fear"],         # blank apex: imputed
+        ["A3", "fear_1", 1, None, 25, "Fear"],  # blank apex: imputed
     ]
     coding = write_csv(tmp_path / "mylab.csv", [GENERIC_HEADER, *rows], encoding="utf-8")
     return root, coding, "s{subject}/{clip}/color"
@@ -77,8 +78,15 @@ def test_generic_is_a_dataset_and_its_folders_follow_the_pattern(generic_copy):
 
 @pytest.mark.parametrize(
     "pattern, message",
-    [("{clip}", "once each"), ("{subject}/{subject}/{clip}", "once each"), ("{subject}/{take}/{clip}", "unknown placeholder"),
-     ("/data/{subject}/{clip}", "relative"), ("{subject}/../{clip}", "'..'"), ("", "empty"), ("{subject}/{clip}}", "braces")],
+    [
+        ("{clip}", "once each"),
+        ("{subject}/{subject}/{clip}", "once each"),
+        ("{subject}/{take}/{clip}", "unknown placeholder"),
+        ("/data/{subject}/{clip}", "relative"),
+        ("{subject}/../{clip}", "'..'"),
+        ("", "empty"),
+        ("{subject}/{clip}}", "braces"),
+    ],
 )
 def test_bad_folder_patterns_are_explained(pattern, message):
     with pytest.raises(MerError, match=message):
@@ -112,12 +120,17 @@ def test_generic_sheet_is_annotated_and_missing_apexes_imputed(generic_copy):
 
 def test_generic_overrides_use_the_subjects_as_written(tmp_path, generic_copy):
     root, coding, pattern = generic_copy
-    fixes = write_csv(tmp_path / "fixes.csv", [["Subject", "Clip", "Apex"], ["01", "disgust_2", 24], ["1", "happy_1", 13]],
-                      encoding="utf-8")
+    fixes = write_csv(
+        tmp_path / "fixes.csv",
+        [["Subject", "Clip", "Apex"], ["01", "disgust_2", 24], ["1", "happy_1", 13]],
+        encoding="utf-8",
+    )
     with pytest.raises(InputProblems) as caught:  # '1' is not '01' in a generic sheet
         annotate_samples("generic", coding, root, None, overrides=fixes, folder_pattern=pattern)
-    assert caught.value.problems == ["fixes.csv row 3 (subject 1, clip happy_1): no row of mylab.csv codes subject 1, clip "
-                                     "happy_1 (the sheet has 01/happy_1); fix the subject or clip of the override"]
+    assert caught.value.problems == [
+        "fixes.csv row 3 (subject 1, clip happy_1): no row of mylab.csv codes subject 1, clip "
+        "happy_1 (the sheet has 01/happy_1); fix the subject or clip of the override"
+    ]
     write_csv(fixes, [["Subject", "Clip", "Apex"], ["01", "disgust_2", 24]], encoding="utf-8")
     result = annotate_samples("generic", coding, root, None, overrides=fixes, folder_pattern=pattern)
     fixed = next(s for s in result.samples if s.clip == "disgust_2")
@@ -143,8 +156,24 @@ def test_generic_through_the_cli_with_params_and_option(tmp_path, generic_copy, 
     assert wrong.exit_code != 0 and "no clip folder s01/happy_1/color" not in wrong.output
     assert "no clip folder 01/happy_1" in wrong.output
     # --folder-pattern is for generic only.
-    casme = CliRunner().invoke(cli, ["annotate", "--dataset", "casme2", "--root", str(root), "--coding", str(coding),
-                                     "--out", str(out), "--params", str(params), "--folder-pattern", pattern])
+    casme = CliRunner().invoke(
+        cli,
+        [
+            "annotate",
+            "--dataset",
+            "casme2",
+            "--root",
+            str(root),
+            "--coding",
+            str(coding),
+            "--out",
+            str(out),
+            "--params",
+            str(params),
+            "--folder-pattern",
+            pattern,
+        ],
+    )
     assert casme.exit_code != 0 and "generic only" in casme.output
 
 
@@ -152,11 +181,11 @@ def test_malformed_generic_sheet_lists_every_problem(tmp_path, generic_copy, pro
     root, _, pattern = generic_copy
     rows = [
         ["01", "happy_1", 1, 12, 30, "happiness"],
-        ["01", "happy_1", 1, 12, 30, "happiness"],       # row 3: duplicate of row 2
+        ["01", "happy_1", 1, 12, 30, "happiness"],  # row 3: duplicate of row 2
         ["02", "surprise_1", "x1", 108, 130, "surprise"],  # row 4: text in a frame column
-        ["A3", "fear_1", 25, None, 1, "fear"],             # row 5: onset after offset
-        ["04", "anger_1", 1, 5, 9, "anger"],               # row 6: no such folder
-        ["01", "disgust_2", 5, 20, 60, "disgust"],         # row 7: frames 46-60 missing
+        ["A3", "fear_1", 25, None, 1, "fear"],  # row 5: onset after offset
+        ["04", "anger_1", 1, 5, 9, "anger"],  # row 6: no such folder
+        ["01", "disgust_2", 5, 20, 60, "disgust"],  # row 7: frames 46-60 missing
     ]
     coding = write_csv(tmp_path / "bad.csv", [GENERIC_HEADER, *rows], encoding="utf-8")
     with pytest.raises(InputProblems) as caught:
@@ -169,14 +198,30 @@ def test_malformed_generic_sheet_lists_every_problem(tmp_path, generic_copy, pro
     project_params["annotate"]["folder_pattern"] = pattern
     params = write_params(tmp_path, project_params)
     out = tmp_path / "out.csv"
-    result = CliRunner().invoke(cli, ["annotate", "--dataset", "generic", "--root", str(root), "--coding", str(coding),
-                                      "--out", str(out), "--params", str(params)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "annotate",
+            "--dataset",
+            "generic",
+            "--root",
+            str(root),
+            "--coding",
+            str(coding),
+            "--out",
+            str(out),
+            "--params",
+            str(params),
+        ],
+    )
     assert result.exit_code != 0 and result.output.count("  - row ") == 5 and not out.exists()
     # No header row / a missing required column name the generic columns.
     headless = write_csv(tmp_path / "headless.csv", rows, encoding="utf-8")
     with pytest.raises(MerError, match="subject, clip, onset, apex, offset"):
         annotate_samples("generic", headless, root, None, folder_pattern=pattern)
-    no_apex = write_csv(tmp_path / "noapex.csv", [[c for c in GENERIC_HEADER if c != "apex"], ["01", "happy_1", 1, 30, "x"]])
+    no_apex = write_csv(
+        tmp_path / "noapex.csv", [[c for c in GENERIC_HEADER if c != "apex"], ["01", "happy_1", 1, 30, "x"]]
+    )
     with pytest.raises(MerError, match="lacks the column\\(s\\) apex"):
         annotate_samples("generic", no_apex, root, None, folder_pattern=pattern)
 
@@ -189,8 +234,10 @@ def test_malformed_generic_sheet_lists_every_problem(tmp_path, generic_copy, pro
 def _samples_table(path: Path, dataset: str, sheet: Path, classes: str) -> Path:
     """A samples table made from a distribution sheet (no folders: apexes filled in)."""
     result = annotate_samples(dataset, sheet, None, classes)
-    samples = [dataclasses.replace(s, apex=s.onset + 1, apex_source="imputed") if s.apex is None else s for s in result.samples]
-    write_samples(path, samples)
+    samples = [
+        dataclasses.replace(s, apex=s.onset + 1, apex_source="imputed") if s.apex is None else s for s in result.samples
+    ]
+    write_samples(path, [s.as_row() for s in samples])
     return path
 
 
@@ -216,7 +263,7 @@ def test_megc_composite_concatenates_and_counts(tmp_path, megc_tables):
     # Without --classes the label sets must simply agree.
     assert len(combine_samples([megc_tables["casme2"], megc_tables["samm"]]).rows) == 280
     # Subjects stay as written; (dataset, subject) is unique, and training folds are per dataset/subject.
-    from pipeline.training import fold_keys
+    from pipeline.train.training import fold_keys
 
     keys = fold_keys([r["dataset"] for r in result.rows], [r["subject"] for r in result.rows])
     assert len(set(keys.tolist())) == result.subjects["casme2"] + result.subjects["samm"]
@@ -239,7 +286,7 @@ def test_composite_problems_are_listed_together(tmp_path, megc_tables):
     with pytest.raises(MerError, match="at least two"):
         combine_samples([megc_tables["casme2"]])
     # A duplicate clip inside one table.
-    rows = list(csv.reader(open(megc_tables["samm"], newline="")))
+    rows = list(csv.reader(megc_tables["samm"].read_text().splitlines()))
     dup = tmp_path / "dup.csv"
     write_csv(dup, rows + [rows[1]], encoding="utf-8")
     with pytest.raises(InputProblems, match="line 135: samm/"):
@@ -248,7 +295,17 @@ def test_composite_problems_are_listed_together(tmp_path, megc_tables):
 
 def test_combine_command_writes_the_table_and_prints_counts(tmp_path, megc_tables):
     out = tmp_path / "composite" / "megc.csv"
-    args = ["combine", "--samples", str(megc_tables["casme2"]), "--samples", str(megc_tables["samm"]), "--classes", "megc-3", "--out", str(out)]
+    args = [
+        "combine",
+        "--samples",
+        str(megc_tables["casme2"]),
+        "--samples",
+        str(megc_tables["samm"]),
+        "--classes",
+        "megc-3",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     with open(out, newline="") as handle:
@@ -258,8 +315,18 @@ def test_combine_command_writes_the_table_and_prints_counts(tmp_path, megc_table
     assert "casme2    147 clips" in result.output and "samm      133 clips" in result.output
     assert "total     280 clips" in result.output and "positive 58, negative 182, surprise 40" in result.output
     assert label_names_for("megc-3", "mmew") == ["positive", "negative", "surprise"]  # any dataset name resolves
-    bad = CliRunner().invoke(cli, ["combine", "--samples", str(megc_tables["casme2-5"]), "--samples", str(megc_tables["samm-5"]),
-                                       "--out", str(tmp_path / "bad.csv")])
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "combine",
+            "--samples",
+            str(megc_tables["casme2-5"]),
+            "--samples",
+            str(megc_tables["samm-5"]),
+            "--out",
+            str(tmp_path / "bad.csv"),
+        ],
+    )
     assert bad.exit_code != 0 and "different label sets" in bad.output and not (tmp_path / "bad.csv").exists()
 
 
@@ -269,12 +336,14 @@ def test_combine_command_writes_the_table_and_prints_counts(tmp_path, megc_table
 
 
 def test_generic_clip_folders_align(tmp_path):
-    from pipeline.align import AlignSettings, align_clip
+    from pipeline.align.clip import AlignSettings, align_clip
     from tests.faces import place, portrait
     from tests.faces import write_clip as write_face_clip
 
     root = tmp_path / "SMIC"
-    write_face_clip(root / "s3" / "s3_ne_01" / "color", [place(portrait(), 1.6, 0, 0)] * 3, first=1, pattern="image{:06d}.bmp")
+    write_face_clip(
+        root / "s3" / "s3_ne_01" / "color", [place(portrait(), 1.6, 0, 0)] * 3, first=1, pattern="image{:06d}.bmp"
+    )
     clips = find_clip_folders("generic", root, "s{subject}/{clip}/color")
     assert list(clips) == [("3", "s3_ne_01")]
     aligned = align_clip(clips[("3", "s3_ne_01")], AlignSettings(size=112))

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pipeline.metrics import (
+from pipeline.evaluate.metrics import (
     Predictions,
     bootstrap_intervals,
     metrics_from_confusion,
@@ -23,7 +23,14 @@ from tests.conftest import write_params
 
 def _predictions(y_true, y_pred, subjects, k=4):
     ids = np.array([f"d/{s}/{i}" for i, s in enumerate(subjects)])
-    return Predictions(ids, np.asarray(subjects), np.array(["d"] * len(ids)), np.asarray(y_true), np.asarray(y_pred), [f"c{i}" for i in range(k)])
+    return Predictions(
+        ids,
+        np.asarray(subjects),
+        np.array(["d"] * len(ids)),
+        np.asarray(y_true),
+        np.asarray(y_pred),
+        [f"c{i}" for i in range(k)],
+    )
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -79,16 +86,39 @@ def run_with_folds(tmp_path):
         fold.mkdir(parents=True)
         others = [s for s in rows if s != subject]
         (fold / "manifest.json").write_text(json.dumps({"held_out_subject": subject, "trained_on_subjects": others}))
-        (fold / "predictions.csv").write_text("sample_id,subject,true_label,pred_label\n" + "".join(f"{i},{subject},{t},{p}\n" for i, t, p in fold_rows))
-    (run / "run.json").write_text(json.dumps({"model": "toy", "mode": "baseline", "label_names": ["a", "b"],
-                                              "folds": {s: {"n_test_samples": len(r)} for s, r in rows.items()}}))
-    (run / "predictions.csv").write_text("sample_id,dataset,subject,true_label,pred_label\n" + "".join(
-        f"{i},x,{s},{t},{p}\n" for s, fold_rows in rows.items() for i, t, p in fold_rows))
+        (fold / "predictions.csv").write_text(
+            "sample_id,subject,true_label,pred_label\n" + "".join(f"{i},{subject},{t},{p}\n" for i, t, p in fold_rows)
+        )
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "model": "toy",
+                "mode": "baseline",
+                "label_names": ["a", "b"],
+                "folds": {s: {"n_test_samples": len(r)} for s, r in rows.items()},
+            }
+        )
+    )
+    (run / "predictions.csv").write_text(
+        "sample_id,dataset,subject,true_label,pred_label\n"
+        + "".join(f"{i},x,{s},{t},{p}\n" for s, fold_rows in rows.items() for i, t, p in fold_rows)
+    )
     return run
 
 
 def _evaluate(tmp_path, run, project_params):
-    return CliRunner().invoke(cli, ["evaluate", "--run", str(run), "--out", str(tmp_path / "reports"), "--params", str(write_params(tmp_path, project_params))])
+    return CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--run",
+            str(run),
+            "--out",
+            str(tmp_path / "reports"),
+            "--params",
+            str(write_params(tmp_path, project_params)),
+        ],
+    )
 
 
 def test_evaluate_reports_intervals(tmp_path, run_with_folds, project_params):
@@ -109,6 +139,8 @@ def test_evaluate_refuses_a_fold_trained_on_its_test_subject(tmp_path, run_with_
 
 
 def test_evaluate_refuses_a_clip_tested_in_two_folds(tmp_path, run_with_folds, project_params):
-    shutil.copy(run_with_folds / "folds" / "S1" / "predictions.csv", run_with_folds / "folds" / "S2" / "predictions.csv")
+    shutil.copy(
+        run_with_folds / "folds" / "S1" / "predictions.csv", run_with_folds / "folds" / "S2" / "predictions.csv"
+    )
     result = _evaluate(tmp_path, run_with_folds, project_params)
     assert result.exit_code != 0 and "clip x/S1/0 is tested in two folds: S1 and S2" in result.output

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import MerError
-from pipeline.models import (
+from pipeline.train.models import (
     PAPER_MODELS,
     LEARNet,
     SameConv2d,
@@ -21,7 +21,15 @@ from pipeline.models import (
 
 @pytest.mark.parametrize(
     "size, kernel, expected",
-    [(112, 3, (0, 1)), (56, 1, (0, 0)), (56, 3, (0, 1)), (28, 3, (0, 1)), (14, 5, (1, 2)), (7, 3, (1, 1)), (7, 5, (2, 2))],
+    [
+        (112, 3, (0, 1)),
+        (56, 1, (0, 0)),
+        (56, 3, (0, 1)),
+        (28, 3, (0, 1)),
+        (14, 5, (1, 2)),
+        (7, 3, (1, 1)),
+        (7, 5, (2, 2)),
+    ],
 )
 def test_same_padding_matches_tensorflow(size, kernel, expected):
     assert same_padding(size, kernel, 2) == expected
@@ -49,15 +57,29 @@ def test_learnet_layer_shapes_follow_the_paper():
     shapes: dict[str, tuple] = {}
     for name, module in model.named_modules():
         if name and name.count(".") <= 1:
-            module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])) if torch.is_tensor(o) else None)
+            module.register_forward_hook(
+                lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])) if torch.is_tensor(o) else None
+            )
     out = model(torch.rand(2, 3, 112, 112))
     assert out.shape == (2, 5)
-    expected = {"stem": (16, 56, 56), "bn": (256, 7, 7), "conv": (256, 4, 4), "fc1": (256,), "dropout": (256,), "fc2": (5,)}
+    expected = {
+        "stem": (16, 56, 56),
+        "bn": (256, 7, 7),
+        "conv": (256, 4, 4),
+        "fc1": (256,),
+        "dropout": (256,),
+        "fc2": (5,),
+    }
     for pair in ("pair1", "pair2"):
         expected |= {
-            f"{pair}.a1": (16, 28, 28), f"{pair}.b1": (16, 28, 28), f"{pair}.bn1": (16, 28, 28),
-            f"{pair}.a2": (32, 14, 14), f"{pair}.b2": (32, 14, 14), f"{pair}.bn2": (32, 14, 14),
-            f"{pair}.a3": (64, 7, 7), f"{pair}.b3": (64, 7, 7),
+            f"{pair}.a1": (16, 28, 28),
+            f"{pair}.b1": (16, 28, 28),
+            f"{pair}.bn1": (16, 28, 28),
+            f"{pair}.a2": (32, 14, 14),
+            f"{pair}.b2": (32, 14, 14),
+            f"{pair}.bn2": (32, 14, 14),
+            f"{pair}.a3": (64, 7, 7),
+            f"{pair}.b3": (64, 7, 7),
         }
     assert {k: shapes[k] for k in expected} == expected
 
@@ -153,7 +175,12 @@ def test_bad_weights_files(tmp_path):
 
 
 def test_input_size_per_model():
-    assert [default_input_size(m) for m in ("learnet", "LEARNet", "resnet18", "vit_base_patch16_224")] == [112, 112, 224, 224]
+    assert [default_input_size(m) for m in ("learnet", "LEARNet", "resnet18", "vit_base_patch16_224")] == [
+        112,
+        112,
+        224,
+        224,
+    ]
     sizes = {"learnet": 112, "vit_base_patch16_224": 384, "default": 224}
     assert resolve_input_size("learnet", sizes) == 112
     assert resolve_input_size("vit_base_patch16_224", sizes) == 384
@@ -162,19 +189,32 @@ def test_input_size_per_model():
     assert resolve_input_size("resnet50", 160) == 160 and resolve_input_size("learnet", None) == 112
     with pytest.raises(ValueError, match="input_size"):
         resolve_input_size("learnet", "big")
-    from pipeline.training import TrainSettings
+    from pipeline.train.training import TrainSettings
 
-    assert TrainSettings.from_params({"model": "vgg16_bn", "input_size": {"learnet": 112, "default": 224}}).input_size == 224
-    assert TrainSettings.from_params({"model": "learnet", "input_size": {"learnet": 112, "default": 224}}).input_size == 112
+    assert (
+        TrainSettings.from_params({"model": "vgg16_bn", "input_size": {"learnet": 112, "default": 224}}).input_size
+        == 224
+    )
+    assert (
+        TrainSettings.from_params({"model": "learnet", "input_size": {"learnet": 112, "default": 224}}).input_size
+        == 112
+    )
 
 
 def test_every_model_of_the_paper_set_trains_one_fold_on_cpu():
     """resnet18, resnet50, vgg16_bn, mobilenetv3_large_100, ViT-B/16 (img_size 32) and LEARNet."""
     import numpy as np
 
-    from pipeline.training import LosoData, TrainSettings, train_fold
+    from pipeline.train.training import LosoData, TrainSettings, train_fold
 
-    assert PAPER_MODELS == ("resnet18", "resnet50", "vgg16_bn", "mobilenetv3_large_100", "vit_base_patch16_224", "learnet")
+    assert PAPER_MODELS == (
+        "resnet18",
+        "resnet50",
+        "vgg16_bn",
+        "mobilenetv3_large_100",
+        "vit_base_patch16_224",
+        "learnet",
+    )
     rng = np.random.default_rng(0)
     n, size = 8, 32  # 2 subjects x 4 clips
     data = LosoData(
@@ -187,7 +227,15 @@ def test_every_model_of_the_paper_set_trains_one_fold_on_cpu():
     )
     for name in PAPER_MODELS:
         settings = TrainSettings.from_params(
-            {"model": name, "mode": "baseline", "input_size": size, "epochs": 1, "batch_size": 4, "device": "cpu", "lr": 1e-4}
+            {
+                "model": name,
+                "mode": "baseline",
+                "input_size": size,
+                "epochs": 1,
+                "batch_size": 4,
+                "device": "cpu",
+                "lr": 1e-4,
+            }
         )
         result = train_fold(data, "s2", settings, threads=2)
         assert result.manifest["n_train_samples"] == 4 and len(result.predictions) == 4, name

@@ -51,7 +51,10 @@ def project(tmp_path_factory) -> Path:
     _dvc(root, "init", "--no-scm", "-q")
     _dvc(root, "config", "core.analytics", "false")
     first = _dvc(root, "repro")
-    assert _ran(first) == {f"{stage}@{ds}" for stage in ("align", "annotate", "dynimg") for ds in DATASETS} | CELLS | {"demo_data", "report"}
+    assert _ran(first) == {f"{stage}@{ds}" for stage in ("align", "annotate", "dynimg") for ds in DATASETS} | CELLS | {
+        "demo_data",
+        "report",
+    }
     return root
 
 
@@ -101,5 +104,7 @@ def test_changing_one_models_settings_reruns_only_its_cells(project):
     params["models"]["resnet18"]["lr"] = 0.01
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = _dvc(project, "repro")
-    resnet = {f"{stage}@casme2-resnet18-{mode}" for stage in ("train", "evaluate") for mode in ("baseline", "dual_phase")}
+    resnet = {
+        f"{stage}@casme2-resnet18-{mode}" for stage in ("train", "evaluate") for mode in ("baseline", "dual_phase")
+    }
     assert _ran(rerun) == resnet | {"report"}

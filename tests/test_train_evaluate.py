@@ -12,11 +12,11 @@ import yaml
 from click.testing import CliRunner
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pipeline.augment import AugmentSettings, augment_batch
-from pipeline.cache import read_dynamic_images, write_dynamic_images
 from pipeline.errors import MerError
-from pipeline.metrics import Predictions, compute_metrics, uar, uf1
-from pipeline.training import (
+from pipeline.evaluate.metrics import Predictions, compute_metrics, uar, uf1
+from pipeline.io.caches import read_dynamic_images, write_dynamic_images
+from pipeline.train.augment import AugmentSettings, augment_batch
+from pipeline.train.training import (
     TrainSettings,
     fold_dir_name,
     fold_keys,
@@ -37,14 +37,25 @@ CLIPS_PER_SUBJECT = 6
 def make_cache(path, size=32, seed=0, phases=PHASES):
     """3 subjects x 6 clips (2 per class); each class brightens its own horizontal band, plus noise."""
     rng = np.random.default_rng(seed)
-    samples = {k: [] for k in ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")}
+    samples = {
+        k: [] for k in ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
+    }
     images = {p: [] for p in phases}
     band = size // len(CLASSES)
     for subject in SUBJECTS:
         for i in range(CLIPS_PER_SUBJECT):
             label, clip = i % len(CLASSES), f"EP{i:02d}"
-            row = {"sample_id": f"casme2/{subject}/{clip}", "dataset": "casme2", "subject": subject, "clip": clip,
-                   "label": label, "onset": 10, "apex": 15, "offset": 20, "apex_source": "annotated"}
+            row = {
+                "sample_id": f"casme2/{subject}/{clip}",
+                "dataset": "casme2",
+                "subject": subject,
+                "clip": clip,
+                "label": label,
+                "onset": 10,
+                "apex": 15,
+                "offset": 20,
+                "apex_source": "annotated",
+            }
             for key, value in row.items():
                 samples[key].append(value)
             for phase in phases:
@@ -57,7 +68,9 @@ def make_cache(path, size=32, seed=0, phases=PHASES):
 
 def params_for(folder, **train):
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["train"].update({"input_size": 32, "epochs": 8, "batch_size": 8, "lr": 0.001, "device": "cpu", "jobs": 1, **train})
+    params["train"].update(
+        {"input_size": 32, "epochs": 8, "batch_size": 8, "lr": 0.001, "device": "cpu", "jobs": 1, **train}
+    )
     params["models"] = {}  # the toy runs use the train section's settings for every model
     return write_params(folder, params)
 
@@ -107,7 +120,14 @@ def test_train_writes_every_fold_and_the_pooled_predictions(dual_run):
         rows = read_csv(fold / "predictions.csv")
         assert {r["subject"] for r in rows} == {subject}
     pooled = read_csv(run / "predictions.csv")
-    assert list(pooled[0]) == ["sample_id", "dataset", "subject", "true_label", "pred_label", *[f"prob_{c}" for c in CLASSES]]
+    assert list(pooled[0]) == [
+        "sample_id",
+        "dataset",
+        "subject",
+        "true_label",
+        "pred_label",
+        *[f"prob_{c}" for c in CLASSES],
+    ]
     assert [r["sample_id"] for r in pooled] == sorted(r["sample_id"] for r in pooled)
     assert len(pooled) == len(SUBJECTS) * CLIPS_PER_SUBJECT
     for row in pooled:
@@ -156,14 +176,19 @@ def test_per_model_settings_lie_between_the_train_section_and_the_options(tmp_pa
     settings = json.loads((tmp_path / "run" / "run.json").read_text())["params"]
     assert settings["input_size"] == 24 and manifest["epochs"] == 1  # models.learnet beats train; --epochs beats both
     params["models"] = {"learnet": "fast"}
-    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "bad", "--params", write_params(tmp_path, params))
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", tmp_path / "bad", "--params", write_params(tmp_path, params)
+    )
     assert result.exit_code != 0 and "models.learnet must be a mapping" in result.output
 
 
 def test_baseline_trains_on_one_image_per_clip_and_phases_can_be_chosen(tmp_path):
     cache = make_cache(tmp_path / "di.h5")
-    modes = (("baseline", {}, 1), ("dual_phase_spatial", {"augment": {"flip": True, "rotation": 10, "scale": [0.9, 1.1], "jitter": 0.1}}, 3),
-             ("dual_phase", {"train_phases": ["onset_apex", "apex_offset"]}, 2))
+    modes = (
+        ("baseline", {}, 1),
+        ("dual_phase_spatial", {"augment": {"flip": True, "rotation": 10, "scale": [0.9, 1.1], "jitter": 0.1}}, 3),
+        ("dual_phase", {"train_phases": ["onset_apex", "apex_offset"]}, 2),
+    )
     for mode, extra, n_per_clip in modes:
         params = params_for(tmp_path, mode=mode, epochs=1, **extra)
         result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / mode, "--params", params)
@@ -172,18 +197,26 @@ def test_baseline_trains_on_one_image_per_clip_and_phases_can_be_chosen(tmp_path
         assert manifest["n_train_samples"] == n_per_clip * 2 * CLIPS_PER_SUBJECT
         assert manifest["test_phases"] == ["full"]
     # --mode on the command line overrides both the params mode and any phase lists there
-    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "cli", "--params", params, "--mode", "baseline")
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", tmp_path / "cli", "--params", params, "--mode", "baseline"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["params"]["train_phases"] == ["full"]
 
 
 def test_train_input_errors(tmp_path):
     cache = make_cache(tmp_path / "di.h5", phases=("full",))
-    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params_for(tmp_path, epochs=1))
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params_for(tmp_path, epochs=1)
+    )
     assert result.exit_code != 0 and "onset_apex" in result.output and "dynimg.phases" in result.output
-    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params_for(tmp_path, epoch=3))
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params_for(tmp_path, epoch=3)
+    )
     assert result.exit_code != 0 and "unknown train keys ['epoch']" in result.output
-    result = invoke("train", "--dynamic-images", tmp_path / "nope.h5", "--out", tmp_path / "run", "--params", params_for(tmp_path))
+    result = invoke(
+        "train", "--dynamic-images", tmp_path / "nope.h5", "--out", tmp_path / "run", "--params", params_for(tmp_path)
+    )
     assert result.exit_code != 0 and "nope.h5" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -235,8 +268,12 @@ SUBJ = ["S1", "S1", "S1", "S2", "S2", "S2", "S2"]
 def _predictions():
     index = {n: i for i, n in enumerate(NAMES)}
     return Predictions(
-        np.array([f"x/{s}/{i}" for i, s in enumerate(SUBJ)]), np.array(SUBJ), np.array(["x"] * 7),
-        np.array([index[t] for t in TRUE]), np.array([index[p] for p in PRED]), NAMES,
+        np.array([f"x/{s}/{i}" for i, s in enumerate(SUBJ)]),
+        np.array(SUBJ),
+        np.array(["x"] * 7),
+        np.array([index[t] for t in TRUE]),
+        np.array([index[p] for p in PRED]),
+        NAMES,
     )
 
 
@@ -261,8 +298,12 @@ def test_metrics_by_hand_and_against_scikit_learn():
 def _write_run(folder, rows, folds=None, names=NAMES):
     folder.mkdir(parents=True, exist_ok=True)
     counts = {s: SUBJ.count(s) for s in sorted(set(SUBJ))}
-    info = {"model": "toy", "mode": "baseline", "label_names": names,
-            "folds": folds or {s: {"n_test_samples": n} for s, n in counts.items()}}
+    info = {
+        "model": "toy",
+        "mode": "baseline",
+        "label_names": names,
+        "folds": folds or {s: {"n_test_samples": n} for s, n in counts.items()},
+    }
     (folder / "run.json").write_text(json.dumps(info))
     with open(folder / "predictions.csv", "w", newline="") as handle:
         handle.write("sample_id,dataset,subject,true_label,pred_label\n")
@@ -313,7 +354,7 @@ def test_evaluate_names_the_damaged_file_and_fold(tmp_path, damage, message):
 
 def test_epochs_of_folds_run_here_can_be_shown(tmp_path):
     """With jobs 1 every fold hands its epochs to `epoch_progress` (the stage's per-epoch bar)."""
-    from pipeline.training import run_loso
+    from pipeline.train.training import run_loso
 
     di = read_dynamic_images(make_cache(tmp_path / "di.h5"))
     data = load_loso_data(di, PHASES, 32, (0.5,) * 3, (0.5,) * 3)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-import pipeline.training
-from pipeline.cache import write_dynamic_images
+import pipeline.train.training
+from pipeline.io.caches import write_dynamic_images
 from tests.conftest import PROJECT, write_params
 from tests.test_train_evaluate import invoke
 
@@ -28,13 +28,24 @@ SUBJECTS = [f"sub{i:02d}" for i in range(1, 7)]
 def toy_cache(path: Path, subjects=SUBJECTS, labels=(0, 1, 2, 0, 1, 2), label_names=CLASSES, size=32) -> Path:
     """`labels` per subject (a list of tuples, or one tuple for every subject); a band per class plus noise."""
     rng = np.random.default_rng(0)
-    samples = {k: [] for k in ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")}
+    samples = {
+        k: [] for k in ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
+    }
     images = {p: [] for p in PHASES}
     band = size // len(label_names)
     for s, subject in enumerate(subjects):
         for i, label in enumerate(labels[s] if isinstance(labels[0], tuple) else labels):
-            row = {"sample_id": f"casme2/{subject}/EP{i:02d}", "dataset": "casme2", "subject": subject, "clip": f"EP{i:02d}",
-                   "label": label, "onset": 10, "apex": 15, "offset": 20, "apex_source": "annotated"}
+            row = {
+                "sample_id": f"casme2/{subject}/EP{i:02d}",
+                "dataset": "casme2",
+                "subject": subject,
+                "clip": f"EP{i:02d}",
+                "label": label,
+                "onset": 10,
+                "apex": 15,
+                "offset": 20,
+                "apex_source": "annotated",
+            }
             for key, value in row.items():
                 samples[key].append(value)
             for phase in PHASES:
@@ -47,8 +58,18 @@ def toy_cache(path: Path, subjects=SUBJECTS, labels=(0, 1, 2, 0, 1, 2), label_na
 
 def toy_params(folder: Path, **train) -> Path:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["train"].update({"input_size": 32, "epochs": 2, "batch_size": 8, "device": "cpu", "mode": "dual_phase",
-                            "jobs": 1, "threads": 1, **train})
+    params["train"].update(
+        {
+            "input_size": 32,
+            "epochs": 2,
+            "batch_size": 8,
+            "device": "cpu",
+            "mode": "dual_phase",
+            "jobs": 1,
+            "threads": 1,
+            **train,
+        }
+    )
     params["models"] = {}
     return write_params(folder, params)
 
@@ -70,7 +91,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 def finished_folds(work: Path) -> list[str]:
     folds = work / "folds"
-    return sorted(p.name for p in folds.iterdir() if p.is_dir() and not p.name.startswith(".")) if folds.is_dir() else []
+    return (
+        sorted(p.name for p in folds.iterdir() if p.is_dir() and not p.name.startswith(".")) if folds.is_dir() else []
+    )
 
 
 def stamps(folder: Path, folds) -> dict[str, tuple[int, int]]:
@@ -92,8 +115,20 @@ def toy(tmp_path_factory):
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_retraining_its_finished_folds(toy, tmp_path):
     out, work = tmp_path / "run", tmp_path / ".run.partial"
-    command = [sys.executable, "-m", "stages", "train", "--dynamic-images", str(toy["cache"]), "--out", str(out),
-               "--params", str(toy["params"]), "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "stages",
+        "train",
+        "--dynamic-images",
+        str(toy["cache"]),
+        "--out",
+        str(out),
+        "--params",
+        str(toy["params"]),
+        "--jobs",
+        "1",
+    ]
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while len(finished_folds(work)) < 2 and process.poll() is None and time.monotonic() < deadline:
@@ -120,7 +155,7 @@ def test_a_killed_run_resumes_without_retraining_its_finished_folds(toy, tmp_pat
 def test_changed_params_and_fresh_discard_finished_folds(toy, tmp_path, monkeypatch):
     """A run that fails on its last fold keeps the others; what happens to them on the next run."""
     out, work, last = tmp_path / "run", tmp_path / ".run.partial", SUBJECTS[-1]
-    train_fold = pipeline.training.train_fold
+    train_fold = pipeline.train.training.train_fold
 
     def failing_on_last(data, fold, *args, **kwargs):
         if fold == last:
@@ -131,9 +166,11 @@ def test_changed_params_and_fresh_discard_finished_folds(toy, tmp_path, monkeypa
         return invoke("train", "--dynamic-images", toy["cache"], "--out", out, "--params", params, *extra)
 
     def epochs_trained():
-        return {f: json.loads((work / "folds" / f / "manifest.json").read_text())["epochs"] for f in finished_folds(work)}
+        return {
+            f: json.loads((work / "folds" / f / "manifest.json").read_text())["epochs"] for f in finished_folds(work)
+        }
 
-    monkeypatch.setattr(pipeline.training, "train_fold", failing_on_last)
+    monkeypatch.setattr(pipeline.train.training, "train_fold", failing_on_last)
     assert train(toy["params"]).exit_code != 0
     assert not out.exists() and epochs_trained() == {f: 2 for f in SUBJECTS[:-1]}
 
@@ -150,7 +187,7 @@ def test_changed_params_and_fresh_discard_finished_folds(toy, tmp_path, monkeypa
     after = stamps(work, SUBJECTS[:-1])
     assert all(after[f][1] > before[f][1] for f in before), (before, after)
 
-    monkeypatch.setattr(pipeline.training, "train_fold", train_fold)
+    monkeypatch.setattr(pipeline.train.training, "train_fold", train_fold)
     result = train(one_epoch)
     assert result.exit_code == 0, result.output
     assert f"resuming: {len(SUBJECTS) - 1} of {len(SUBJECTS)} folds" in result.output
@@ -163,7 +200,9 @@ def test_a_class_without_training_samples_in_a_fold_stops_before_training(tmp_pa
     labels = [(0, 1, 0, 1), (0, 1, 2, 2), (0, 1, 0, 1)]
     cache = toy_cache(tmp_path / "di.h5", subjects=SUBJECTS[:3], labels=labels, label_names=[*CLASSES, "fear"])
     out = tmp_path / "run"
-    result = invoke("train", "--dynamic-images", cache, "--out", out, "--params", toy_params(tmp_path, epochs=1, mode="baseline"))
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", out, "--params", toy_params(tmp_path, epochs=1, mode="baseline")
+    )
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "class 'surprise' (2 clips) has no training sample in fold sub02" in result.output
     assert "--classes" in result.output and "missing_class: warn" in result.output
@@ -181,7 +220,9 @@ def test_a_class_without_training_samples_in_a_fold_stops_before_training(tmp_pa
 def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, tmp_path):
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"
-        result = invoke("train", "--dynamic-images", toy["cache"], "--out", out, "--params", toy["params"], "--jobs", jobs)
+        result = invoke(
+            "train", "--dynamic-images", toy["cache"], "--out", out, "--params", toy["params"], "--jobs", jobs
+        )
         assert result.exit_code == 0, result.output
         assert_same_run(out, toy["reference"])
         timings = json.loads((out / "timings.json").read_text())
@@ -191,16 +232,16 @@ def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, t
 
 
 def test_threads_setting():
-    assert pipeline.training.TrainSettings.from_params({}).threads is None
-    assert pipeline.training.TrainSettings.from_params({"threads": "auto"}).to_dict()["threads"] == "auto"
-    settings = pipeline.training.TrainSettings.from_params({"threads": 3, "jobs": 2})
-    assert settings.threads == 3 and pipeline.training.fold_threads(settings, 10) == 3
+    assert pipeline.train.training.TrainSettings.from_params({}).threads is None
+    assert pipeline.train.training.TrainSettings.from_params({"threads": "auto"}).to_dict()["threads"] == "auto"
+    settings = pipeline.train.training.TrainSettings.from_params({"threads": 3, "jobs": 2})
+    assert settings.threads == 3 and pipeline.train.training.fold_threads(settings, 10) == 3
     assert "jobs" not in settings.result_settings() and settings.result_settings()["threads"] == 3
     for bad in (0, "many", True, 1.5):
         with pytest.raises(ValueError, match="threads must be auto"):
-            pipeline.training.TrainSettings.from_params({"threads": bad})
+            pipeline.train.training.TrainSettings.from_params({"threads": bad})
     with pytest.raises(ValueError, match="missing_class"):
-        pipeline.training.TrainSettings.from_params({"missing_class": "ignore"})
+        pipeline.train.training.TrainSettings.from_params({"missing_class": "ignore"})
 
 
 def test_fold_results_are_read_back_from_the_files_written(tmp_path):
@@ -208,8 +249,9 @@ def test_fold_results_are_read_back_from_the_files_written(tmp_path):
     what the fold files hold (6-decimal probabilities and losses), not the in-memory floats."""
     from tests.test_training_modes import settings_for, tiny_data
 
-    run, results, timings = pipeline.training.train_run(tiny_data(), settings_for(mode="baseline", threads=1), tmp_path / "run", {},
-                                                         echo=lambda line: None)
+    run, results, timings = pipeline.train.training.train_run(
+        tiny_data(), settings_for(mode="baseline", threads=1), tmp_path / "run", {}, echo=lambda line: None
+    )
     assert [r.fold for r in results] == ["sub01", "sub02"] and sorted(timings["folds"]) == ["sub01", "sub02"]
     for result in results:
         assert result.log and all(e["loss"] == round(e["loss"], 6) for e in result.log)

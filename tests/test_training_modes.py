@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import AugmentSettings, affine_matrices, augment_batch
-from pipeline.training import (
+from pipeline.train.augment import AugmentSettings, affine_matrices, augment_batch
+from pipeline.train.training import (
     MODES,
     LosoData,
     TrainSettings,
@@ -58,7 +58,12 @@ def settings_for(**params) -> TrainSettings:
 
 @pytest.mark.parametrize(
     "mode, phases, spatial",
-    [("baseline", ("full",), False), ("spatial", ("full",), True), ("dual_phase", PHASES, False), ("dual_phase_spatial", PHASES, True)],
+    [
+        ("baseline", ("full",), False),
+        ("spatial", ("full",), True),
+        ("dual_phase", PHASES, False),
+        ("dual_phase_spatial", PHASES, True),
+    ],
 )
 def test_modes_are_presets_of_phases_and_augmentation(mode, phases, spatial):
     settings = TrainSettings.from_params({"mode": mode, "augment": {"flip": True, "rotation": 5, "jitter": 0.1}})
@@ -77,7 +82,9 @@ def test_spatial_mode_without_an_augment_section_uses_flip_and_rotation():
 def test_phase_overrides_and_test_fusion():
     settings = TrainSettings.from_params({"mode": "baseline", "test_fusion": True})
     assert settings.train_phases == ("full",) and settings.test_phases == PHASES
-    explicit = TrainSettings.from_params({"mode": "dual_phase", "train_phases": ["onset_apex"], "test_phases": ["apex_offset"]})
+    explicit = TrainSettings.from_params(
+        {"mode": "dual_phase", "train_phases": ["onset_apex"], "test_phases": ["apex_offset"]}
+    )
     assert explicit.train_phases == ("onset_apex",) and explicit.test_phases == ("apex_offset",)
     with pytest.raises(ValueError, match="test_fusion"):
         TrainSettings.from_params({"test_fusion": True, "test_phases": ["full"]})
@@ -94,7 +101,9 @@ def test_phase_overrides_and_test_fusion():
         TrainSettings.from_params({"augment_flip": True, "augment": {"flip": True}})
 
 
-@pytest.mark.parametrize("mode, per_clip", [("baseline", 1), ("spatial", 1), ("dual_phase", 3), ("dual_phase_spatial", 3)])
+@pytest.mark.parametrize(
+    "mode, per_clip", [("baseline", 1), ("spatial", 1), ("dual_phase", 3), ("dual_phase_spatial", 3)]
+)
 def test_modes_train_on_the_right_number_of_samples(mode, per_clip):
     data = tiny_data()
     result = train_fold(data, "sub01", settings_for(mode=mode), threads=1)
@@ -156,13 +165,17 @@ def test_identity_settings_and_zoom_direction():
     # zoom in on a centred square: the output's centre stays the square's value, the border moves inwards
     img = torch.zeros(1, 1, 16, 16)
     img[..., 4:12, 4:12] = 1
-    zoomed = augment_batch(img, torch.Generator().manual_seed(0), AugmentSettings(flip=False, rotation=0, scale=(2.0, 2.0)))
+    zoomed = augment_batch(
+        img, torch.Generator().manual_seed(0), AugmentSettings(flip=False, rotation=0, scale=(2.0, 2.0))
+    )
     assert zoomed[0, 0, 8, 8] == pytest.approx(1) and zoomed.mean() > img.mean()
 
 
 def test_augmentation_is_deterministic_per_fold_seed():
     data = tiny_data()
-    settings = settings_for(mode="dual_phase_spatial", augment={"flip": True, "rotation": 10, "scale": [0.9, 1.1], "jitter": 0.1})
+    settings = settings_for(
+        mode="dual_phase_spatial", augment={"flip": True, "rotation": 10, "scale": [0.9, 1.1], "jitter": 0.1}
+    )
     first = train_fold(data, "sub01", settings, threads=1)
     again = train_fold(data, "sub01", settings, threads=1)
     assert [r["prob_negative"] for r in first.predictions] == [r["prob_negative"] for r in again.predictions]
@@ -193,7 +206,9 @@ def test_run_writes_a_training_curve_averaged_over_folds(tmp_path):
     for epoch, row in enumerate(rows, start=1):
         losses = [r.log[epoch - 1]["loss"] for r in results]
         assert float(row["loss"]) == pytest.approx(np.mean(losses), abs=1e-6)
-    assert training_curve(results)[0]["train_accuracy"] == pytest.approx(np.mean([r.log[0]["train_accuracy"] for r in results]))
+    assert training_curve(results)[0]["train_accuracy"] == pytest.approx(
+        np.mean([r.log[0]["train_accuracy"] for r in results])
+    )
     for fold in ("sub01", "sub02"):
         assert (tmp_path / "folds" / fold / "train_log.csv").is_file()
 
@@ -204,10 +219,10 @@ def test_run_writes_a_training_curve_averaged_over_folds(tmp_path):
 
 def test_folds_on_a_local_dask_cluster_match_loky(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
-    import pipeline.training
+    import pipeline.train.training
 
     # loky: 2 jobs on "2 cores" = 1 torch thread per fold, as on a Dask worker (OMP_NUM_THREADS=1)
-    monkeypatch.setattr(pipeline.training, "available_cores", lambda: 2)
+    monkeypatch.setattr(pipeline.train.training, "available_cores", lambda: 2)
     data = tiny_data()
     common = {"mode": "dual_phase", "epochs": 2, "jobs": 2}
     loky = run_loso(data, settings_for(**common, backend="loky"), tmp_path / "loky")
@@ -215,7 +230,9 @@ def test_folds_on_a_local_dask_cluster_match_loky(tmp_path, monkeypatch):
         n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        on_dask = run_loso(data, settings_for(**common, backend="dask", scheduler=cluster.scheduler_address), tmp_path / "dask")
+        on_dask = run_loso(
+            data, settings_for(**common, backend="dask", scheduler=cluster.scheduler_address), tmp_path / "dask"
+        )
     assert [r.fold for r in on_dask] == ["sub01", "sub02"]
     for a, b in zip(loky, on_dask):
         assert [r["pred_label"] for r in a.predictions] == [r["pred_label"] for r in b.predictions]
@@ -234,12 +251,27 @@ def test_train_stage_on_a_local_dask_cluster(tmp_path):
     cache = make_cache(tmp_path / "di.h5")
     params = params_for(tmp_path, epochs=1, jobs=1)
     curve = tmp_path / "plots" / "curve.csv"
-    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params, "--backend", "dask", "--mode", "spatial",
-                    "--curve", curve)
+    result = invoke(
+        "train",
+        "--dynamic-images",
+        cache,
+        "--out",
+        tmp_path / "run",
+        "--params",
+        params,
+        "--backend",
+        "dask",
+        "--mode",
+        "spatial",
+        "--curve",
+        curve,
+    )
     assert result.exit_code == 0, result.output
     assert "dask local cluster" in result.output and "augmentation flip True" in result.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["params"]["augment"]["flip"] is True and len(run["folds"]) == 3
     assert json.loads((tmp_path / "run" / "timings.json").read_text())["backend"] == "dask"  # how it ran: timings.json
-    assert (tmp_path / "run" / "training_curve.csv").read_text() == curve.read_text()  # --curve: a copy outside the run folder
+    assert (
+        tmp_path / "run" / "training_curve.csv"
+    ).read_text() == curve.read_text()  # --curve: a copy outside the run folder
     assert curve.read_text().startswith("epoch,loss,train_accuracy,folds\n1,")

@@ -15,7 +15,7 @@ from pathlib import Path
 import dlib
 import numpy as np
 
-from .errors import MerError
+from pipeline.errors import MerError
 
 # dlib's 68-point scheme: indices of the eye contours, used to level and scale faces.
 RIGHT_EYE = slice(36, 42)  # the subject's right eye, on the left of the image
@@ -30,7 +30,7 @@ def model_folder() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def load_models() -> tuple["dlib.fhog_object_detector", "dlib.shape_predictor"]:
+def load_models() -> tuple[dlib.fhog_object_detector, dlib.shape_predictor]:
     """The HOG face detector and the 68-point predictor, loaded once per process."""
     path = model_folder() / "shape_predictor_68_face_landmarks.dat"
     if not path.is_file():
@@ -38,14 +38,14 @@ def load_models() -> tuple["dlib.fhog_object_detector", "dlib.shape_predictor"]:
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
 
 
-def detect_faces(image: np.ndarray, upsample: int = 0) -> list[tuple[float, "dlib.rectangle"]]:
+def detect_faces(image: np.ndarray, upsample: int = 0) -> list[tuple[float, dlib.rectangle]]:
     """Face boxes in an RGB or grayscale uint8 image, most confident first."""
     detector, _ = load_models()
     boxes, scores, _ = detector.run(np.ascontiguousarray(image), upsample, 0.0)
     return sorted(zip(scores, boxes), key=lambda item: -item[0])
 
 
-def landmarks_in_box(image: np.ndarray, box: "dlib.rectangle") -> np.ndarray:
+def landmarks_in_box(image: np.ndarray, box: dlib.rectangle) -> np.ndarray:
     _, predictor = load_models()
     shape = predictor(np.ascontiguousarray(image), box)
     return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float32)

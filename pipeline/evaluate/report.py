@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import Predictions, bootstrap_intervals, paired_comparison, summary
+from pipeline.evaluate.metrics import Predictions, bootstrap_intervals, paired_comparison, summary
 
 METRIC_NAMES = ("accuracy", "uf1", "uar")
 _LABELS = {"accuracy": "Acc", "uf1": "UF1", "uar": "UAR"}
@@ -28,7 +28,9 @@ def dataset_of(predictions: Predictions) -> str:
     return "+".join(names) if names else "unknown"
 
 
-def results_table(runs: list[RunResult], reference: str, n_resamples: int, level: float, seed: int = 0) -> list[dict[str, Any]]:
+def results_table(
+    runs: list[RunResult], reference: str, n_resamples: int, level: float, seed: int = 0
+) -> list[dict[str, Any]]:
     """One row per (dataset, model): per mode the metrics with intervals and the paired gain over
     the reference mode on the same clips (absolute, relative, interval, bootstrap p)."""
     cells: dict[tuple[str, str], dict[str, RunResult]] = defaultdict(dict)
@@ -36,12 +38,20 @@ def results_table(runs: list[RunResult], reference: str, n_resamples: int, level
         cells[(run.dataset, run.model)][run.mode] = run
     rows = []
     for (dataset, model), by_mode in sorted(cells.items()):
-        row: dict[str, Any] = {"dataset": dataset, "model": model, "n_clips": len(next(iter(by_mode.values())).predictions)}
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "n_clips": len(next(iter(by_mode.values())).predictions),
+        }
         base = by_mode.get(reference)
         for mode, run in sorted(by_mode.items(), key=lambda item: (item[0] != reference, item[0])):
             observed = summary(run.predictions.y_true, run.predictions.y_pred)
             intervals = bootstrap_intervals(run.predictions, n_resamples, level, seed) if n_resamples else {}
-            gains = paired_comparison(base.predictions, run.predictions, n_resamples or 1, level, seed) if base and mode != reference else {}
+            gains = (
+                paired_comparison(base.predictions, run.predictions, n_resamples or 1, level, seed)
+                if base and mode != reference
+                else {}
+            )
             for metric in METRIC_NAMES:
                 row[f"{mode}_{metric}"] = observed[metric]
                 if intervals:
@@ -49,7 +59,9 @@ def results_table(runs: list[RunResult], reference: str, n_resamples: int, level
                 if gains:
                     gain = gains[metric]
                     row[f"{mode}_{metric}_gain"] = gain["difference"]
-                    row[f"{mode}_{metric}_gain_rel"] = gain["difference"] / gain["reference"] if gain["reference"] else float("nan")
+                    row[f"{mode}_{metric}_gain_rel"] = (
+                        gain["difference"] / gain["reference"] if gain["reference"] else float("nan")
+                    )
                     if n_resamples:
                         row[f"{mode}_{metric}_gain_low"], row[f"{mode}_{metric}_gain_high"] = gain["low"], gain["high"]
                         row[f"{mode}_{metric}_gain_p"] = gain["p_not_better"]
@@ -112,7 +124,14 @@ def bar_chart(rows: list[dict[str, Any]], reference: str):
             low = np.array([row.get(f"{mode}_{metric}_low", np.nan) for row in rows]) * 100
             high = np.array([row.get(f"{mode}_{metric}_high", np.nan) for row in rows]) * 100
             errors = np.vstack([values - low, high - values]) if not np.isnan(low).all() else None
-            axis.bar(np.arange(len(rows)) + (i - (len(modes) - 1) / 2) * width, values, width, yerr=errors, capsize=3, label=mode)
+            axis.bar(
+                np.arange(len(rows)) + (i - (len(modes) - 1) / 2) * width,
+                values,
+                width,
+                yerr=errors,
+                capsize=3,
+                label=mode,
+            )
         axis.set_xticks(np.arange(len(rows)), groups, fontsize=8)
         axis.set_ylim(0, 100)
         axis.set_title(_LABELS[metric] + " (%)")

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .cache import DynamicImageSet
+from pipeline.io.caches import DynamicImageSet
 
 
 def pick_samples(data: DynamicImageSet, count: int) -> list[int]:
@@ -27,7 +27,9 @@ def pick_samples(data: DynamicImageSet, count: int) -> list[int]:
 def dynamic_image_sheet(data: DynamicImageSet, indices: list[int]) -> Figure:
     """One row per sample, one column per phase (full DI, then the phase DIs)."""
     phases = data.phases
-    figure, axes = plt.subplots(len(indices), len(phases), figsize=(2.2 * len(phases), 2.4 * len(indices)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(indices), len(phases), figsize=(2.2 * len(phases), 2.4 * len(indices)), squeeze=False
+    )
     for row, index in enumerate(indices):
         label = data.label_names[int(data.samples["label"][index])]
         for col, phase in enumerate(phases):

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
 
-from .errors import MerError
-
-REQUIRED_COLUMNS = ("sample_id", "subject", "true_label", "pred_label")
+from pipeline.errors import MerError
+from pipeline.io.runs import read_predictions
 
 
 @dataclass
@@ -43,49 +43,17 @@ class Predictions:
         return len(self.y_true)
 
 
-def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise MerError(f"{path} not found: is {run_dir} a run folder written by `mer train`?")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MerError(f"{path} is not valid JSON ({exc}); rerun `mer train`") from exc
-    names = info.get("label_names") if isinstance(info, dict) else None
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
-        raise MerError(f"{path} has no valid label_names list; rerun `mer train`")
-    return info
-
-
-def read_predictions(path: str | Path, label_names: Sequence[str], expected_folds: dict[str, int] | None = None) -> Predictions:
-    """Read a predictions CSV, checking its shape and labels; errors name the file, line and fold.
+def load_predictions(
+    path: str | Path, label_names: Sequence[str], expected_folds: dict[str, int] | None = None
+) -> Predictions:
+    """A run's predictions CSV as label indices, checking labels and folds; errors name the file, line and fold.
 
     `expected_folds` maps fold (subject) -> number of test samples, as recorded in run.json; a
     fold with fewer or more rows (a truncated file, an interrupted copy) is an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MerError(f"{path} not found: is {path.parent} a run folder written by `mer train`?")
+    rows = read_predictions(path)
     index = {name: i for i, name in enumerate(label_names)}
-    rows: list[dict[str, str]] = []
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise MerError(f"{path} is empty; rerun `mer train`")
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise MerError(f"{path}: missing column(s) {missing} in the header")
-        for record in reader:
-            if len(record) != len(header):
-                fold = record[header.index("subject")] if len(record) > header.index("subject") else "?"
-                raise MerError(
-                    f"{path}, line {reader.line_num} (fold {fold}): {len(record)} fields, expected {len(header)}; "
-                    "the file is truncated or damaged, rerun `mer train`"
-                )
-            rows.append(dict(zip(header, record)))
-    if not rows:
-        raise MerError(f"{path} holds no predictions; rerun `mer train`")
     y_true, y_pred = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
     for i, row in enumerate(rows):
         for column, target in (("true_label", y_true), ("pred_label", y_pred)):
@@ -98,8 +66,16 @@ def read_predictions(path: str | Path, label_names: Sequence[str], expected_fold
     subjects = np.array([row["subject"] for row in rows])
     if expected_folds is not None:
         found = dict(zip(*np.unique(subjects, return_counts=True)))
-        problems = [f"fold {fold}: {found.get(fold, 0)} predictions, run.json expects {n}" for fold, n in sorted(expected_folds.items()) if found.get(fold, 0) != n]
-        problems += [f"fold {fold}: {n} predictions but the fold is not in run.json" for fold, n in sorted(found.items()) if fold not in expected_folds]
+        problems = [
+            f"fold {fold}: {found.get(fold, 0)} predictions, run.json expects {n}"
+            for fold, n in sorted(expected_folds.items())
+            if found.get(fold, 0) != n
+        ]
+        problems += [
+            f"fold {fold}: {n} predictions but the fold is not in run.json"
+            for fold, n in sorted(found.items())
+            if fold not in expected_folds
+        ]
         if problems:
             raise MerError(f"{path} does not match run.json (truncated or mixed runs?): " + "; ".join(problems))
     ids = np.array([row["sample_id"] for row in rows])
@@ -128,7 +104,12 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
 
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    return {"accuracy": accuracy(y_true, y_pred), "uf1": uf1(y_true, y_pred), "uar": uar(y_true, y_pred), "n_samples": int(len(y_true))}
+    return {
+        "accuracy": accuracy(y_true, y_pred),
+        "uf1": uf1(y_true, y_pred),
+        "uar": uar(y_true, y_pred),
+        "n_samples": int(len(y_true)),
+    }
 
 
 def compute_metrics(predictions: Predictions) -> dict[str, Any]:
@@ -141,7 +122,12 @@ def compute_metrics(predictions: Predictions) -> dict[str, Any]:
     result["n_subjects"] = int(len(set(predictions.subjects.tolist())))
     result["classes"] = [names[i] for i in present_labels(y_true)]
     result["per_class"] = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(names)
     }
     result["per_subject"] = {}
@@ -154,7 +140,9 @@ def compute_metrics(predictions: Predictions) -> dict[str, Any]:
         }
     datasets = sorted(set(predictions.datasets.tolist()) - {""})
     if len(datasets) > 1:
-        result["per_dataset"] = {d: summary(y_true[predictions.datasets == d], y_pred[predictions.datasets == d]) for d in datasets}
+        result["per_dataset"] = {
+            d: summary(y_true[predictions.datasets == d], y_pred[predictions.datasets == d]) for d in datasets
+        }
     return result
 
 
@@ -168,7 +156,9 @@ def write_per_class_csv(path: str | Path, metrics: dict[str, Any]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["class", "precision", "recall", "f1", "support"])
         for name, row in metrics["per_class"].items():
-            writer.writerow([name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]])
+            writer.writerow(
+                [name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]]
+            )
 
 
 def write_per_subject_csv(path: str | Path, metrics: dict[str, Any]) -> None:
@@ -190,14 +180,19 @@ def write_confusion_csv(path: str | Path, counts: np.ndarray, label_names: Seque
 # ---------------------------------------------------------------------------------------------
 # Uncertainty over subjects: LOSO folds are subjects, so subjects are the unit to resample.
 
+
 def metrics_from_confusion(counts: np.ndarray) -> dict[str, float]:
     """Accuracy, UF1 and UAR from a (K, K) confusion matrix (rows true), same rules as above."""
     total = counts.sum()
     true_per_class, predicted_per_class, hits = counts.sum(axis=1), counts.sum(axis=0), np.diag(counts)
     present = true_per_class > 0
     recall = hits[present] / true_per_class[present]
-    precision = np.divide(hits[present], predicted_per_class[present], out=np.zeros(present.sum()), where=predicted_per_class[present] > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=(precision + recall) > 0)
+    precision = np.divide(
+        hits[present], predicted_per_class[present], out=np.zeros(present.sum()), where=predicted_per_class[present] > 0
+    )
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=(precision + recall) > 0
+    )
     return {"accuracy": float(hits.sum() / total), "uf1": float(f1.mean()), "uar": float(recall.mean())}
 
 
@@ -225,7 +220,9 @@ def bootstrap_intervals(
     """Percentile intervals of the pooled metrics, resampling whole subjects with replacement."""
     k = len(predictions.label_names)
     confusions = _per_subject_confusions(predictions.subjects, predictions.y_true, predictions.y_pred, k)
-    draws = [metrics_from_confusion(confusions[d].sum(axis=0)) for d in _subject_draws(len(confusions), n_resamples, seed)]
+    draws = [
+        metrics_from_confusion(confusions[d].sum(axis=0)) for d in _subject_draws(len(confusions), n_resamples, seed)
+    ]
     return {name: _interval([d[name] for d in draws], level) for name in ("accuracy", "uf1", "uar")}
 
 
@@ -280,7 +277,9 @@ def leakage_problems(run_dir: str | Path) -> list[str]:
             continue
         held_out = manifest.get("held_out_subject")
         if held_out in set(manifest.get("trained_on_subjects", [])):
-            problems.append(f"fold {fold.name}: trained on its held-out subject {held_out} (test set leaked into training)")
+            problems.append(
+                f"fold {fold.name}: trained on its held-out subject {held_out} (test set leaked into training)"
+            )
         try:
             with open(fold / "predictions.csv", newline="") as handle:
                 ids = [row["sample_id"] for row in csv.DictReader(handle)]

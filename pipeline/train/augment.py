@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ class AugmentSettings:
     jitter: float = 0.0
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> "AugmentSettings":
+    def from_params(cls, params: Mapping[str, Any] | None) -> AugmentSettings:
         """Build from the `augment` mapping; raise ValueError on unknown keys or bad values."""
         params = dict(params or {})
         known = {f.name for f in dataclasses.fields(cls)}
@@ -88,13 +89,13 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float32)
 
 
-def affine_matrices(
-    n: int, settings: AugmentSettings, generator: torch.Generator
-) -> torch.Tensor:
+def affine_matrices(n: int, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
     """(n, 2, 3) matrices for `affine_grid`: output coordinates -> input coordinates (normalized)."""
     angles = _uniform(n, -1.0, 1.0, generator) * math.radians(settings.rotation)
     zoom = _uniform(n, settings.scale[0], settings.scale[1], generator)
-    shift = _uniform(2 * n, -settings.translate, settings.translate, generator).view(n, 2) * 2  # [-1, 1] spans the image
+    shift = (
+        _uniform(2 * n, -settings.translate, settings.translate, generator).view(n, 2) * 2
+    )  # [-1, 1] spans the image
     cos, sin = torch.cos(angles) / zoom, torch.sin(angles) / zoom  # zoom > 1 samples a smaller area: zooms in
     row0 = torch.stack([cos, -sin, shift[:, 0]], 1)
     row1 = torch.stack([sin, cos, shift[:, 1]], 1)

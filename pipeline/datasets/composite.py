@@ -17,20 +17,21 @@ Subjects are only unique within a dataset. The combined table keeps each row's `
 its dataset wrote it (so the clip is still found as `subject/clip` in that dataset's aligned
 cache) and relies on the `dataset` column for identity: the DI stage builds `sample_id` as
 `dataset/subject/clip`, and training makes one LOSO fold per `dataset/subject` as soon as a
-DI cache holds more than one dataset (`pipeline.training.fold_keys`). Row order: the inputs in
+DI cache holds more than one dataset (`pipeline.train.training.fold_keys`). Row order: the inputs in
 the order given, each table's rows in its own order.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from .annotations import SAMPLE_COLUMNS, label_names_for, read_samples
-from .errors import InputProblems, MerError
+from pipeline.datasets.annotations import label_names_for
+from pipeline.errors import InputProblems, MerError
+from pipeline.io.samples import read_samples
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class SamplesInput:
     name: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "SamplesInput":
+    def parse(cls, text: str) -> SamplesInput:
         """'PATH' or 'NAME=PATH'; an existing file whose name holds '=' is taken as a path."""
         name, sep, path = str(text).partition("=")
         if sep and name and "/" not in name and "\\" not in name and not Path(text).is_file():
@@ -61,7 +62,9 @@ class Composite:
     warnings: list[str] = field(default_factory=list)
 
 
-def combine_samples(inputs: Sequence[SamplesInput | str | Path], classes: str | Mapping[str, Any] | None = None) -> Composite:
+def combine_samples(
+    inputs: Sequence[SamplesInput | str | Path], classes: str | Mapping[str, Any] | None = None
+) -> Composite:
     """Validate and concatenate samples tables; raises InputProblems listing every problem."""
     inputs = [i if isinstance(i, SamplesInput) else SamplesInput.parse(str(i)) for i in inputs]
     if len(inputs) < 2:
@@ -113,8 +116,10 @@ def combine_samples(inputs: Sequence[SamplesInput | str | Path], classes: str | 
         for item, found in per_table:
             unknown = [label for label in found if label not in labels]
             if unknown:
-                problems.append(f"{item.path}: labels {', '.join(unknown)} are not classes of {classes} "
-                                f"({', '.join(labels)}); re-run `mer annotate --classes {classes}` for it")
+                problems.append(
+                    f"{item.path}: labels {', '.join(unknown)} are not classes of {classes} "
+                    f"({', '.join(labels)}); re-run `mer annotate --classes {classes}` for it"
+                )
             absent = [label for label in labels if label not in found]
             if absent and not unknown:
                 warnings.append(f"{item.path} has no clip of class(es) {', '.join(absent)}")
@@ -124,8 +129,10 @@ def combine_samples(inputs: Sequence[SamplesInput | str | Path], classes: str | 
         reference = per_table[0][1] if per_table else []
         if any(found != reference for _, found in per_table):
             listing = "; ".join(f"{item.path}: {', '.join(found)}" for item, found in per_table)
-            problems.append(f"the tables use different label sets ({listing}); annotate every dataset with the same "
-                            "--classes (e.g. megc-3), or pass --classes to allow a dataset without some class")
+            problems.append(
+                f"the tables use different label sets ({listing}); annotate every dataset with the same "
+                "--classes (e.g. megc-3), or pass --classes to allow a dataset without some class"
+            )
     if problems:
         raise InputProblems(f"cannot combine {len(inputs)} samples tables; nothing was written", problems)
 
@@ -163,39 +170,44 @@ def aligned_caches(specs: Sequence[str], datasets: Sequence[str]) -> dict[str, P
         if len(plain) == 1 and not named and len(datasets) == 1:
             return {datasets[0]: plain[0]}
         example = " ".join(f"--aligned {d}=cache/aligned/{d}.h5" for d in datasets)
-        raise MerError(f"the samples table holds datasets {', '.join(datasets)}: give one aligned cache per dataset as "
-                       f"NAME=FILE, e.g. {example}")
-    problems += [f"no aligned cache for dataset {d}; add --aligned {d}=cache/aligned/{d}.h5" for d in datasets if d not in named]
-    problems += [f"--aligned {n}=...: the samples table has no dataset {n} (it has {', '.join(datasets)})"
-                 for n in named if n not in datasets]
+        raise MerError(
+            f"the samples table holds datasets {', '.join(datasets)}: give one aligned cache per dataset as "
+            f"NAME=FILE, e.g. {example}"
+        )
+    problems += [
+        f"no aligned cache for dataset {d}; add --aligned {d}=cache/aligned/{d}.h5" for d in datasets if d not in named
+    ]
+    problems += [
+        f"--aligned {n}=...: the samples table has no dataset {n} (it has {', '.join(datasets)})"
+        for n in named
+        if n not in datasets
+    ]
     if problems:
         raise InputProblems("the aligned caches do not match the samples table", problems)
     return {d: named[d] for d in datasets}
 
 
-def write_composite(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """The combined samples table, same columns as `mer annotate` writes."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SAMPLE_COLUMNS, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-
-
 def composite_summary(result: Composite, out: str | Path | None = None) -> list[str]:
     """Per-dataset counts (clips, subjects, per class) and the totals, as the stage prints them."""
     total = Counter()
-    lines = [f"composite of {len(result.datasets)} datasets, classes "
-             f"{result.classes or 'as annotated'}: " + ", ".join(result.labels)]
+    lines = [
+        f"composite of {len(result.datasets)} datasets, classes "
+        f"{result.classes or 'as annotated'}: " + ", ".join(result.labels)
+    ]
     width = max(len(d) for d in result.datasets)
     for name in result.datasets:
         counts = result.counts[name]
         total.update(counts)
-        lines.append(f"  {name:<{width}}  {sum(counts.values()):>5} clips, {result.subjects[name]:>3} subjects: "
-                     + ", ".join(f"{label} {counts[label]}" for label in result.labels) + f"  ({result.sources[name]})")
+        lines.append(
+            f"  {name:<{width}}  {sum(counts.values()):>5} clips, {result.subjects[name]:>3} subjects: "
+            + ", ".join(f"{label} {counts[label]}" for label in result.labels)
+            + f"  ({result.sources[name]})"
+        )
     n_subjects = sum(result.subjects.values())
-    lines.append(f"  {'total':<{width}}  {sum(total.values()):>5} clips, {n_subjects:>3} subjects: "
-                 + ", ".join(f"{label} {total[label]}" for label in result.labels))
+    lines.append(
+        f"  {'total':<{width}}  {sum(total.values()):>5} clips, {n_subjects:>3} subjects: "
+        + ", ".join(f"{label} {total[label]}" for label in result.labels)
+    )
     lines.append(f"  LOSO folds: {n_subjects} (one per dataset/subject)")
     lines += [f"  note: {w}" for w in result.warnings]
     if out is not None:

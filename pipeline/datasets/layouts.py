@@ -14,14 +14,14 @@ number. Subjects are kept as written (stripped), not renumbered.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 
-from .errors import MerError
+from pipeline.errors import MerError
 
 DATASETS = ("casme2", "samm", "generic")
 DEFAULT_FOLDER_PATTERN = "{subject}/{clip}"
@@ -131,10 +131,14 @@ def compile_folder_pattern(pattern: str) -> list[re.Pattern]:
     names = _PLACEHOLDER.findall(text)
     unknown = sorted(set(names) - {"subject", "clip"})
     if unknown:
-        raise MerError(f"folder pattern {pattern!r}: unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
-                       "only {subject} and {clip} are filled in")
+        raise MerError(
+            f"folder pattern {pattern!r}: unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
+            "only {subject} and {clip} are filled in"
+        )
     if names.count("subject") != 1 or names.count("clip") != 1:
-        raise MerError(f"folder pattern {pattern!r} must hold {{subject}} and {{clip}} once each, e.g. {DEFAULT_FOLDER_PATTERN}")
+        raise MerError(
+            f"folder pattern {pattern!r} must hold {{subject}} and {{clip}} once each, e.g. {DEFAULT_FOLDER_PATTERN}"
+        )
     segments = []
     for segment in text.split("/"):
         if segment in ("", ".", ".."):
@@ -143,7 +147,7 @@ def compile_folder_pattern(pattern: str) -> list[re.Pattern]:
             raise MerError(f"folder pattern {pattern!r}: unbalanced braces")
         regex, last = "", 0
         for match in _PLACEHOLDER.finditer(segment):
-            regex += _literal(segment[last:match.start()]) + f"(?P<{match.group(1)}>.+?)"
+            regex += _literal(segment[last : match.start()]) + f"(?P<{match.group(1)}>.+?)"
             last = match.end()
         regex += _literal(segment[last:])
         segments.append(re.compile(f"^{regex}$"))
@@ -187,14 +191,18 @@ def _generic_clip_folders(root: str | Path, pattern: str | None) -> dict[tuple[s
             break
         folder = children[0]
     if not matches:
-        raise MerError(f"no clip folders matching the folder pattern {pattern!r} under {root}; "
-                       f"set the pattern (--folder-pattern) to your layout, e.g. {DEFAULT_FOLDER_PATTERN} for ROOT/01/clip1/frame001.jpg")
+        raise MerError(
+            f"no clip folders matching the folder pattern {pattern!r} under {root}; "
+            f"set the pattern (--folder-pattern) to your layout, e.g. {DEFAULT_FOLDER_PATTERN} for ROOT/01/clip1/frame001.jpg"
+        )
     clips: dict[tuple[str, str], ClipFolder] = {}
     for match, path in matches:
         key = (match["subject"].strip(), match["clip"].strip())
         if key in clips:
-            raise MerError(f"folder pattern {pattern!r} matches two folders for subject {key[0]}, clip {key[1]}: "
-                           f"{clips[key].path} and {path}; make the pattern more specific")
+            raise MerError(
+                f"folder pattern {pattern!r} matches two folders for subject {key[0]}, clip {key[1]}: "
+                f"{clips[key].path} and {path}; make the pattern more specific"
+            )
         clips[key] = _clip_folder("generic", key[0], key[1], path)
     return clips
 
@@ -218,7 +226,9 @@ def scan_clip_folders(
     if dataset == "generic":
         return _generic_clip_folders(root, pattern), []
     if pattern is not None:
-        raise MerError(f"a folder pattern applies to the generic format only; {dataset} folders are laid out as the dataset ships them")
+        raise MerError(
+            f"a folder pattern applies to the generic format only; {dataset} folders are laid out as the dataset ships them"
+        )
     base = resolve_root(dataset, root)
     clips: dict[tuple[str, str], ClipFolder] = {}
     unreadable: list[UnreadableFolder] = []
@@ -227,7 +237,9 @@ def scan_clip_folders(
         try:
             clip_dirs = sorted(p for p in subject_dir.iterdir() if p.is_dir())
         except PermissionError as exc:
-            unreadable.append(UnreadableFolder(subject, "*", subject_dir, f"cannot read subject folder: {exc.strerror or exc}"))
+            unreadable.append(
+                UnreadableFolder(subject, "*", subject_dir, f"cannot read subject folder: {exc.strerror or exc}")
+            )
             continue
         for clip_dir in clip_dirs:
             try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import cv2
 import numpy as np
@@ -72,7 +72,7 @@ class PhaseBound:
     shift: int = 0
 
     @classmethod
-    def parse(cls, text: object) -> "PhaseBound":
+    def parse(cls, text: object) -> PhaseBound:
         match = _ANCHOR.match(str(text))
         if not match:
             raise ValueError(f"phase bound {text!r} must be onset, apex or offset, optionally followed by +N or -N")
@@ -120,14 +120,18 @@ def phase_frames(
     return start, end
 
 
-def phase_weights(frame_numbers: np.ndarray, windows: Mapping[str, tuple[int, int]], variant: str = "harmonic") -> np.ndarray:
+def phase_weights(
+    frame_numbers: np.ndarray, windows: Mapping[str, tuple[int, int]], variant: str = "harmonic"
+) -> np.ndarray:
     """(P, T) float32 matrix whose row p holds phase p's rank-pooling weights over the clip's frames."""
     index = {int(n): i for i, n in enumerate(frame_numbers)}
     weights = np.zeros((len(windows), len(frame_numbers)), np.float32)
     for row, (name, (start, end)) in enumerate(windows.items()):
         missing = [n for n in range(start, end + 1) if n not in index]
         if missing:
-            raise ValueError(f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} of phase {name} are not in the aligned clip")
+            raise ValueError(
+                f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} of phase {name} are not in the aligned clip"
+            )
         weights[row, index[start] : index[end] + 1] = rank_pooling_coefficients(end - start + 1, variant)
     return weights
 
@@ -188,7 +192,7 @@ class DynamicImageSettings:
     min_phase_frames: int = 2
 
     @classmethod
-    def from_params(cls, params: Mapping[str, object]) -> "DynamicImageSettings":
+    def from_params(cls, params: Mapping[str, object]) -> DynamicImageSettings:
         settings = cls(
             phases=parse_phases(params.get("phases")),  # type: ignore[arg-type]
             variant=str(params.get("variant", "harmonic")),
@@ -210,7 +214,9 @@ class DynamicImageSettings:
         return settings
 
 
-def apply_overrides(samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None) -> tuple[list[dict], list[str]]:
+def apply_overrides(
+    samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None
+) -> tuple[list[dict], list[str]]:
     """Samples with per-clip corrections {"subject/clip": {onset|apex|offset: frame}} applied.
 
     Returns the corrected samples (apex_source "override" where the apex was set) and one
@@ -221,9 +227,13 @@ def apply_overrides(samples: list[dict], overrides: Mapping[str, Mapping[str, ob
     by_key = {f"{s['subject']}/{s['clip']}": s for s in samples}
     for key, values in overrides.items():
         if key not in by_key:
-            problems.append(f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)")
+            problems.append(
+                f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)"
+            )
         elif not isinstance(values, Mapping) or not set(values) <= set(ANCHORS) or not values:
-            problems.append(f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}")
+            problems.append(
+                f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}"
+            )
     if problems:
         return samples, problems
     corrected = []

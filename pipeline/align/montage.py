@@ -42,5 +42,7 @@ def aligned_montage(
         r, c = divmod(i, columns)
         top, left = r * (tile + caption), c * tile
         sheet[top : top + tile, left : left + tile] = cell
-        cv2.putText(sheet, label[:24], (left + 3, top + tile + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            sheet, label[:24], (left + 3, top + tile + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+        )
     return sheet

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def row_normalize(counts: np.ndarray) -> np.ndarray:
@@ -31,12 +31,21 @@ def _panel(ax, matrix: np.ndarray, label_names: Sequence[str], title: str, fmt: 
     threshold = (vmax if vmax > 0 else 1) / 2
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                format(matrix[i, j], fmt),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] > threshold else "black",
+            )
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
-def plot_confusion(counts: np.ndarray, label_names: Sequence[str], path: str | Path, normalize: bool = True, title: str = "") -> None:
+def plot_confusion(
+    counts: np.ndarray, label_names: Sequence[str], path: str | Path, normalize: bool = True, title: str = ""
+) -> None:
     """Confusion matrix PNG: counts, plus the row-normalized matrix beside it when `normalize`."""
     counts = np.asarray(counts)
     panels = 2 if normalize else 1

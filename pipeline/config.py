@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import MerError
+from pipeline.errors import MerError
 
 
 def _read(params_file: str | Path) -> dict[str, Any]:

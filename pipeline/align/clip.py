@@ -26,15 +26,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cache import AlignedClip
-from .frames import ClipFolder, scan_clip_folders
-from .landmarks import detect_faces, eye_centres, landmarks_in_box
+from pipeline.align.landmarks import detect_faces, eye_centres, landmarks_in_box
+from pipeline.datasets.layouts import ClipFolder, scan_clip_folders
+from pipeline.imaging import JPEG_SUFFIXES, FrameError, decode_frame, is_grayscale
+from pipeline.io.caches import AlignedClip
 
 METHODS = ("landmarks", "resize")
 DETECTOR = "dlib-hog+shape_predictor_68"
 # Landmarks that micro-expressions barely move (temples, nose, eye corners): used to follow the head.
 STABLE_POINTS = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])
-_JPEG_SUFFIXES = {".jpg", ".jpeg"}
 Allocate = Callable[[tuple[int, ...]], np.ndarray]  # shape -> empty C-contiguous uint8 array
 
 
@@ -69,13 +69,8 @@ class AlignSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-class AlignmentFailure(Exception):
-    """One clip could not be aligned: `file` is the file or folder concerned, `reason` says why."""
-
-    def __init__(self, reason: str, file: str | Path | None = None):
-        self.reason = reason
-        self.file = str(file) if file is not None else ""
-        super().__init__(f"{self.file}: {reason}" if self.file else reason)
+class AlignmentFailure(FrameError):
+    """One clip could not be aligned (no face, degenerate landmarks, an empty folder)."""
 
 
 @dataclass(frozen=True)
@@ -115,71 +110,6 @@ def input_fingerprint(folder: ClipFolder) -> str:
             size = -1
         digest.update(f"{number}\t{path.name}\t{size}\n".encode())
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-def _file_bytes(path: Path) -> np.ndarray:
-    try:
-        data = np.fromfile(path, np.uint8)
-    except PermissionError:
-        raise AlignmentFailure("cannot read file: permission denied", path) from None
-    except OSError as exc:
-        raise AlignmentFailure(f"cannot read file: {exc.strerror or exc}", path) from None
-    if data.size == 0:
-        raise AlignmentFailure("cannot decode image: empty file", path)
-    if path.suffix.lower() in _JPEG_SUFFIXES:
-        if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
-            raise AlignmentFailure("cannot decode image: not a JPEG file (no start-of-image marker)", path)
-        if b"\xff\xd9" not in data[-64:].tobytes():
-            raise AlignmentFailure("cannot decode image: truncated JPEG (no end-of-image marker)", path)
-    return data
-
-
-_READ_FLAGS = {
-    (True, 1): cv2.IMREAD_GRAYSCALE,
-    (True, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
-    (True, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    (True, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
-    (False, 1): cv2.IMREAD_COLOR,
-    (False, 2): cv2.IMREAD_REDUCED_COLOR_2,
-    (False, 4): cv2.IMREAD_REDUCED_COLOR_4,
-    (False, 8): cv2.IMREAD_REDUCED_COLOR_8,
-}
-
-
-def decode_frame(path: str | Path, grayscale: bool, reduction: int = 1, rgb: bool = True) -> np.ndarray:
-    """One frame: (H, W) uint8 when `grayscale`, else (H, W, 3) uint8, RGB (or BGR with rgb=False).
-
-    `reduction` 2, 4 or 8 decodes at 1/2, 1/4, 1/8 size (JPEG: in the DCT domain, several times
-    faster than a full decode, and low-pass filtered). Damage raises AlignmentFailure.
-    """
-    path = Path(path)
-    image = cv2.imdecode(_file_bytes(path), _READ_FLAGS[(grayscale, reduction)])
-    if image is None:
-        raise AlignmentFailure("cannot decode image (corrupt, truncated or not an image)", path)
-    if rgb and not grayscale:
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
-    return image
-
-
-def is_grayscale(path: str | Path) -> bool:
-    """True for single-channel files and for colour files whose three channels are equal.
-
-    JPEGs are probed at 1/8 size (DC coefficients only: a fraction of a millisecond).
-    """
-    path = Path(path)
-    jpeg = path.suffix.lower() in _JPEG_SUFFIXES
-    image = cv2.imdecode(_file_bytes(path), cv2.IMREAD_REDUCED_COLOR_8 if jpeg else cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise AlignmentFailure("cannot decode image (corrupt, truncated or not an image)", path)
-    if image.ndim == 2:
-        return True
-    if image.ndim == 3 and image.shape[2] == 3:
-        return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
-    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +227,11 @@ class _FrameSource:
         height, width = frame.shape[:2]
         if self.shape is None:
             self.shape = frame.shape
-        elif self.reduction == 1 and (height, width) != self.shape[:2] or self.reduction > 1 and (
-            (height, width) != tuple(-(-v // self.reduction) for v in self.shape[:2])
+        elif (
+            self.reduction == 1
+            and (height, width) != self.shape[:2]
+            or self.reduction > 1
+            and ((height, width) != tuple(-(-v // self.reduction) for v in self.shape[:2]))
         ):
             full = (height * self.reduction, width * self.reduction) if self.reduction > 1 else (height, width)
             raise AlignmentFailure(
@@ -312,7 +245,7 @@ class _FrameSource:
 
         Returns the affine for frames at that size.
         """
-        if self.paths[0].suffix.lower() in _JPEG_SUFFIXES:
+        if self.paths[0].suffix.lower() in JPEG_SUFFIXES:
             scale = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
             while self.reduction < 8 and scale * self.reduction * 2 <= 1.0:
                 self.reduction *= 2
@@ -475,7 +408,9 @@ def _resize_clip(
     height, width = source.shape[:2]
     sx, sy = size / width, size / height
     affine = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])  # cv2.resize's pixel-centre mapping
-    attrs.update(reference_frame=int(folder.frame_numbers[0]), reference_index=0, source_size=[width, height], fallback="none")
+    attrs.update(
+        reference_frame=int(folder.frame_numbers[0]), reference_index=0, source_size=[width, height], fallback="none"
+    )
     return AlignedClip(
         subject=folder.subject,
         clip=folder.clip,

@@ -25,8 +25,8 @@ from typing import Any, Self
 import h5py
 import numpy as np
 
-from . import __version__
-from .errors import MerError
+from pipeline import __version__
+from pipeline.errors import MerError
 
 ALIGNED_SCHEMA = "mer.aligned"
 DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
@@ -220,7 +220,9 @@ class DynamicImageWriter(_CacheWriter):
     ):
         self._n, self._phases, self._count = n, list(phases), 0
         self._handle = h5py.File(path, "w", track_order=False)
-        _file_attrs(self._handle, DYNAMIC_IMAGES_SCHEMA, params, {"label_names": list(label_names), "phases": self._phases})
+        _file_attrs(
+            self._handle, DYNAMIC_IMAGES_SCHEMA, params, {"label_names": list(label_names), "phases": self._phases}
+        )
         self._group = self._handle.create_group("images")
         self._digests = {phase: hashlib.sha256() for phase in self._phases}
         if image_shape is not None:
@@ -231,7 +233,13 @@ class DynamicImageWriter(_CacheWriter):
         if len(shape) != 3 or shape[2] != 3:
             raise ValueError(f"images/{phase}: an image of shape {shape}, expected (H, W, 3)")
         return self._group.create_dataset(
-            phase, shape=(self._n, *shape), dtype=np.uint8, chunks=(1, *shape), compression="gzip", compression_opts=4, track_times=False
+            phase,
+            shape=(self._n, *shape),
+            dtype=np.uint8,
+            chunks=(1, *shape),
+            compression="gzip",
+            compression_opts=4,
+            track_times=False,
         )
 
     def add(self, images: Mapping[str, np.ndarray]) -> None:
@@ -285,10 +293,14 @@ def write_dynamic_images(
 def read_dynamic_images(path: str | Path) -> DynamicImageSet:
     with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
         phases = json.loads(handle.attrs.get("phases", "[]"))
-        missing = [name for name in SAMPLE_FIELDS if name not in handle] + [f"images/{p}" for p in phases if f"images/{p}" not in handle]
+        missing = [name for name in SAMPLE_FIELDS if name not in handle] + [
+            f"images/{p}" for p in phases if f"images/{p}" not in handle
+        ]
         if missing or "label_names" not in handle.attrs:
             missing += [] if "label_names" in handle.attrs else ["label_names attribute"]
-            raise MerError(f"{path} lacks {', '.join(missing)}: it is damaged or incomplete; regenerate it with `mer dynimg`")
+            raise MerError(
+                f"{path} lacks {', '.join(missing)}: it is damaged or incomplete; regenerate it with `mer dynimg`"
+            )
         samples = {name: _read(handle[name]) for name in SAMPLE_FIELDS}
         images = {phase: handle["images"][phase][()] for phase in phases}
         attrs = {key: handle.attrs[key] for key in handle.attrs}
@@ -339,15 +351,29 @@ def verify(path: str | Path) -> list[str]:
                 if f"images/{phase}" not in handle:
                     problems.append(f"missing dataset images/{phase}")
                 elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:
-                    problems.append(f"images/{phase} has shape {handle['images'][phase].shape}, expected ({n}, H, W, 3)")
+                    problems.append(
+                        f"images/{phase} has shape {handle['images'][phase].shape}, expected ({n}, H, W, 3)"
+                    )
         else:
             for subject, clip in aligned_clip_keys(handle):
                 group = handle[subject][clip]
                 for name in ("frames", "frame_numbers", "landmarks", "affine"):
                     if name not in group:
                         problems.append(f"{subject}/{clip}: missing dataset {name}")
-                if "frames" in group and "frame_numbers" in group and group["frames"].shape[0] != group["frame_numbers"].shape[0]:
-                    problems.append(f"{subject}/{clip}: {group['frames'].shape[0]} frames but {group['frame_numbers'].shape[0]} frame numbers")
-                if "frames" in group and "frame_affines" in group and group["frame_affines"].shape != (group["frames"].shape[0], 2, 3):
-                    problems.append(f"{subject}/{clip}: frame_affines has shape {group['frame_affines'].shape}, expected ({group['frames'].shape[0]}, 2, 3)")
+                if (
+                    "frames" in group
+                    and "frame_numbers" in group
+                    and group["frames"].shape[0] != group["frame_numbers"].shape[0]
+                ):
+                    problems.append(
+                        f"{subject}/{clip}: {group['frames'].shape[0]} frames but {group['frame_numbers'].shape[0]} frame numbers"
+                    )
+                if (
+                    "frames" in group
+                    and "frame_affines" in group
+                    and group["frame_affines"].shape != (group["frames"].shape[0], 2, 3)
+                ):
+                    problems.append(
+                        f"{subject}/{clip}: frame_affines has shape {group['frame_affines'].shape}, expected ({group['frames'].shape[0]}, 2, 3)"
+                    )
     return problems

@@ -29,10 +29,10 @@ import math
 import re
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -50,7 +50,17 @@ SAMM_ROOT = "SAMM"
 SAMM_CODING = "SAMM_Micro_FACS_Codes_v2.xlsx"
 GROUND_TRUTH = "ground_truth.csv"
 
-CASME2_HEADER = ("Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units", "Estimated Emotion")
+CASME2_HEADER = (
+    "Subject",
+    "Filename",
+    None,
+    "OnsetFrame",
+    "ApexFrame",
+    "OffsetFrame",
+    None,
+    "Action Units",
+    "Estimated Emotion",
+)
 SAMM_HEADER = (
     "Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame", "Duration", "Micro",
     "Action Units", "Estimated Emotion", "Objective Classes", "Notes",
@@ -101,13 +111,30 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
     "casme2-scale": {
         "casme2": DatasetPreset(
             26,
-            (("others", 99), ("disgust", 63), ("happiness", 32), ("repression", 27), ("surprise", 25), ("sadness", 7), ("fear", 2)),
+            (
+                ("others", 99),
+                ("disgust", 63),
+                ("happiness", 32),
+                ("repression", 27),
+                ("surprise", 25),
+                ("sadness", 7),
+                ("fear", 2),
+            ),
             (55, 80),
             (640, 480),
         ),
         "samm": DatasetPreset(
             29,
-            (("Anger", 57), ("Other", 26), ("Happiness", 26), ("Surprise", 15), ("Contempt", 12), ("Disgust", 9), ("Fear", 8), ("Sadness", 6)),
+            (
+                ("Anger", 57),
+                ("Other", 26),
+                ("Happiness", 26),
+                ("Surprise", 15),
+                ("Contempt", 12),
+                ("Disgust", 9),
+                ("Fear", 8),
+                ("Sadness", 6),
+            ),
             (55, 80),
             (1020, 544),
         ),
@@ -153,25 +180,77 @@ def _image_xy(moves: dict[int, tuple[float, float]]) -> dict[int, tuple[float, f
 _PATTERN_MOVES: dict[str, dict[int, tuple[float, float]]] = {
     # AU6 + AU12: lip corners up and out, cheeks raised (lower lids pushed up).
     "cheek_raise_lip_corner_pull": _symmetric(
-        {48: (0.55, 0.85), 49: (0.25, 0.45), 59: (0.3, 0.35), 60: (0.45, 0.7), 67: (0.15, 0.25), 50: (0.1, 0.25),
-         58: (0.1, 0.15), 40: (0.0, 0.35), 41: (0.0, 0.35), 3: (0.1, 0.3), 4: (0.1, 0.3), 31: (0.05, 0.15)}
+        {
+            48: (0.55, 0.85),
+            49: (0.25, 0.45),
+            59: (0.3, 0.35),
+            60: (0.45, 0.7),
+            67: (0.15, 0.25),
+            50: (0.1, 0.25),
+            58: (0.1, 0.15),
+            40: (0.0, 0.35),
+            41: (0.0, 0.35),
+            3: (0.1, 0.3),
+            4: (0.1, 0.3),
+            31: (0.05, 0.15),
+        }
     ),  # fmt: skip
     # AU4 + AU9 + AU10: brows down and together, nose wrinkled, upper lip raised.
     "brow_lower_nose_wrinkle": _symmetric(
-        {17: (-0.1, -0.35), 18: (-0.2, -0.45), 19: (-0.3, -0.55), 20: (-0.45, -0.65), 21: (-0.6, -0.7),
-         31: (-0.1, 0.45), 32: (-0.05, 0.5), 33: (0.0, 0.5), 28: (0.0, 0.15), 29: (0.0, 0.2), 39: (0.0, 0.15),
-         50: (0.0, 0.75), 51: (0.0, 0.85), 49: (0.05, 0.55), 61: (0.0, 0.6), 62: (0.0, 0.65), 48: (0.0, 0.3)}
+        {
+            17: (-0.1, -0.35),
+            18: (-0.2, -0.45),
+            19: (-0.3, -0.55),
+            20: (-0.45, -0.65),
+            21: (-0.6, -0.7),
+            31: (-0.1, 0.45),
+            32: (-0.05, 0.5),
+            33: (0.0, 0.5),
+            28: (0.0, 0.15),
+            29: (0.0, 0.2),
+            39: (0.0, 0.15),
+            50: (0.0, 0.75),
+            51: (0.0, 0.85),
+            49: (0.05, 0.55),
+            61: (0.0, 0.6),
+            62: (0.0, 0.65),
+            48: (0.0, 0.3),
+        }
     ),  # fmt: skip
     # AU14 + AU15 + AU17: lip corners pressed in and down, chin pushed up.
     "lip_corner_depress_chin_raise": _symmetric(
-        {48: (-0.3, -0.8), 49: (-0.1, -0.35), 59: (-0.15, -0.45), 60: (-0.3, -0.6), 57: (0.0, 0.45),
-         58: (0.0, 0.4), 66: (0.0, 0.3), 7: (0.0, 0.3), 8: (0.0, 0.35)}
+        {
+            48: (-0.3, -0.8),
+            49: (-0.1, -0.35),
+            59: (-0.15, -0.45),
+            60: (-0.3, -0.6),
+            57: (0.0, 0.45),
+            58: (0.0, 0.4),
+            66: (0.0, 0.3),
+            7: (0.0, 0.3),
+            8: (0.0, 0.35),
+        }
     ),  # fmt: skip
     # AU1 + AU2 + AU26: brows up, upper lids up, jaw slightly down.
     "brow_raise_jaw_drop": _symmetric(
-        {17: (0.05, 0.8), 18: (0.0, 0.95), 19: (0.0, 1.0), 20: (0.0, 0.95), 21: (0.0, 0.85), 37: (0.0, 0.35),
-         38: (0.0, 0.35), 5: (0.0, -0.25), 6: (0.0, -0.45), 7: (0.0, -0.6), 8: (0.0, -0.65), 57: (0.0, -0.6),
-         58: (0.0, -0.55), 59: (0.0, -0.4), 66: (0.0, -0.55), 67: (0.0, -0.5)}
+        {
+            17: (0.05, 0.8),
+            18: (0.0, 0.95),
+            19: (0.0, 1.0),
+            20: (0.0, 0.95),
+            21: (0.0, 0.85),
+            37: (0.0, 0.35),
+            38: (0.0, 0.35),
+            5: (0.0, -0.25),
+            6: (0.0, -0.45),
+            7: (0.0, -0.6),
+            8: (0.0, -0.65),
+            57: (0.0, -0.6),
+            58: (0.0, -0.55),
+            59: (0.0, -0.4),
+            66: (0.0, -0.55),
+            67: (0.0, -0.5),
+        }
     ),  # fmt: skip
     # AU7 plus a one-sided AU2: lids tightened, the image-right outer brow raised.
     "lid_tighten_unilateral_brow": {
@@ -180,24 +259,65 @@ _PATTERN_MOVES: dict[str, dict[int, tuple[float, float]]] = {
     },
     # AU4 + AU23/24: brows down and together, lips pressed.
     "brow_lower_lip_press": _symmetric(
-        {21: (-0.75, -0.7), 20: (-0.5, -0.55), 19: (-0.3, -0.4), 18: (-0.15, -0.3), 17: (0.0, -0.2),
-         39: (0.0, -0.15), 50: (0.0, -0.45), 51: (0.0, -0.5), 61: (0.0, -0.4), 62: (0.0, -0.45), 57: (0.0, 0.45),
-         58: (0.0, 0.4), 66: (0.0, 0.4), 67: (0.0, 0.35), 48: (-0.25, 0.0), 60: (-0.2, 0.0)}
+        {
+            21: (-0.75, -0.7),
+            20: (-0.5, -0.55),
+            19: (-0.3, -0.4),
+            18: (-0.15, -0.3),
+            17: (0.0, -0.2),
+            39: (0.0, -0.15),
+            50: (0.0, -0.45),
+            51: (0.0, -0.5),
+            61: (0.0, -0.4),
+            62: (0.0, -0.45),
+            57: (0.0, 0.45),
+            58: (0.0, 0.4),
+            66: (0.0, 0.4),
+            67: (0.0, 0.35),
+            48: (-0.25, 0.0),
+            60: (-0.2, 0.0),
+        }
     ),  # fmt: skip
     # One-sided AU14: the image-right lip corner pulled up and back.
     "unilateral_dimpler": _image_xy(
-        {54: (0.65, -0.75), 53: (0.3, -0.4), 55: (0.3, -0.35), 64: (0.5, -0.55), 63: (0.15, -0.2),
-         65: (0.15, -0.2), 12: (0.1, -0.2)}
+        {
+            54: (0.65, -0.75),
+            53: (0.3, -0.4),
+            55: (0.3, -0.35),
+            64: (0.5, -0.55),
+            63: (0.15, -0.2),
+            65: (0.15, -0.2),
+            12: (0.1, -0.2),
+        }
     ),  # fmt: skip
     # AU1 + AU2 + AU4 + AU20: brows up and together, lips stretched sideways.
     "inner_brow_raise_lip_stretch": _symmetric(
-        {21: (-0.5, 0.9), 20: (-0.35, 0.75), 19: (-0.2, 0.55), 18: (0.0, 0.4), 17: (0.0, 0.3), 37: (0.0, 0.3),
-         38: (0.0, 0.3), 48: (0.95, -0.2), 49: (0.4, -0.05), 59: (0.45, -0.15), 60: (0.7, -0.1), 67: (0.2, -0.1)}
+        {
+            21: (-0.5, 0.9),
+            20: (-0.35, 0.75),
+            19: (-0.2, 0.55),
+            18: (0.0, 0.4),
+            17: (0.0, 0.3),
+            37: (0.0, 0.3),
+            38: (0.0, 0.3),
+            48: (0.95, -0.2),
+            49: (0.4, -0.05),
+            59: (0.45, -0.15),
+            60: (0.7, -0.1),
+            67: (0.2, -0.1),
+        }
     ),  # fmt: skip
     # AU1 + AU15: inner brows up, lip corners down.
     "inner_brow_raise_lip_corner_depress": _symmetric(
-        {21: (-0.35, 0.95), 20: (-0.2, 0.55), 19: (0.0, 0.25), 48: (0.0, -0.9), 49: (0.0, -0.35),
-         59: (0.0, -0.4), 60: (0.0, -0.65)}
+        {
+            21: (-0.35, 0.95),
+            20: (-0.2, 0.55),
+            19: (0.0, 0.25),
+            48: (0.0, -0.9),
+            49: (0.0, -0.35),
+            59: (0.0, -0.4),
+            60: (0.0, -0.65),
+        }
     ),  # fmt: skip
 }
 
@@ -238,11 +358,20 @@ _ACTION_UNITS: dict[str, tuple[int | str, ...]] = {
     "contempt": ("R14", "R12", "L14", "R12+R14"),
 }
 # SAMM objective classes (Davison et al., 2018), I..VII as integers.
-_SAMM_OBJECTIVE = {"happiness": 1, "surprise": 2, "anger": 3, "disgust": 4, "sadness": 5, "fear": 6, "contempt": 7, "other": 7}
+_SAMM_OBJECTIVE = {
+    "happiness": 1,
+    "surprise": 2,
+    "anger": 3,
+    "disgust": 4,
+    "sadness": 5,
+    "fear": 6,
+    "contempt": 7,
+    "other": 7,
+}
 _SAMM_NOTES = ("", "", "", "", "", "Blink", "Head movement", "Eye movement at offset", "Slight head tilt")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pattern(name: str) -> np.ndarray:
     """(68, 2) float32 landmark displacements of a facial-action pattern, largest of length 1."""
     moves = np.zeros((68, 2), dtype=np.float64)
@@ -376,7 +505,12 @@ def _draw_look(rng: np.random.Generator, dataset: str, preset: DatasetPreset) ->
         mirror=bool(rng.random() < 0.5),
         aspect=float(rng.uniform(0.93, 1.07)),
         bulge=(float(rng.uniform(-0.06, 0.06)), float(rng.uniform(-0.06, 0.06))),
-        wave=(float(rng.uniform(0, 0.015)), float(rng.uniform(1.2, 2.5)), float(rng.uniform(0, math.pi)), float(rng.uniform(0, 2 * math.pi))),
+        wave=(
+            float(rng.uniform(0, 0.015)),
+            float(rng.uniform(1.2, 2.5)),
+            float(rng.uniform(0, math.pi)),
+            float(rng.uniform(0, 2 * math.pi)),
+        ),
         contrast=float(rng.uniform(0.8, 1.15)),
         brightness=float(rng.uniform(-0.08, 0.08)),
         gamma=float(rng.uniform(0.8, 1.25)),
@@ -389,7 +523,7 @@ def _draw_look(rng: np.random.Generator, dataset: str, preset: DatasetPreset) ->
 
 def _face_found(image: np.ndarray, landmarks: np.ndarray) -> bool:
     """dlib's detector finds the face (at the size the align stage detects on, and at full size)."""
-    from .landmarks import detect_faces
+    from pipeline.align.landmarks import detect_faces
 
     centre = landmarks.mean(axis=0)
     height, width = image.shape[:2]
@@ -542,7 +676,7 @@ _BODY_POLYGON = [(175, 120), (275, 120), (300, 150), (318, 190), (335, 240), (36
 @functools.lru_cache(maxsize=1)
 def portrait() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The bundled portrait (BGR uint8), its 68 landmarks, and the soft head mask (float32 0..1)."""
-    from .landmarks import detect_landmarks
+    from pipeline.align.landmarks import detect_landmarks
 
     image = cv2.imread(str(PORTRAIT_RESOURCE), cv2.IMREAD_COLOR)
     if image is None:
@@ -592,7 +726,9 @@ def _background(look: SubjectLook) -> np.ndarray:
     width, height = look.size
     first, second, direction = look.background
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    t = ((xs - width / 2) * math.cos(direction) + (ys - height / 2) * math.sin(direction)) / (0.5 * math.hypot(width, height))
+    t = ((xs - width / 2) * math.cos(direction) + (ys - height / 2) * math.sin(direction)) / (
+        0.5 * math.hypot(width, height)
+    )
     t = (np.clip(t, -1, 1) + 1) / 2
     first, second = np.asarray(first, np.float32), np.asarray(second, np.float32)
     return first + (second - first) * t[..., None]
@@ -709,7 +845,9 @@ def subject_style(seed: int, dataset: str, subject: str) -> np.ndarray:
     return style / np.linalg.norm(style, axis=1).max()
 
 
-def clip_displacements(clip: ClipPlan, landmarks: np.ndarray, rng: np.random.Generator, style: np.ndarray) -> np.ndarray:
+def clip_displacements(
+    clip: ClipPlan, landmarks: np.ndarray, rng: np.random.Generator, style: np.ndarray
+) -> np.ndarray:
     """(68, 2) peak landmark displacements of one clip, in frame pixels."""
     face_width, _, roll = face_scale(landmarks)
     moves = (1 - SUBJECT_STYLE) * pattern(clip.pattern).astype(np.float64) + SUBJECT_STYLE * style
@@ -779,12 +917,14 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
 
 def clip_files(clip: ClipPlan, seed: int) -> list[tuple[str, bytes]]:
     """(path relative to the dataset folder, JPEG bytes) for every frame of a clip."""
-    from .parallel import limit_native_threads
+    from pipeline.parallel import limit_native_threads
 
     limit_native_threads()
     frames = render_clip(clip, seed)
     folder = clip.folder()
-    return [(f"{folder}/{clip.frame_name(n)}", encode_jpeg(f, clip.quality)) for n, f in zip(clip.frame_numbers, frames)]
+    return [
+        (f"{folder}/{clip.frame_name(n)}", encode_jpeg(f, clip.quality)) for n, f in zip(clip.frame_numbers, frames)
+    ]
 
 
 def _sheet_extra(clip: ClipPlan) -> dict[str, object]:
@@ -798,7 +938,19 @@ def coding_rows(plan: DatasetPlan) -> list[list[object]]:
         clip = plan.clips[index]
         if plan.dataset == "casme2":
             apex: object = "/" if clip.apex_missing else clip.apex
-            rows.append([clip.subject_number, clip.clip, None, clip.onset, apex, clip.offset, None, clip.action_units, clip.emotion])
+            rows.append(
+                [
+                    clip.subject_number,
+                    clip.clip,
+                    None,
+                    clip.onset,
+                    apex,
+                    clip.offset,
+                    None,
+                    clip.action_units,
+                    clip.emotion,
+                ]
+            )
         else:
             extra = _sheet_extra(clip)
             subject: object = clip.subject if extra["subject_as_text"] else clip.subject_number
@@ -893,7 +1045,7 @@ def write_dataset(
     progress: Callable[[Iterator, int, str], Iterable] | None = None,
 ) -> dict[str, int]:
     """Write one dataset's frames, coding sheet and ground truth under `folder` (made if missing)."""
-    from .parallel import ordered_map
+    from pipeline.parallel import ordered_map
 
     folder.mkdir(parents=True, exist_ok=True)
     results = ordered_map(clip_files, ((clip, plan.seed) for clip in plan.clips), jobs)

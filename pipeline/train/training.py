@@ -67,12 +67,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .atomic import atomic_output
-from .augment import AugmentSettings, augment_batch
-from .cache import DynamicImageSet
-from .errors import MerError
-from .models import build_model, count_parameters, resolve_input_size
+from pipeline import __version__
+from pipeline.atomic import atomic_output
+from pipeline.errors import MerError
+from pipeline.io.caches import DynamicImageSet
+from pipeline.io.runs import read_predictions, read_train_log, write_predictions, write_train_log
+from pipeline.train.augment import AugmentSettings, augment_batch
+from pipeline.train.models import build_model, count_parameters, resolve_input_size
 
 PHASES_FULL = ("full",)
 PHASES_ALL = ("full", "onset_apex", "apex_offset")
@@ -174,11 +175,18 @@ class TrainSettings:
         elif not mode.spatial:
             augment = None
         elif not augment.active:
-            raise ValueError(f"mode {mode_name} needs at least one augmentation in `augment` (flip, rotation, scale, translate, jitter)")
+            raise ValueError(
+                f"mode {mode_name} needs at least one augmentation in `augment` (flip, rotation, scale, translate, jitter)"
+            )
         threads = params.get("threads")
         if threads in (None, "auto"):
             threads = None
-        elif isinstance(threads, bool) or not isinstance(threads, (int, str)) or not str(threads).isdigit() or int(threads) < 1:
+        elif (
+            isinstance(threads, bool)
+            or not isinstance(threads, (int, str))
+            or not str(threads).isdigit()
+            or int(threads) < 1
+        ):
             raise ValueError(f"threads must be auto or a number of torch threads per fold >= 1, got {threads!r}")
         missing_class = str(params.get("missing_class", cls.missing_class))
         if missing_class not in MISSING_CLASS:
@@ -277,7 +285,12 @@ def prepare_images(
 
 
 def load_loso_data(
-    di: DynamicImageSet, phases: Sequence[str], size: int, mean: Sequence[float], std: Sequence[float], source: str = "the DI cache"
+    di: DynamicImageSet,
+    phases: Sequence[str],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    source: str = "the DI cache",
 ) -> LosoData:
     missing = [p for p in phases if p not in di.images]
     if missing:
@@ -290,7 +303,9 @@ def load_loso_data(
         raise MerError(f"{source}: labels outside 0..{len(di.label_names) - 1} ({di.label_names})")
     groups = fold_keys(di.samples["dataset"], di.samples["subject"])
     if len(set(groups.tolist())) < 2:
-        raise MerError(f"{source}: leave-one-subject-out needs at least 2 subjects, found {sorted(set(groups.tolist()))}")
+        raise MerError(
+            f"{source}: leave-one-subject-out needs at least 2 subjects, found {sorted(set(groups.tolist()))}"
+        )
     images = {p: prepare_images(di.images[p], size, mean, std) for p in dict.fromkeys(phases)}
     return LosoData(
         images=images,
@@ -331,7 +346,8 @@ def check_fold_classes(data: LosoData, missing_class: str = "error") -> list[str
             )
     if problems and missing_class == "error":
         raise MerError(
-            "; ".join(problems) + ". A fold cannot learn a class it never sees. Merge the class into another or drop it "
+            "; ".join(problems)
+            + ". A fold cannot learn a class it never sees. Merge the class into another or drop it "
             "with the class mapping of annotate and dynimg (`--classes`, params datasets.NAME.classes: a preset such as "
             "casme2-5 or megc-3, or 'emotion=class,...'), or set train.missing_class: warn to train anyway"
             + "".join(f"\nwarning: {w}" for w in warnings)
@@ -470,7 +486,9 @@ def train_fold(
         x_test = [torch.from_numpy(np.ascontiguousarray(data.images[p][test_idx])) for p in settings.test_phases]
         x_train, y_train = x_train.to(device), y_train.to(device)  # the whole training set moves once
 
-        model = build_model(settings.model, len(data.label_names), settings.pretrained, settings.weights, settings.input_size)
+        model = build_model(
+            settings.model, len(data.label_names), settings.pretrained, settings.weights, settings.input_size
+        )
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         log: list[dict[str, float]] = []
@@ -527,48 +545,9 @@ def train_fold(
         torch.set_num_threads(previous_threads)
 
 
-LOG_COLUMNS = ("epoch", "loss", "train_accuracy")
-
-
 def write_fold_timing(timing_dir: str | Path, fold: str, seconds: float) -> None:
     with atomic_output(Path(timing_dir) / f"{fold_dir_name(fold)}.json") as tmp:
         tmp.write_text(json.dumps({"fold": fold, "seconds": seconds}) + "\n")
-
-
-def write_train_log(path: str | Path, log: Sequence[Mapping[str, float]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(LOG_COLUMNS)
-        for entry in log:
-            writer.writerow([entry["epoch"], f"{entry['loss']:.6f}", f"{entry['train_accuracy']:.6f}"])
-
-
-def read_train_log(path: str | Path) -> list[dict[str, float]]:
-    with open(path, newline="") as handle:
-        return [{"epoch": int(r["epoch"]), "loss": float(r["loss"]), "train_accuracy": float(r["train_accuracy"])} for r in csv.DictReader(handle)]
-
-
-def prediction_columns(label_names: Sequence[str]) -> list[str]:
-    return ["sample_id", "dataset", "subject", "true_label", "pred_label", *[f"prob_{name}" for name in label_names]]
-
-
-def write_predictions(path: str | Path, rows: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> None:
-    columns = prediction_columns(label_names)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([f"{row[c]:.6f}" if c.startswith("prob_") else row[c] for c in columns])
-
-
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a predictions.csv as `train_fold` returns them (probabilities as floats).
-
-    The probabilities are written with 6 decimals and read back exactly: writing them again gives
-    the same text, which keeps a resumed run byte-identical to an uninterrupted one.
-    """
-    with open(path, newline="") as handle:
-        return [{k: float(v) if k.startswith("prob_") else v for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def read_fold_result(out_dir: str | Path, fold: str, seconds: float | None = None) -> FoldResult:
@@ -627,7 +606,9 @@ def fold_threads(settings: TrainSettings, folds: int) -> int | None:
     return max(1, available_cores() // max(1, min(settings.jobs, folds)))
 
 
-def _train_fold_on_worker(data: LosoData, fold: str, settings: TrainSettings, out_dir: str, timing_dir: str | None = None) -> FoldResult:
+def _train_fold_on_worker(
+    data: LosoData, fold: str, settings: TrainSettings, out_dir: str, timing_dir: str | None = None
+) -> FoldResult:
     """`train_fold` on a Dask worker, with `threads` or else `worker_threads()` torch threads (set
     explicitly: torch may have been imported before Dask's environment applied)."""
     return train_fold(data, fold, settings, out_dir, settings.threads or worker_threads(), timing_dir)
@@ -645,10 +626,14 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
             try:
                 client = stack.enter_context(Client(scheduler, timeout="30s"))
             except OSError as exc:
-                raise MerError(f"cannot reach the Dask scheduler at {scheduler} (params train.scheduler): {exc}") from exc
+                raise MerError(
+                    f"cannot reach the Dask scheduler at {scheduler} (params train.scheduler): {exc}"
+                ) from exc
         else:
             cluster = stack.enter_context(
-                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+                )
             )
             client = stack.enter_context(Client(cluster))
         yield client
@@ -690,7 +675,9 @@ def run_loso(
             stack.enter_context(parallel_config(backend="dask", n_jobs=-1, scatter=[data]))
             runner = Parallel(return_as="generator_unordered", batch_size=1)
             on_worker = dataclasses.replace(settings, threads=threads)
-            results: Iterator[FoldResult] = runner(delayed(_train_fold_on_worker)(data, fold, on_worker, str(out_dir), timing) for fold in folds)
+            results: Iterator[FoldResult] = runner(
+                delayed(_train_fold_on_worker)(data, fold, on_worker, str(out_dir), timing) for fold in folds
+            )
         elif jobs == 1:
             results = (train_fold(data, fold, settings, out_dir, threads, timing, epoch_progress) for fold in folds)
         else:
@@ -767,13 +754,16 @@ def write_run(
     return run
 
 
-def write_timings(path: str | Path, results: Sequence[FoldResult], execution: Mapping[str, Any], resumed: Sequence[str] = ()) -> dict[str, Any]:
+def write_timings(
+    path: str | Path, results: Sequence[FoldResult], execution: Mapping[str, Any], resumed: Sequence[str] = ()
+) -> dict[str, Any]:
     """timings.json: the one file of a run that differs between identical runs (seconds per fold and
     in all, and how the folds ran: cores, jobs, backend)."""
     timings = {
         **execution,
         "folds": {
-            r.fold: {"seconds": None if r.seconds is None else round(r.seconds, 3), "resumed": r.fold in resumed} for r in results
+            r.fold: {"seconds": None if r.seconds is None else round(r.seconds, 3), "resumed": r.fold in resumed}
+            for r in results
         },
     }
     Path(path).write_text(json.dumps(timings, indent=2) + "\n")
@@ -810,7 +800,9 @@ def exclusive_run(out: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MerError(f"another `mer train` is writing {out} (it holds {path}); wait for it to finish or stop it") from None
+            raise MerError(
+                f"another `mer train` is writing {out} (it holds {path}); wait for it to finish or stop it"
+            ) from None
         try:
             yield
         finally:
@@ -827,15 +819,18 @@ def dynamic_images_digest(di: DynamicImageSet, phases: Sequence[str]) -> dict[st
         "fingerprint": str(di.attrs.get("fingerprint", "")),
         "samples_sha256": samples.hexdigest(),
         "label_names": list(di.label_names),
-        "images_sha256": {p: hashlib.sha256(np.ascontiguousarray(di.images[p]).tobytes()).hexdigest() for p in dict.fromkeys(phases)},
+        "images_sha256": {
+            p: hashlib.sha256(np.ascontiguousarray(di.images[p]).tobytes()).hexdigest() for p in dict.fromkeys(phases)
+        },
     }
 
 
 def _code_digest() -> str:
-    """sha256 of the training code (this module, models, augment): a fix there invalidates finished folds."""
+    """sha256 of the training code (every module of `pipeline/train/`): a fix there invalidates finished folds."""
     digest = hashlib.sha256()
-    for name in ("training.py", "models.py", "augment.py"):
-        digest.update((Path(__file__).with_name(name)).read_bytes())
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -867,7 +862,9 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -
     return names
 
 
-def open_work_folder(out: str | Path, key: Mapping[str, Any], folds: Sequence[str], fresh: bool = False) -> tuple[Path, list[str], str | None]:
+def open_work_folder(
+    out: str | Path, key: Mapping[str, Any], folds: Sequence[str], fresh: bool = False
+) -> tuple[Path, list[str], str | None]:
     """The work folder for `out` with the run key `key`: (folder, finished folds, message).
 
     A work folder of another key (or any, with `fresh`) is deleted first, and the message says why.
@@ -877,10 +874,8 @@ def open_work_folder(out: str | Path, key: Mapping[str, Any], folds: Sequence[st
     if work.exists():
         done = sorted(p.name for p in (work / "folds").glob("*") if p.is_dir() and not p.name.startswith("."))
         previous = None
-        try:
+        with contextlib.suppress(OSError, ValueError):
             previous = json.loads((work / "resume.json").read_text())
-        except (OSError, ValueError):
-            pass
         if fresh:
             reason = "--fresh"
         elif not isinstance(previous, dict) or "key" not in previous:
@@ -947,8 +942,12 @@ def train_run(
         timings = work / "timings"
         timings.mkdir(exist_ok=True)
         if todo:
-            run_loso(data, settings, work, todo, progress, threads=threads, timing_dir=timings, epoch_progress=epoch_progress)
-        results = [read_fold_result(work, fold, _read_seconds(timings / f"{fold_dir_name(fold)}.json")) for fold in folds]
+            run_loso(
+                data, settings, work, todo, progress, threads=threads, timing_dir=timings, epoch_progress=epoch_progress
+            )
+        results = [
+            read_fold_result(work, fold, _read_seconds(timings / f"{fold_dir_name(fold)}.json")) for fold in folds
+        ]
         run = write_run(work, results, settings, data.label_names, extra)
         execution = {
             "total_seconds": round(time.perf_counter() - started, 3),

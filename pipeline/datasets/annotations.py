@@ -19,7 +19,7 @@ never silently the midpoint.
 - `generic` (MMEW, CAS(ME)^3, SMIC, a lab's own data): a CSV (or .xlsx) with the columns
   subject, clip, onset, apex, offset, emotion and optionally action_units; a blank apex is
   imputed; subjects are kept as written; clip folders are found by a folder pattern relative
-  to the root (`{subject}/{clip}` by default, see `pipeline.frames`).
+  to the root (`{subject}/{clip}` by default, see `pipeline.datasets.layouts`).
 
 Class presets map emotions to the labels a study uses, in a fixed label order:
 `casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), or a user mapping. A generic
@@ -34,27 +34,24 @@ overrides file is re-imputed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
 
-from .errors import InputProblems, MerError
-from .frames import DATASETS, DEFAULT_FOLDER_PATTERN, ClipFolder, find_clip_folders, normalize_subject
+from pipeline.datasets.layouts import DATASETS, DEFAULT_FOLDER_PATTERN, ClipFolder, find_clip_folders, normalize_subject
+from pipeline.errors import InputProblems, MerError
+from pipeline.io.samples import SAMPLE_COLUMNS
+from pipeline.motion import estimate_apex, load_motion_frames
 
-SAMPLE_COLUMNS = (
-    "dataset", "subject", "clip", "onset", "apex", "offset", "apex_source",
-    "n_frames", "emotion", "label", "action_units", "source_row",
-)
-INT_COLUMNS = ("onset", "apex", "offset", "n_frames", "source_row")
-DROPPED_COLUMNS = ("source_row", "subject", "clip", "emotion", "reason", "detail")
 APEX_SOURCES = ("annotated", "imputed", "override")
 HEADER_SEARCH_ROWS = 30  # the header must be within the first rows of a sheet
 
@@ -191,7 +188,9 @@ def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
         )
     table = _PRESETS[text]
     groups = table.get(dataset, table.get(_SAME_FOR_BOTH, table.get("generic")))
-    return ClassScheme(text, tuple(label for label, _ in groups), {e: label for label, emotions in groups for e in emotions})
+    return ClassScheme(
+        text, tuple(label for label, _ in groups), {e: label for label, emotions in groups for e in emotions}
+    )
 
 
 def label_names_for(spec: str | Mapping[str, Any], dataset: str = "casme2") -> list[str]:
@@ -227,8 +226,13 @@ _FIELD_ALIASES: dict[str, tuple[str, ...]] = {
 REQUIRED_FIELDS = ("subject", "clip", "onset", "apex", "offset", "emotion")
 # Column names for messages about columns the sheet lacks, as each dataset's sheet spells them.
 _FIELD_TITLES = {
-    "subject": "Subject", "clip": "Filename", "onset": "OnsetFrame", "apex": "ApexFrame",
-    "offset": "OffsetFrame", "emotion": "Estimated Emotion", "action_units": "Action Units",
+    "subject": "Subject",
+    "clip": "Filename",
+    "onset": "OnsetFrame",
+    "apex": "ApexFrame",
+    "offset": "OffsetFrame",
+    "emotion": "Estimated Emotion",
+    "action_units": "Action Units",
 }
 _SAMM_TITLES = {**_FIELD_TITLES, "onset": "Onset Frame", "apex": "Apex Frame", "offset": "Offset Frame"}
 _GENERIC_TITLES = {f: f for f in _FIELD_TITLES}
@@ -236,6 +240,8 @@ _GENERIC_TITLES = {f: f for f in _FIELD_TITLES}
 
 def _titles(dataset: str) -> dict[str, str]:
     return {"samm": _SAMM_TITLES, "generic": _GENERIC_TITLES}.get(dataset, _FIELD_TITLES)
+
+
 _MISSING_APEX = {"", "/", "-", "\\", "?", "n/a", "na", "none", "-1"}
 
 
@@ -363,7 +369,9 @@ def _csv_tables(path: Path) -> Iterator[tuple[str | None, list[tuple]]]:
 def _tables(path: Path) -> Iterable[tuple[str | None, list[tuple]]]:
     suffix = path.suffix.lower()
     if suffix == ".xls":
-        raise MerError(f"{path}: the legacy .xls format cannot be read; open it and save it as .xlsx, or export it as .csv")
+        raise MerError(
+            f"{path}: the legacy .xls format cannot be read; open it and save it as .xlsx, or export it as .csv"
+        )
     with open(path, "rb") as handle:
         is_zip = handle.read(4) == b"PK\x03\x04"
     if suffix in (".xlsx", ".xlsm") or (suffix not in (".csv", ".txt", ".tsv") and is_zip):
@@ -438,7 +446,8 @@ def _parse_row(
 
     if subject is None:
         example = {"casme2": "an integer such as 1 (folder sub01)", "samm": "a number such as 006 or 6"}.get(
-            dataset, "the subject as its folder is named (without '/')")
+            dataset, "the subject as its folder is named (without '/')"
+        )
         if _blank(raw_subject):
             problem("missing subject", f"no Subject; fill it in with {example}")
         else:
@@ -460,7 +469,10 @@ def _parse_row(
         number_value = _int_cell(value)
         if number_value is None:
             kind = "text" if isinstance(value, str) else type(value).__name__
-            problem("text in frame column", f"{title} holds {kind} {value!r}, not a frame number; write the integer frame number")
+            problem(
+                "text in frame column",
+                f"{title} holds {kind} {value!r}, not a frame number; write the integer frame number",
+            )
         elif number_value < 0:
             problem("bad frame number", f"{title} is negative ({number_value}); write the frame number")
             number_value = None
@@ -473,10 +485,16 @@ def _parse_row(
     onset, apex, offset = frames["onset"], frames["apex"], frames["offset"]
     if onset is not None and offset is not None:
         if onset > offset:
-            problem("frame order", f"{titles['onset']} {onset} is after {titles['offset']} {offset}; correct the frame numbers")
+            problem(
+                "frame order",
+                f"{titles['onset']} {onset} is after {titles['offset']} {offset}; correct the frame numbers",
+            )
         elif apex is not None and not onset <= apex <= offset:
-            problem("frame order", f"{titles['apex']} {apex} is outside {titles['onset']}..{titles['offset']} "
-                                   f"({onset}..{offset}); correct the frame numbers")
+            problem(
+                "frame order",
+                f"{titles['apex']} {apex} is outside {titles['onset']}..{titles['offset']} "
+                f"({onset}..{offset}); correct the frame numbers",
+            )
     if problems:
         return None, problems, RowKey(number, subject, clip, emotion, None)
     row = CodingRow(number, subject, clip, onset, apex, offset, emotion, normalize_action_units(cell("action_units")))
@@ -492,10 +510,8 @@ def _row_identity(dataset: str, cells: Sequence[Any], columns: Mapping[str, int]
     """(subject, clip) of a data row, normalized; None for a part that is blank or invalid."""
     subject = clip = None
     raw_subject = _cell(cells, columns, "subject")
-    try:
+    with contextlib.suppress(ValueError):
         subject = normalize_subject(dataset, raw_subject) if not _blank(raw_subject) else None
-    except ValueError:
-        pass
     raw_clip = _cell(cells, columns, "clip")
     if not _blank(raw_clip):
         clip = str(int(raw_clip)) if isinstance(raw_clip, float) and raw_clip.is_integer() else str(raw_clip).strip()
@@ -552,8 +568,10 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
         if header is not None:
             break
     if header is None:
-        raise MerError(f"{path} is not an overrides file: no header row with the columns subject, clip and "
-                       "at least one of onset, apex, offset (names matched ignoring case, spaces and '_')")
+        raise MerError(
+            f"{path} is not an overrides file: no header row with the columns subject, clip and "
+            "at least one of onset, apex, offset (names matched ignoring case, spaces and '_')"
+        )
     index, columns, table = header
     seen: dict[tuple[str, str], int] = {}
     for number, cells in enumerate(table[index + 1 :], start=index + 2):
@@ -561,7 +579,7 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
             continue
         subject, clip = _row_identity(dataset, cells, columns)
 
-        def problem(reason: str, detail: str) -> None:
+        def problem(reason: str, detail: str, subject=subject, clip=clip, number=number) -> None:
             overrides.problems.append(Problem(None, subject, clip, reason, detail, overrides.where(number)))
 
         n_before = len(overrides.problems)
@@ -575,10 +593,15 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
             if _blank(value):
                 continue
             number_value = _int_cell(value)
-            if name == "apex" and (number_value == -1 or (number_value is None and str(value).strip().lower() in _MISSING_APEX)):
+            if name == "apex" and (
+                number_value == -1 or (number_value is None and str(value).strip().lower() in _MISSING_APEX)
+            ):
                 values[name] = REIMPUTE
             elif number_value is None:
-                problem("override", f"{name} holds {value!r}, not a frame number; write the integer frame number or leave it blank")
+                problem(
+                    "override",
+                    f"{name} holds {value!r}, not a frame number; write the integer frame number or leave it blank",
+                )
             elif number_value < 0:
                 problem("override", f"{name} is negative ({number_value})")
             else:
@@ -587,7 +610,9 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
             problem("override", "sets none of onset, apex, offset; fill one in or delete the row")
         if subject is not None and clip is not None:
             if (subject, clip) in seen:
-                problem("override", f"the clip is also overridden on row {seen[(subject, clip)]}; keep one row per clip")
+                problem(
+                    "override", f"the clip is also overridden on row {seen[(subject, clip)]}; keep one row per clip"
+                )
             else:
                 seen[(subject, clip)] = number
         if len(overrides.problems) == n_before:
@@ -652,7 +677,9 @@ def read_coding(path: str | Path, dataset: str, overrides: Overrides | None = No
     by_clip = {(o.subject, o.clip): o for o in overrides.rows} if overrides is not None else {}
     used: set[tuple[str, str]] = set()
     for number, cells in enumerate(table[index + 1 :], start=index + 2):
-        key_cells = [cells[columns[f]] if columns[f] < len(cells) else None for f in ("subject", "clip", "onset", "offset")]
+        key_cells = [
+            cells[columns[f]] if columns[f] < len(cells) else None for f in ("subject", "clip", "onset", "offset")
+        ]
         if all(_blank(v) for v in key_cells):
             continue  # blank rows and notes below the table
         sheet.n_rows += 1
@@ -660,7 +687,10 @@ def read_coding(path: str | Path, dataset: str, overrides: Overrides | None = No
         if override is not None:
             used.add((override.subject, override.clip))
             cells = _apply_override(cells, columns, override)
-            sheet.overridden[number] = (override, f"{', '.join(override.values)} from {overrides.where(override.source_row)}")
+            sheet.overridden[number] = (
+                override,
+                f"{', '.join(override.values)} from {overrides.where(override.source_row)}",
+            )
         row, problems, key = _parse_row(dataset, number, cells, columns, titles)
         if override is not None and row is not None:
             row = replace(row, overridden=tuple(override.values))
@@ -673,12 +703,20 @@ def read_coding(path: str | Path, dataset: str, overrides: Overrides | None = No
         known = {(k.subject, k.clip) for k in sheet.keys}
         for o in overrides.rows:
             if (o.subject, o.clip) not in used:
-                hints = sorted(f"{s}/{c}" for s, c in known if c is not None and s is not None and c.lower() == o.clip.lower())
+                hints = sorted(
+                    f"{s}/{c}" for s, c in known if c is not None and s is not None and c.lower() == o.clip.lower()
+                )
                 hint = f" (the sheet has {', '.join(hints[:3])})" if hints else ""
-                sheet.override_problems.append(Problem(
-                    None, o.subject, o.clip, "override",
-                    f"no row of {path.name} codes subject {o.subject}, clip {o.clip}{hint}; fix the subject or clip of the override",
-                    overrides.where(o.source_row)))
+                sheet.override_problems.append(
+                    Problem(
+                        None,
+                        o.subject,
+                        o.clip,
+                        "override",
+                        f"no row of {path.name} codes subject {o.subject}, clip {o.clip}{hint}; fix the subject or clip of the override",
+                        overrides.where(o.source_row),
+                    )
+                )
         sheet.override_problems.sort(key=lambda p: int(p.where.rsplit(" ", 1)[1]))  # by the overrides file's row
     return sheet
 
@@ -686,75 +724,6 @@ def read_coding(path: str | Path, dataset: str, overrides: Overrides | None = No
 # --------------------------------------------------------------------------------------------
 # Apex imputation
 # --------------------------------------------------------------------------------------------
-
-
-def motion_profile(frames: np.ndarray, onset_index: int = 0) -> np.ndarray:
-    """Mean absolute difference of each frame from frame `onset_index`, for frames from there on."""
-    frames = np.asarray(frames)
-    if frames.ndim not in (3, 4) or len(frames) == 0:
-        raise ValueError(f"expected frames of shape (T,H,W) or (T,H,W,C) with T >= 1, got {frames.shape}")
-    if not 0 <= onset_index < len(frames):
-        raise ValueError(f"onset_index {onset_index} is outside the {len(frames)} frames")
-    reference = frames[onset_index].astype(np.float32)
-    if reference.ndim == 3:
-        reference = reference.mean(axis=2)
-    profile = np.empty(len(frames) - onset_index, np.float64)
-    for i, frame in enumerate(frames[onset_index:]):  # one frame at a time: no (T,H,W) float copy
-        frame = frame.astype(np.float32)
-        if frame.ndim == 3:
-            frame = frame.mean(axis=2)
-        profile[i] = float(np.abs(frame - reference).mean())
-    return profile
-
-
-def _running(profile: np.ndarray, window: int, reduce) -> np.ndarray:
-    """Centred running `reduce` (np.median, np.mean) over `window` frames, edges padded."""
-    half = window // 2
-    padded = np.pad(profile, half, mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
-    return reduce(windows, axis=1)
-
-
-def estimate_apex(frames: np.ndarray, onset_index: int = 0, smooth: int = 5) -> int:
-    """Index (into `frames`) of the frame of peak motion relative to the onset frame.
-
-    Motion is the mean absolute grey-level difference to frame `onset_index`. It is smoothed
-    over `smooth` frames (25 ms at 200 fps): a running median first, so that one or two odd
-    frames (a corrupt or duplicated frame, a blink of the lights) cannot win, then a running
-    mean; the first maximum is returned. Pure: works on any (T,H,W) or (T,H,W,C) array, raw
-    frames as well as aligned ones.
-    """
-    profile = motion_profile(frames, onset_index)
-    window = max(1, min(int(smooth), len(profile)))
-    if window > 2:
-        profile = _running(_running(profile, window, np.median), window, np.mean)
-    return onset_index + int(np.argmax(profile))
-
-
-_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-
-
-def load_motion_frames(paths: Sequence[str | Path], min_side: int = 96) -> np.ndarray:
-    """(T,h,w) uint8 grayscale frames decoded at reduced size (JPEG DCT scaling, fast).
-
-    The reduction is the largest of 1/2/4/8 that keeps the shorter side at least `min_side`
-    pixels: 640x480 CASME II frames are read at 160x120, 2040x1088 SAMM frames at 255x136.
-    """
-    if not paths:
-        raise ValueError("no frames to read")
-    first = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
-    if first is None:
-        raise MerError(f"cannot decode image {paths[0]} (corrupt, truncated or not an image)")
-    factor = max([f for f in _REDUCED if min(first.shape) // f >= min_side] or [1])
-    frames = []
-    for path in paths:
-        image = cv2.imread(str(path), _REDUCED[factor])
-        if image is None:
-            raise MerError(f"cannot decode image {path} (corrupt, truncated or not an image)")
-        if frames and image.shape != frames[0].shape:
-            raise MerError(f"{path} is {image.shape[1]}x{image.shape[0]}, unlike the clip's other frames")
-        frames.append(image)
-    return np.stack(frames)
 
 
 def impute_apex(folder: ClipFolder, onset: int, offset: int) -> int:
@@ -802,6 +771,16 @@ class DroppedRow:
     emotion: str
     reason: str
     detail: str
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "source_row": self.source_row,
+            "subject": self.subject or "",
+            "clip": self.clip or "",
+            "emotion": self.emotion,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -860,19 +839,37 @@ def _duplicate_problems(keys: Sequence[RowKey]) -> list[Problem]:
         first = group[0]
         if first.values is not None and all(k.values == first.values for k in group):
             for k in group[1:]:
-                problems.append(Problem(k.source_row, subject, clip, "duplicate row",
-                                        f"repeats row {first.source_row} (same clip, same values); delete one of the two rows"))
+                problems.append(
+                    Problem(
+                        k.source_row,
+                        subject,
+                        clip,
+                        "duplicate row",
+                        f"repeats row {first.source_row} (same clip, same values); delete one of the two rows",
+                    )
+                )
         else:
             for k in group:
                 rest = ", ".join(str(o.source_row) for o in group if o is not k)
-                problems.append(Problem(k.source_row, subject, clip, "conflicting duplicate rows",
-                                        f"the same clip is also coded on row {rest} with different values; "
-                                        "keep the correct row and delete the other"))
+                problems.append(
+                    Problem(
+                        k.source_row,
+                        subject,
+                        clip,
+                        "conflicting duplicate rows",
+                        f"the same clip is also coded on row {rest} with different values; "
+                        "keep the correct row and delete the other",
+                    )
+                )
     return problems
 
 
 def _folder_problem(
-    row: CodingRow, clips: Mapping[tuple[str, str], ClipFolder], root: Path, dataset: str = "casme2", pattern: str | None = None
+    row: CodingRow,
+    clips: Mapping[tuple[str, str], ClipFolder],
+    root: Path,
+    dataset: str = "casme2",
+    pattern: str | None = None,
 ) -> Problem | None:
     folder = clips.get((row.subject, row.clip))
     if folder is None:
@@ -881,8 +878,13 @@ def _folder_problem(
         name = f"{row.subject}/{row.clip}"
         if dataset == "generic":
             name = (pattern or DEFAULT_FOLDER_PATTERN).replace("{subject}", row.subject).replace("{clip}", row.clip)
-        return Problem(row.source_row, row.subject, row.clip, "clip folder missing",
-                       f"no clip folder {name} under {root}{hint}; restore the folder or fix the row")
+        return Problem(
+            row.source_row,
+            row.subject,
+            row.clip,
+            "clip folder missing",
+            f"no clip folder {name} under {root}{hint}; restore the folder or fix the row",
+        )
     present = set(folder.frame_numbers)
     missing = [n for n in range(row.onset, row.offset + 1) if n not in present]
     if missing:
@@ -893,11 +895,18 @@ def _folder_problem(
             inner = sorted(p.name for p in folder.path.iterdir() if p.is_dir())
             if inner:
                 current = pattern or DEFAULT_FOLDER_PATTERN
-                advice = (f"it holds folder(s) {', '.join(inner[:3])}: if the frames are there, set the folder pattern "
-                          f"(--folder-pattern / annotate.folder_pattern), e.g. {current}/{inner[0]}")
-        return Problem(row.source_row, row.subject, row.clip, "frames missing",
-                       f"folder {folder.path} lacks frame(s) {_compact_ranges(missing)} of {span} "
-                       f"{row.onset}..{row.offset} (it holds {held}); {advice}")
+                advice = (
+                    f"it holds folder(s) {', '.join(inner[:3])}: if the frames are there, set the folder pattern "
+                    f"(--folder-pattern / annotate.folder_pattern), e.g. {current}/{inner[0]}"
+                )
+        return Problem(
+            row.source_row,
+            row.subject,
+            row.clip,
+            "frames missing",
+            f"folder {folder.path} lacks frame(s) {_compact_ranges(missing)} of {span} "
+            f"{row.onset}..{row.offset} (it holds {held}); {advice}",
+        )
     return None
 
 
@@ -939,11 +948,17 @@ def annotate_samples(
     if sheet.override_problems and on_problem == "drop":
         raise InputProblems(
             f"{patch.path}: {len({p.where for p in sheet.override_problems})} override rows have problems; nothing was "
-            "written. Overrides are never dropped: fix or delete the rows below", [p.line() for p in sheet.override_problems])
+            "written. Overrides are never dropped: fix or delete the rows below",
+            [p.line() for p in sheet.override_problems],
+        )
 
     clips = None
     if root is not None:
-        clips = find_clip_folders(dataset, root, folder_pattern) if dataset == "generic" else find_clip_folders(dataset, root)
+        clips = (
+            find_clip_folders(dataset, root, folder_pattern)
+            if dataset == "generic"
+            else find_clip_folders(dataset, root)
+        )
     excluded: list[DroppedRow] = []
     candidates: list[tuple[CodingRow, str]] = []
     for row in sheet.rows:
@@ -951,8 +966,16 @@ def annotate_samples(
             continue
         label = scheme.label_of(row.emotion)
         if label is None:
-            excluded.append(DroppedRow(row.source_row, row.subject, row.clip, row.emotion, "not in class preset",
-                                       f"emotion '{row.emotion}' is in no class of {scheme.name}"))
+            excluded.append(
+                DroppedRow(
+                    row.source_row,
+                    row.subject,
+                    row.clip,
+                    row.emotion,
+                    "not in class preset",
+                    f"emotion '{row.emotion}' is in no class of {scheme.name}",
+                )
+            )
             continue
         if clips is not None:
             problem = _folder_problem(row, clips, Path(root), dataset, folder_pattern)
@@ -971,16 +994,42 @@ def annotate_samples(
                 try:
                     apex, source = impute_apex(clips[(row.subject, row.clip)], row.onset, row.offset), "imputed"
                 except MerError as exc:
-                    problems.append(Problem(row.source_row, row.subject, row.clip, "unreadable frames",
-                                            f"the apex is missing and cannot be imputed: {exc}"))
+                    problems.append(
+                        Problem(
+                            row.source_row,
+                            row.subject,
+                            row.clip,
+                            "unreadable frames",
+                            f"the apex is missing and cannot be imputed: {exc}",
+                        )
+                    )
                     continue
-        samples.append(Sample(dataset, row.subject, row.clip, row.onset, apex, row.offset, source,
-                              row.emotion, label, row.action_units, row.source_row))
+        samples.append(
+            Sample(
+                dataset,
+                row.subject,
+                row.clip,
+                row.onset,
+                apex,
+                row.offset,
+                source,
+                row.emotion,
+                label,
+                row.action_units,
+                row.source_row,
+            )
+        )
 
-    problems.sort(key=lambda p: p.source_row if p.source_row is not None else -1)  # stable: sheet, then duplicates, then folders
+    problems.sort(
+        key=lambda p: p.source_row if p.source_row is not None else -1
+    )  # stable: sheet, then duplicates, then folders
     # Say which values of a problem row came from the overrides file.
-    problems = [replace(p, detail=f"{p.detail} [{sheet.overridden[p.source_row][1]}]") if p.source_row in sheet.overridden else p
-                for p in problems]
+    problems = [
+        replace(p, detail=f"{p.detail} [{sheet.overridden[p.source_row][1]}]")
+        if p.source_row in sheet.overridden
+        else p
+        for p in problems
+    ]
     if (problems or sheet.override_problems) and on_problem == "fail":
         parts = []
         if problems:
@@ -998,64 +1047,32 @@ def annotate_samples(
     for p in problems:
         by_row[p.source_row].append(p)
     for number, group in by_row.items():
-        dropped.append(DroppedRow(number, group[0].subject, group[0].clip, emotions.get(number, ""), group[0].reason,
-                                  "; ".join(p.detail for p in group)))
+        dropped.append(
+            DroppedRow(
+                number,
+                group[0].subject,
+                group[0].clip,
+                emotions.get(number, ""),
+                group[0].reason,
+                "; ".join(p.detail for p in group),
+            )
+        )
     dropped.sort(key=lambda d: d.source_row)
     samples.sort(key=lambda s: (s.subject, s.clip))
     kept = {s.source_row for s in samples}
-    return Annotation(dataset, sheet.path, scheme, sheet.header_row, sheet.n_rows, samples, dropped, problems, clips is not None,
-                      overrides=patch.path if patch is not None else None,
-                      n_overridden=sum(number in kept for number in sheet.overridden))
-
-
-# --------------------------------------------------------------------------------------------
-# The samples table on disk
-# --------------------------------------------------------------------------------------------
-
-
-def write_samples(path: str | Path, samples: Iterable[Sample]) -> None:
-    """The samples CSV: SAMPLE_COLUMNS, one row per clip, in the order given."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SAMPLE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for sample in samples:
-            writer.writerow(sample.as_row())
-
-
-def write_dropped(path: str | Path, dropped: Iterable[DroppedRow]) -> None:
-    """The rows left out of the samples table and why (DROPPED_COLUMNS)."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(DROPPED_COLUMNS)
-        for d in dropped:
-            writer.writerow([d.source_row, d.subject or "", d.clip or "", d.emotion, d.reason, d.detail])
-
-
-def dropped_path(out: str | Path) -> Path:
-    """Where the dropped-rows report of a samples table goes: NAME.csv -> NAME.dropped.csv."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.dropped.csv")
-
-
-def read_samples(path: str | Path) -> list[dict[str, Any]]:
-    """The samples table as dicts with onset, apex, offset, n_frames and source_row as int."""
-    path = Path(path)
-    if not path.is_file():
-        raise MerError(f"samples table not found: {path} (run `mer annotate` first)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in SAMPLE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise MerError(f"{path} is not a samples table: columns {', '.join(missing)} are missing (re-run `mer annotate`)")
-        rows = []
-        for number, row in enumerate(reader, start=2):
-            try:
-                for name in INT_COLUMNS:
-                    row[name] = int(row[name])
-            except ValueError as exc:
-                raise MerError(f"{path} line {number}: {exc}; re-run `mer annotate`") from exc
-            rows.append(dict(row))
-    return rows
+    return Annotation(
+        dataset,
+        sheet.path,
+        scheme,
+        sheet.header_row,
+        sheet.n_rows,
+        samples,
+        dropped,
+        problems,
+        clips is not None,
+        overrides=patch.path if patch is not None else None,
+        n_overridden=sum(number in kept for number in sheet.overridden),
+    )
 
 
 def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str]:
@@ -1069,7 +1086,9 @@ def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str
     ]
     if result.dropped:
         reasons = Counter(d.reason for d in result.dropped)
-        lines.append(f"  dropped {len(result.dropped)} rows: " + ", ".join(f"{r} {n}" for r, n in reasons.most_common()))
+        lines.append(
+            f"  dropped {len(result.dropped)} rows: " + ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+        )
         excluded = Counter(d.emotion for d in result.dropped if d.reason == "not in class preset")
         if excluded:
             lines.append("    not in the classes: " + ", ".join(f"{e} {n}" for e, n in excluded.most_common()))

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import MerError
+from pipeline.errors import MerError
 
 LEARNET = "learnet"
 LEARNET_INPUT_SIZE = 112
@@ -59,7 +60,9 @@ def resolve_input_size(name: str, setting: Any = None) -> int:
             return default_input_size(name)
         setting = value
     if isinstance(setting, bool) or not isinstance(setting, (int, float)) or int(setting) != setting or setting < 1:
-        raise ValueError(f"input_size must be a positive integer or a mapping such as {{learnet: 112, default: 224}}, got {setting!r}")
+        raise ValueError(
+            f"input_size must be a positive integer or a mapping such as {{learnet: 112, default: 224}}, got {setting!r}"
+        )
     return int(setting)
 
 
@@ -174,7 +177,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable file
+    except Exception as exc:
         raise MerError(f"cannot read weights file {path}: {exc}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -199,7 +202,7 @@ def _adapt_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
         return state
     try:
         return dict(adapt(dict(state), model))
-    except Exception:  # noqa: BLE001 - a filter for another checkpoint layout: match tensors as they are
+    except Exception:
         return state
 
 
@@ -255,13 +258,17 @@ def build_model(
         model = _create_timm(name, num_classes, False, input_size)
     else:
         if _offline():
-            raise MerError(f"pretrained weights for {name!r} requested but HF_HUB_OFFLINE is set; {_weights_hint(name)}")
+            raise MerError(
+                f"pretrained weights for {name!r} requested but HF_HUB_OFFLINE is set; {_weights_hint(name)}"
+            )
         try:
             model = _create_timm(name, num_classes, True, input_size)
         except MerError:
             raise
-        except Exception as exc:  # noqa: BLE001 - network, hub and cache failures all end here
-            raise MerError(f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}); {_weights_hint(name)}") from exc
+        except Exception as exc:
+            raise MerError(
+                f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}); {_weights_hint(name)}"
+            ) from exc
     if weights:
         load_pretrained(model, weights)
     return model
