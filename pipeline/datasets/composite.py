@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets.annotations import label_names_for
+from pipeline.datasets.presets import label_names_for
 from pipeline.errors import InputProblems, MerError
 from pipeline.io.samples import read_samples
 

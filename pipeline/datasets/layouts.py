@@ -166,9 +166,7 @@ def resolve_root(dataset: str, root: str | Path) -> Path:
         if len(children) != 1:
             break
         folder = children[0]
-    raise MerError(
-        f"no {dataset} subject folders found under {root}; expected a layout like ROOT/{fmt.example_frame}"
-    )
+    raise MerError(f"no {dataset} subject folders found under {root}; expected a layout like ROOT/{fmt.example_frame}")
 
 
 def list_frames(folder: Path) -> tuple[tuple[int, Path], ...]:
