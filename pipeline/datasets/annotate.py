@@ -40,6 +40,8 @@ def impute_apex(folder: ClipFolder, onset: int, offset: int) -> int:
 
 @dataclass(frozen=True)
 class Sample:
+    """One row of the samples table: a clip kept, with its label."""
+
     dataset: str
     subject: str
     clip: str
@@ -65,6 +67,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class DroppedRow:
+    """A sheet row left out of the samples table, and why."""
+
     source_row: int
     subject: str | None
     clip: str | None
@@ -272,9 +276,8 @@ def annotate_samples(
             )
         )
 
-    problems.sort(
-        key=lambda p: p.source_row if p.source_row is not None else -1
-    )  # stable: sheet, then duplicates, then folders
+    # Stable: within a row, sheet problems come first, then duplicates, then folders.
+    problems.sort(key=lambda p: p.source_row if p.source_row is not None else -1)
     # Say which values of a problem row came from the overrides file.
     problems = [
         replace(p, detail=f"{p.detail} [{sheet.overridden[p.source_row][1]}]")

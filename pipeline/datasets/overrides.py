@@ -41,6 +41,8 @@ class Override:
 
 @dataclass
 class Overrides:
+    """A parsed overrides file: the usable rows and the problems of the others."""
+
     path: Path
     rows: list[Override] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -124,6 +126,7 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
 
 
 def apply_override(cells: Sequence[Any], columns: Mapping[str, int], override: Override) -> list[Any]:
+    """A coding-sheet row with the override's values in place of the sheet's cells."""
     cells = list(cells) + [None] * max(0, max(columns.values()) + 1 - len(cells))
     for name, value in override.values.items():
         cells[columns[name]] = value

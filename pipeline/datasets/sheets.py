@@ -1,8 +1,8 @@
 """Reading spreadsheets (.xlsx, or a CSV export) into tables of cells, shared by the coding sheet
 and the overrides file: header detection, loose column matching, cell parsing, row problems.
 
-Column names are matched ignoring case, spaces and '_', with common aliases (`OnsetF`, `Onset`,
-`Video`, ...), so other versions and exports of a sheet read the same.
+Column names are matched ignoring case, spaces and '_', with a few aliases (`Onset`, `Video`,
+`Participant`, ...), so other versions and exports of a sheet read the same.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "action_units": ("actionunits", "actionunit", "aus", "au"),
 }
 REQUIRED_FIELDS = ("subject", "clip", "onset", "apex", "offset", "emotion")
-
+# Apex cells meaning "not coded" (CASME II writes '/', SAMM -1): the apex is imputed instead.
 MISSING_APEX = {"", "/", "-", "\\", "?", "n/a", "na", "none", "-1"}
 
 
@@ -44,6 +44,7 @@ def _column_key(name: Any) -> str:
 
 
 def is_blank(value: Any) -> bool:
+    """True for an empty cell or one holding only spaces."""
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
@@ -116,6 +117,7 @@ def _csv_tables(path: Path) -> Iterator[tuple[str | None, list[tuple]]]:
 
 
 def read_tables(path: Path) -> Iterable[tuple[str | None, list[tuple]]]:
+    """(sheet name, rows of cells) of every sheet of a workbook, or of a CSV read with each delimiter."""
     suffix = path.suffix.lower()
     if suffix == ".xls":
         raise MerError(
@@ -180,6 +182,7 @@ def normalize_emotion(value: Any) -> str:
 
 
 def cell_value(cells: Sequence[Any], columns: Mapping[str, int], name: str) -> Any:
+    """The cell of field `name` in a row; None when the sheet lacks the column or the row is short."""
     index = columns.get(name)
     return cells[index] if index is not None and index < len(cells) else None
 
