@@ -116,7 +116,7 @@ def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
     {class: [emotions]}, or the same inline as a string: 'happiness=positive,disgust=negative'.
     The label order of a mapping is the order in which its classes first appear.
     """
-    dataset_format(dataset)
+    dataset_format(dataset)  # an unknown dataset is an error whatever the spec
     if isinstance(spec, Mapping):
         try:
             return _scheme_from_mapping("custom", spec)
