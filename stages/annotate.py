@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline.atomic import atomic_output
-from pipeline.datasets.annotations import DEFAULT_PRESET, annotate_samples, summary_lines
+from pipeline.datasets.annotate import annotate_to_file, summary_lines
 from pipeline.datasets.layouts import DATASETS
-from pipeline.errors import MerError
-from pipeline.io.samples import dropped_path, write_dropped, write_samples
+from pipeline.io.samples import dropped_path
 from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_params
 
 
@@ -70,26 +68,17 @@ def annotate(
         overrides=overrides,
         folder_pattern=folder_pattern,
     )
-    spec = params.get("classes") or DEFAULT_PRESET.get(dataset)  # generic: every emotion its own class
-    pattern = resolve_folder_pattern(dataset, folder_pattern, params)
-    result = annotate_samples(
+    result = annotate_to_file(
+        out,
         dataset,
         coding,
         root,
-        spec,
+        params.get("classes") or None,  # None: the dataset's default classes
         str(params.get("on_problem", "fail")),
-        overrides=params.get("overrides") or None,
-        folder_pattern=pattern,
+        params.get("overrides") or None,
+        resolve_folder_pattern(dataset, folder_pattern, params),
     )
-    if not result.samples:
-        raise MerError(
-            f"no clip of {coding} is kept with classes {result.scheme.name}: " + "; ".join(summary_lines(result)[1:3])
-        )
-    report = dropped_path(out)
-    with atomic_output(out) as tmp_out, atomic_output(report) as tmp_report:
-        write_samples(tmp_out, (s.as_row() for s in result.samples))
-        write_dropped(tmp_report, (d.as_row() for d in result.dropped))
     for line in summary_lines(result, out):
         click.echo(line)
     if result.dropped:
-        click.echo(f"  dropped rows listed in {report}")
+        click.echo(f"  dropped rows listed in {dropped_path(out)}")

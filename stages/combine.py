@@ -1,17 +1,15 @@
 """Tool `combine`: samples tables of several datasets -> one composite samples table (MEGC-style).
 
-Validation and concatenation live in `pipeline.datasets.composite`; this command reads the inputs,
-writes the combined table atomically and prints per-dataset counts. It reads no params
-section: its only setting, the class preset the tables must share, is `--classes`.
+Validation, concatenation and writing live in `pipeline.datasets.composite`; this command prints
+per-dataset counts. It reads no params section: its only setting, the class preset the tables
+must share, is `--classes`.
 """
 
 from __future__ import annotations
 
 import click
 
-from pipeline.atomic import atomic_output
-from pipeline.datasets.composite import SamplesInput, combine_samples, composite_summary
-from pipeline.io.samples import write_samples
+from pipeline.datasets.composite import combine_to_file, composite_summary
 
 
 @click.command("combine")
@@ -32,8 +30,6 @@ from pipeline.io.samples import write_samples
 )
 def combine(inputs: tuple[str, ...], out: str, classes: str | None) -> None:
     """Concatenate the samples tables of several datasets for a composite (MEGC-style) run."""
-    result = combine_samples([SamplesInput.parse(text) for text in inputs], classes)
-    with atomic_output(out) as tmp:
-        write_samples(tmp, result.rows)
+    result = combine_to_file(inputs, out, classes)
     for line in composite_summary(result, out):
         click.echo(line)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from pipeline.config import load_section
-from pipeline.datasets.layouts import DEFAULT_FOLDER_PATTERN
+from pipeline.datasets.layouts import DEFAULT_FOLDER_PATTERN, dataset_format
 from pipeline.errors import MerError
 
 params_option = click.option(
@@ -34,9 +34,10 @@ def folder_pattern_option(section: str):
 
 def resolve_folder_pattern(dataset: str, option: str | None, params: dict[str, Any]) -> str | None:
     """The clip-folder pattern of a generic copy; CASME II and SAMM have fixed layouts and take none."""
-    if option is not None and dataset != "generic":
+    fixed = dataset_format(dataset).fixed_layout
+    if option is not None and fixed:
         raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
-    return (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN) if dataset == "generic" else None
+    return None if fixed else (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN)
 
 
 def stage_params(params_file: str, section: str, **overrides: Any) -> dict[str, Any]:

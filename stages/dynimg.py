@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_output
-from pipeline.datasets.annotations import label_names_for
+from pipeline.datasets.presets import label_names_for
 from pipeline.datasets.composite import aligned_caches
 from pipeline.dynimg.rank_pooling import DynamicImageSettings, apply_overrides, clip_dynamic_images, phase_frames
 from pipeline.errors import InputProblems, MerError

@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.datasets.annotations import (
-    annotate_samples,
-    class_scheme,
-    impute_apex,
-    label_names_for,
-    normalize_action_units,
-    read_coding,
-)
+from pipeline.datasets.annotate import annotate_samples, impute_apex
+from pipeline.datasets.coding import read_coding
 from pipeline.datasets.layouts import find_clip_folders
+from pipeline.datasets.presets import class_scheme, label_names_for
+from pipeline.datasets.sheets import normalize_action_units
 from pipeline.errors import InputProblems, MerError
 from pipeline.io.samples import SAMPLE_COLUMNS, read_samples
 from pipeline.motion import estimate_apex

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.datasets.annotations import annotate_samples, label_names_for
+from pipeline.datasets.annotate import annotate_samples
 from pipeline.datasets.composite import SamplesInput, aligned_caches, combine_samples
 from pipeline.datasets.layouts import DATASETS, compile_folder_pattern, find_clip_folders
+from pipeline.datasets.presets import label_names_for
 from pipeline.errors import InputProblems, MerError
 from pipeline.io.samples import SAMPLE_COLUMNS, read_samples, write_samples
 from stages.cli import cli

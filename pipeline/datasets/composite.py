@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets.annotations import label_names_for
+from pipeline.atomic import atomic_output
+from pipeline.datasets.presets import label_names_for
 from pipeline.errors import InputProblems, MerError
-from pipeline.io.samples import read_samples
+from pipeline.io.samples import read_samples, write_samples
 
 
 @dataclass(frozen=True)
@@ -213,3 +214,13 @@ def composite_summary(result: Composite, out: str | Path | None = None) -> list[
     if out is not None:
         lines.append(f"  -> {out}")
     return lines
+
+
+def combine_to_file(
+    inputs: Sequence[SamplesInput | str | Path], out: str | Path, classes: str | Mapping[str, Any] | None = None
+) -> Composite:
+    """`combine_samples`, then the combined samples table `out`, written atomically."""
+    result = combine_samples(inputs, classes)
+    with atomic_output(out) as tmp:
+        write_samples(tmp, result.rows)
+    return result

@@ -1,4 +1,8 @@
-"""Finding clips and frames in the CASME II and SAMM folder layouts.
+"""The dataset formats and where their clips and frames are on disk.
+
+`FORMATS` holds one `DatasetFormat` per format: everything that sets CASME II, SAMM and
+`generic` apart (subject folders and ids, example paths, the sheet's column titles, the default
+class preset). Code elsewhere looks a format up by name instead of testing the name.
 
 CASME II: ROOT/sub01/EP02_01f/img46.jpg (frame numbers not zero-padded, so sorting by name
 would put img100 before img46). SAMM: ROOT/006/006_1_2/006_05562.jpg. Archives often unpack
@@ -14,7 +18,7 @@ number. Subjects are kept as written (stripped), not renumbered.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +27,84 @@ import numpy as np
 
 from pipeline.errors import MerError
 
-DATASETS = ("casme2", "samm", "generic")
 DEFAULT_FOLDER_PATTERN = "{subject}/{clip}"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-_SUBJECT_FOLDER = {"casme2": re.compile(r"^sub(\d+)$", re.IGNORECASE), "samm": re.compile(r"^(\d+)$")}
 _TRAILING_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+# field -> column title, for messages about a column the sheet lacks.
+_CASME2_COLUMNS = {
+    "subject": "Subject",
+    "clip": "Filename",
+    "onset": "OnsetFrame",
+    "apex": "ApexFrame",
+    "offset": "OffsetFrame",
+    "emotion": "Estimated Emotion",
+    "action_units": "Action Units",
+}
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """What sets one dataset format apart, from its folders to its coding sheet."""
+
+    name: str
+    subject_folder: re.Pattern | None  # subject folders under the root; None: found by a folder pattern
+    subject_id: str | None  # canonical subject id from its number; None: kept as written
+    example_frame: str | None  # a frame path relative to the root, for messages
+    subject_hint: str  # how to write a subject in the sheet, for messages
+    columns: Mapping[str, str]  # field -> column title as the distributed sheet spells it
+    frame_span: str  # onset..offset as messages name it
+    default_classes: str | None  # class preset without a class spec; None: every emotion its own class
+
+    @property
+    def fixed_layout(self) -> bool:
+        """True when the folders are laid out as the dataset ships them (no folder pattern)."""
+        return self.subject_folder is not None
+
+
+FORMATS: dict[str, DatasetFormat] = {
+    f.name: f
+    for f in (
+        DatasetFormat(
+            name="casme2",
+            subject_folder=re.compile(r"^sub(\d+)$", re.IGNORECASE),
+            subject_id="sub{:02d}",
+            example_frame="sub01/EP02_01f/img46.jpg",
+            subject_hint="an integer such as 1 (folder sub01)",
+            columns=_CASME2_COLUMNS,
+            frame_span="OnsetFrame..OffsetFrame",
+            default_classes="casme2-5",
+        ),
+        DatasetFormat(
+            name="samm",
+            subject_folder=re.compile(r"^(\d+)$"),
+            subject_id="{:03d}",
+            example_frame="006/006_1_2/006_05562.jpg",
+            subject_hint="a number such as 006 or 6",
+            columns={**_CASME2_COLUMNS, "onset": "Onset Frame", "apex": "Apex Frame", "offset": "Offset Frame"},
+            frame_span="OnsetFrame..OffsetFrame",
+            default_classes="samm-5",
+        ),
+        DatasetFormat(
+            name="generic",
+            subject_folder=None,
+            subject_id=None,
+            example_frame=None,
+            subject_hint="the subject as its folder is named (without '/')",
+            columns={f: f for f in _CASME2_COLUMNS},
+            frame_span="onset..offset",
+            default_classes=None,
+        ),
+    )
+}
+DATASETS = tuple(FORMATS)
+
+
+def dataset_format(dataset: str) -> DatasetFormat:
+    """The format named `dataset`; MerError for an unknown name."""
+    if dataset not in FORMATS:
+        raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
+    return FORMATS[dataset]
 
 
 def normalize_subject(dataset: str, value: object) -> str:
@@ -39,15 +116,15 @@ def normalize_subject(dataset: str, value: object) -> str:
     text = str(value).strip()
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
-    if dataset == "generic":
+    subject_id = dataset_format(dataset).subject_id
+    if subject_id is None:
         if not text or "/" in text or "\\" in text:
             raise ValueError(f"not a subject id: {value!r}")
         return text
     match = re.fullmatch(r"(?:sub)?0*(\d+)(?:\.0+)?", text, flags=re.IGNORECASE)
     if not match:
         raise ValueError(f"not a subject id: {value!r}")
-    number = int(match.group(1))
-    return f"sub{number:02d}" if dataset == "casme2" else f"{number:03d}"
+    return subject_id.format(int(match.group(1)))
 
 
 def frame_number(path: str | Path) -> int | None:
@@ -70,16 +147,15 @@ class ClipFolder:
 
 
 def _subject_dirs(dataset: str, folder: Path) -> list[Path]:
-    pattern = _SUBJECT_FOLDER[dataset]
+    pattern = FORMATS[dataset].subject_folder
     return sorted(p for p in folder.iterdir() if p.is_dir() and pattern.match(p.name))
 
 
 def resolve_root(dataset: str, root: str | Path) -> Path:
     """The folder that directly holds the subject folders, descending through doubled top folders."""
-    if dataset not in _SUBJECT_FOLDER:
-        if dataset == "generic":
-            raise MerError("a generic copy has no fixed layout: use find_clip_folders('generic', root, pattern)")
-        raise MerError(f"unknown dataset '{dataset}'; expected one of {', '.join(DATASETS)}")
+    fmt = dataset_format(dataset)
+    if not fmt.fixed_layout:
+        raise MerError("a generic copy has no fixed layout: use find_clip_folders('generic', root, pattern)")
     folder = Path(root)
     if not folder.is_dir():
         raise MerError(f"data folder not found: {folder} (set the dataset's root in params.yaml)")
@@ -90,8 +166,7 @@ def resolve_root(dataset: str, root: str | Path) -> Path:
         if len(children) != 1:
             break
         folder = children[0]
-    expected = "sub01/EP02_01f/img46.jpg" if dataset == "casme2" else "006/006_1_2/006_05562.jpg"
-    raise MerError(f"no {dataset} subject folders found under {root}; expected a layout like ROOT/{expected}")
+    raise MerError(f"no {dataset} subject folders found under {root}; expected a layout like ROOT/{fmt.example_frame}")
 
 
 def list_frames(folder: Path) -> tuple[tuple[int, Path], ...]:
@@ -223,7 +298,7 @@ def scan_clip_folders(
     `pattern` (generic only) is the folder pattern relative to the root, default
     `{subject}/{clip}`; the CASME II and SAMM layouts are fixed and take none.
     """
-    if dataset == "generic":
+    if dataset in FORMATS and not FORMATS[dataset].fixed_layout:
         return _generic_clip_folders(root, pattern), []
     if pattern is not None:
         raise MerError(

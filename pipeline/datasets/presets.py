@@ -1,0 +1,162 @@
+"""Class presets: which emotions a study keeps, under which labels, in which label order.
+
+`casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), or a user mapping
+{emotion: class} / {class: [emotions]} / 'emotion=class,...'. A generic sheet without a class
+spec keeps every emotion as its own class (`emotions`, sorted).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.datasets.layouts import DATASETS, dataset_format
+from pipeline.errors import MerError
+
+_EVERY_DATASET = object()
+# preset -> dataset (or _EVERY_DATASET) -> ((label, (emotions...)), ...) in label order.
+_PRESETS: dict[str, dict[object, tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "casme2-5": {
+        _EVERY_DATASET: (
+            ("happiness", ("happiness",)),
+            ("disgust", ("disgust",)),
+            ("repression", ("repression",)),
+            ("surprise", ("surprise",)),
+            ("others", ("others",)),
+        )
+    },
+    "samm-5": {
+        _EVERY_DATASET: (
+            ("anger", ("anger",)),
+            ("contempt", ("contempt",)),
+            ("happiness", ("happiness",)),
+            ("surprise", ("surprise",)),
+            ("other", ("others",)),
+        )
+    },
+    # MEGC 2019 composite classes: which emotions count as negative differs per dataset.
+    "megc-3": {
+        "casme2": (
+            ("positive", ("happiness",)),
+            ("negative", ("disgust", "repression")),
+            ("surprise", ("surprise",)),
+        ),
+        "samm": (
+            ("positive", ("happiness",)),
+            ("negative", ("anger", "contempt", "disgust", "fear", "sadness")),
+            ("surprise", ("surprise",)),
+        ),
+        # Other datasets (SMIC codes positive / negative / surprise directly; MMEW and CAS(ME)^3
+        # code basic emotions): every negative emotion of both sheets counts as negative.
+        "generic": (
+            ("positive", ("happiness", "happy", "positive")),
+            ("negative", ("anger", "angry", "contempt", "disgust", "fear", "sadness", "sad", "repression", "negative")),
+            ("surprise", ("surprise", "surprised")),
+        ),
+    },
+}
+PRESETS = tuple(_PRESETS)
+EMOTIONS_SCHEME = "emotions"
+
+
+@dataclass(frozen=True)
+class ClassScheme:
+    """Which emotions are kept and under which label; `labels` is the label order."""
+
+    name: str
+    labels: tuple[str, ...]
+    mapping: Mapping[str, str]  # emotion key (see emotion_key) -> label
+
+    def label_of(self, emotion: str) -> str | None:
+        return self.mapping.get(emotion_key(emotion))
+
+
+def emotion_key(emotion: str) -> str:
+    """The emotion as used for class lookup: lower case, single spaces, 'other' == 'others'."""
+    key = " ".join(str(emotion).split()).lower()
+    return "others" if key == "other" else key
+
+
+def _scheme_from_mapping(name: str, mapping: Mapping[Any, Any]) -> ClassScheme:
+    """A user mapping, either {emotion: class} or {class: [emotions]}; label order = first seen."""
+    if not mapping:
+        raise ValueError("the class mapping is empty")
+    labels: list[str] = []
+    table: dict[str, str] = {}
+
+    def add(emotion: Any, label: Any) -> None:
+        if label is None or str(label).strip() == "":
+            return  # an explicit null drops the emotion
+        key, label = emotion_key(emotion), str(label).strip()
+        if not key:
+            raise ValueError(f"empty emotion name in the class mapping (class {label!r})")
+        if key in table and table[key] != label:
+            raise ValueError(f"emotion {emotion!r} is mapped to two classes: {table[key]!r} and {label!r}")
+        table[key] = label
+        if label not in labels:
+            labels.append(label)
+
+    for k, v in mapping.items():
+        if isinstance(v, (list, tuple)):
+            for emotion in v:
+                add(emotion, k)
+        else:
+            add(k, v)
+    if not labels:
+        raise ValueError("the class mapping keeps no emotion")
+    return ClassScheme(name, tuple(labels), table)
+
+
+def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
+    """Resolve a class spec for a dataset.
+
+    `spec` is a preset name (`casme2-5`, `samm-5`, `megc-3`), a mapping {emotion: class} or
+    {class: [emotions]}, or the same inline as a string: 'happiness=positive,disgust=negative'.
+    The label order of a mapping is the order in which its classes first appear.
+    """
+    dataset_format(dataset)  # an unknown dataset is an error whatever the spec
+    if isinstance(spec, Mapping):
+        try:
+            return _scheme_from_mapping("custom", spec)
+        except ValueError as exc:
+            raise MerError(f"invalid class mapping: {exc}") from exc
+    text = str(spec).strip()
+    if "=" in text or ":" in text:
+        try:
+            mapping = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                pieces = re.split(r"\s*[=:]\s*", part, maxsplit=1)
+                if len(pieces) != 2:
+                    raise ValueError(f"{part!r} is not 'emotion=class'")
+                mapping[pieces[0]] = pieces[1]
+            return _scheme_from_mapping(text, mapping)
+        except ValueError as exc:
+            raise MerError(f"invalid class spec {text!r}: {exc}; write it as 'emotion=class,emotion=class'") from exc
+    if text not in _PRESETS:
+        raise MerError(
+            f"unknown class preset {text!r}; expected one of {', '.join(PRESETS)} "
+            "or a mapping such as 'happiness=positive,disgust=negative,surprise=surprise'"
+        )
+    table = _PRESETS[text]
+    groups = table.get(dataset, table.get(_EVERY_DATASET, table.get("generic")))
+    return ClassScheme(
+        text, tuple(label for label, _ in groups), {e: label for label, emotions in groups for e in emotions}
+    )
+
+
+def label_names_for(spec: str | Mapping[str, Any], dataset: str = "casme2") -> list[str]:
+    """The label order of a class preset or mapping: index i of this list is label i.
+
+    Any dataset name is accepted (a composite may name its parts freely, e.g. `mmew`); names
+    other than casme2 / samm resolve like `generic`. Every preset has the same label order
+    for every dataset.
+    """
+    return list(class_scheme(spec, dataset if dataset in DATASETS else "generic").labels)
+
+
+def emotions_scheme(emotions: Iterable[str]) -> ClassScheme:
+    """Every emotion its own class, labels sorted: the default for a generic sheet."""
+    keys = sorted({emotion_key(e) for e in emotions if emotion_key(e)})
+    return ClassScheme(EMOTIONS_SCHEME, tuple(keys), {k: k for k in keys})
