@@ -92,7 +92,5 @@ def align(
             f"warning: {len(failures)} of {result.total} clips could not be aligned and were skipped; see {failures_path(out)}",
             err=True,
         )
-        for failure in failures[:10]:
-            click.echo(f"  - {failure.line()}", err=True)
-        if len(failures) > 10:
-            click.echo(f"  ... and {len(failures) - 10} more", err=True)
+        more = [f"  ... and {len(failures) - 10} more"] if len(failures) > 10 else []
+        click.echo("\n".join([f"  - {failure.line()}" for failure in failures[:10]] + more), err=True)

@@ -19,7 +19,7 @@ from pipeline import __version__
 from pipeline.errors import MerError
 
 SCHEMA_VERSION = 1
-STRING = h5py.string_dtype("utf-8")
+_STRING = h5py.string_dtype("utf-8")
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -38,7 +38,7 @@ def frames_sha256(frames: np.ndarray) -> str:
 def write_dataset(group: h5py.Group, name: str, data: np.ndarray, **kwargs: Any) -> h5py.Dataset:
     """A dataset with the sha256 of its bytes; string arrays are stored as UTF-8 strings."""
     if data.dtype.kind in "OU":
-        dataset = group.create_dataset(name, data=np.asarray(data, dtype=object), dtype=STRING, track_times=False)
+        dataset = group.create_dataset(name, data=np.asarray(data, dtype=object), dtype=_STRING, track_times=False)
     else:
         dataset = group.create_dataset(name, data=data, track_times=False, **kwargs)
     dataset.attrs["sha256"] = array_sha256(np.asarray(data))
