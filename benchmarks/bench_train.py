@@ -248,7 +248,7 @@ def speed(args: argparse.Namespace) -> None:
 def compare_modes(args: argparse.Namespace) -> None:
     from pipeline.config import load_section
     from pipeline.evaluate.metrics import Predictions, compute_metrics
-    from pipeline.io.caches import read_dynamic_images
+    from pipeline.io.dynamic_image_cache import read_dynamic_images
     from pipeline.train.models import input_normalization
     from pipeline.train.training import load_loso_data, run_loso
     from stages.train import model_settings

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_output
 from pipeline.config import optional_section
 from pipeline.errors import MerError
-from pipeline.io.caches import read_dynamic_images
+from pipeline.io.dynamic_image_cache import read_dynamic_images
 from pipeline.train.models import PAPER_MODELS, build_model, input_normalization
 from pipeline.train.training import (
     BACKENDS,

@@ -14,7 +14,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline.errors import MerError
 from pipeline.evaluate.metrics import Predictions, compute_metrics, uar, uf1
-from pipeline.io.caches import read_dynamic_images, write_dynamic_images
+from pipeline.io.dynamic_image_cache import read_dynamic_images
 from pipeline.train.augment import AugmentSettings, augment_batch
 from pipeline.train.training import (
     TrainSettings,
@@ -27,6 +27,7 @@ from pipeline.train.training import (
 )
 from stages.cli import cli
 from tests.conftest import PROJECT, write_params
+from tests.di_cache import write_dynamic_images
 
 CLASSES = ["negative", "positive", "surprise"]
 PHASES = ("full", "onset_apex", "apex_offset")

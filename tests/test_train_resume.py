@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 import pipeline.train.training
-from pipeline.io.caches import write_dynamic_images
 from tests.conftest import PROJECT, write_params
+from tests.di_cache import write_dynamic_images
 from tests.test_train_evaluate import invoke
 
 CLASSES = ["negative", "positive", "surprise"]

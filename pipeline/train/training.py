@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from pipeline import __version__
 from pipeline.atomic import atomic_output
 from pipeline.errors import MerError
-from pipeline.io.caches import DynamicImageSet
+from pipeline.io.dynamic_image_cache import DynamicImageSet
 from pipeline.io.runs import read_predictions, read_train_log, write_predictions, write_train_log
 from pipeline.train.augment import AugmentSettings, augment_batch
 from pipeline.train.models import build_model, count_parameters, resolve_input_size
