@@ -33,6 +33,7 @@ class SubjectLook:
 
 
 def draw_look(rng: np.random.Generator, dataset: str, preset: DatasetPreset) -> SubjectLook:
+    """A random look for a subject of `dataset`, at the preset's frame size."""
     width, height = preset.size
     gray = dataset == "samm"
     # Faces: about 230-300 px wide in a 640x480 CASME II frame; SAMM faces fill less of the frame.

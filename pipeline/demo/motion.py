@@ -64,11 +64,9 @@ def intensity_curve(n_frames: int, apex_index: int, residual: float = 0.0) -> np
 # Peak landmark displacement, in pixels for a face 265 px wide (a 640x480 CASME II frame).
 AMPLITUDE_RANGE = (1.5, 3.0)
 REFERENCE_FACE_WIDTH = 265.0
-_NOISE_PAD = 32
-
-
 SUBJECT_STYLE = 0.5  # share of each clip's motion that is the subject's own style, the same for all classes
 CLIP_JITTER = 0.25  # per-landmark variation of a clip's motion, relative
+_NOISE_PAD = 32  # a frame's noise window lies up to this many pixels into the subject's noise field
 
 
 @functools.lru_cache(maxsize=64)
