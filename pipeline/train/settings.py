@@ -149,7 +149,7 @@ class TrainSettings:
             amp=bool(params.get("amp", cls.amp)),
             pretrained=bool(params.get("pretrained", cls.pretrained)),
             weights=str(params["weights"]) if params.get("weights") else None,
-            augment=augment if augment is not None and augment.active else None,
+            augment=augment,
             backend=backend,
             scheduler=str(scheduler) if scheduler else None,
             jobs=int(params.get("jobs", cls.jobs)),
