@@ -1,17 +1,427 @@
-"""Reading a stage's section of params.yaml."""
+"""Settings: every section of params.yaml, and every command-line option, validated by one model.
+
+Each section has one pydantic model below (`SECTIONS`): its keys, their defaults, types and
+ranges. Validation is strict: an unknown key is an error with a did-you-mean, `"false"` is not a
+boolean, 1.9 is not a count (an int is fine where a float is expected), a value out of range or
+outside its choices is an error naming the allowed values, and nothing given empty is silently
+replaced by a default. The defaults are the project's params.yaml values (a test checks it); a
+command run where there is no params file at the default path uses them (`Params.builtin`).
+
+A stage reads only its own section (`Params.section`), with the options the user gave laid over
+it; `validate_params` checks a whole file, sections against each other too (`mer doctor`).
+"""
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import MerError
+from pipeline.datasets.layouts import DATASETS, DEFAULT_FOLDER_PATTERN
+from pipeline.demo.presets import FORMAT_CHOICES, PRESET_NAMES
+from pipeline.dynimg.phases import DEFAULT_PHASES, PhaseBound, parse_phases
+from pipeline.errors import MerError, SettingsError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+# Choices shared with the modules that act on them (kept here so that validating a section never
+# imports torch, OpenCV or h5py; tests/test_settings.py checks that they agree).
+PHASES_FULL = ("full",)
+PHASES_ALL = ("full", "onset_apex", "apex_offset")
 
 
-def _read(params_file: str | Path) -> dict[str, Any]:
-    path = Path(params_file)
+@dataclass(frozen=True)
+class Mode:
+    train_phases: tuple[str, ...]
+    spatial: bool
+
+
+MODES: dict[str, Mode] = {
+    "baseline": Mode(PHASES_FULL, False),
+    "spatial": Mode(PHASES_FULL, True),
+    "dual_phase": Mode(PHASES_ALL, False),
+    "dual_phase_spatial": Mode(PHASES_ALL, True),
+}
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("loky", "dask")
+MISSING_CLASS = ("error", "warn")
+ALIGN_METHODS = ("landmarks", "resize")
+ALIGN_ON_ERROR = ("fail", "skip")
+DI_VARIANTS = ("harmonic", "linear")
+APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
+
+ModeName = Literal[tuple(MODES)]  # type: ignore[valid-type]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _pair(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # YAML has lists, never tuples
+
+
+# ---------------------------------------------------------------------------------------------
+# demo, datasets, experiment
+
+
+class DemoSection(_Model):
+    """`mer demo-data`: synthetic CASME II / SAMM copies."""
+
+    preset: Literal[PRESET_NAMES] = "demo"  # type: ignore[valid-type]
+    format: Literal[FORMAT_CHOICES] = "both"  # type: ignore[valid-type]
+    seed: int = Field(7, ge=0)
+    jobs: int = Field(2, ge=1)
+
+
+class DatasetEntry(_Model):
+    """One dataset the pipeline runs on (dvc.yaml's `foreach: ${datasets}`)."""
+
+    format: Literal[DATASETS]  # type: ignore[valid-type]
+    root: str = Field(min_length=1)
+    coding: str = Field(min_length=1)
+    classes: str = Field(min_length=1)
+
+
+class ExperimentSection(_Model):
+    """The experiment's cells: every dataset x model x mode is one train/evaluate run."""
+
+    datasets: list[Name] = Field(["casme2", "samm"], min_length=1)
+    models: list[Name] = Field(["learnet"], min_length=1)
+    modes: list[ModeName] = Field(["baseline", "dual_phase"], min_length=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# align, annotate, dynimg
+
+
+class AlignSettings(_Model):
+    """How one clip is aligned (recorded with every aligned clip; `--resume` compares them)."""
+
+    size: int = Field(224, ge=16, le=4096)  # square output crop
+    eye_distance: float = Field(0.38, gt=0, lt=1)  # inter-ocular distance / crop width
+    eye_height: float = Field(0.36, gt=0, lt=1)  # eye line / crop height
+    detect_max_side: int = Field(640, ge=32)  # larger frames are downscaled before detection
+    upsample: int = Field(1, ge=0, le=4)  # extra dlib upsampling passes when the first finds nothing
+    reference_candidates: int = Field(5, ge=1)  # frames tried, from the first, until a face is found
+    method: Literal[ALIGN_METHODS] = "landmarks"  # type: ignore[valid-type]
+    redetect_every: int = Field(0, ge=0)  # 0: one transform per clip; k > 0: re-detect every k frames
+    smooth_window: int = Field(3, ge=1)  # detections averaged when redetect_every > 0
+
+    def record(self) -> str:
+        """The settings as stored with every clip (JSON): `--resume` reuses clips only when equal."""
+        import json
+
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+
+class AlignSection(AlignSettings):
+    """The align section: the clip settings plus the error policy, folder pattern and jobs."""
+
+    on_error: Literal[ALIGN_ON_ERROR] = "fail"  # type: ignore[valid-type]
+    folder_pattern: str = Field(DEFAULT_FOLDER_PATTERN, min_length=1)
+    jobs: int = Field(2, ge=1)
+
+    def settings(self) -> AlignSettings:
+        return AlignSettings(**self.model_dump(include=set(AlignSettings.model_fields)))
+
+
+class AnnotateSection(_Model):
+    on_problem: Literal["fail", "drop"] = "fail"
+    overrides: str | None = Field(None, min_length=1)
+    folder_pattern: str = Field(DEFAULT_FOLDER_PATTERN, min_length=1)
+    classes: str | None = Field(None, min_length=1)
+
+
+def parse_phase_spec(spec: Any) -> dict[str, tuple[PhaseBound, PhaseBound]]:
+    """{name: [start, end]} into bounds; ValueError naming the phase, the value and what is allowed."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"must be a mapping of phase names to [start, end] pairs, e.g. {DEFAULT_PHASES}")
+    if not spec:
+        raise ValueError("is empty: give at least one phase, e.g. full: [onset, offset]")
+    for name, bounds in spec.items():
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(isinstance(b, str) for b in bounds):
+            raise ValueError(f"phase {name!r} must be a [start, end] pair of anchors, got {bounds!r}")
+    return parse_phases(spec)
+
+
+Anchor = Literal["onset", "apex", "offset"]
+Override = Annotated[dict[Anchor, Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class DynimgSection(_Model):
+    variant: Literal[DI_VARIANTS] = "harmonic"  # type: ignore[valid-type]
+    normalize: Literal["global", "per_channel"] = "global"
+    size: int = Field(112, ge=8, le=4096)
+    phases: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHASES.items()})
+    min_phase_frames: int = Field(2, ge=1)
+    apex: Literal[APEX_SOURCES] = "annotated_or_estimated"  # type: ignore[valid-type]
+    overrides: dict[str, Override] = Field(default_factory=dict)
+    classes: str | None = Field(None, min_length=1)
+    jobs: int = Field(2, ge=1)
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _phases(cls, value: Any) -> Any:
+        parse_phase_spec(value)
+        return value
+
+    def parsed_phases(self) -> dict[str, tuple[PhaseBound, PhaseBound]]:
+        return parse_phase_spec(self.phases)
+
+
+# ---------------------------------------------------------------------------------------------
+# train, models, evaluate, report
+
+
+class AugmentSettings(_Model):
+    """Spatial augmentation of the spatial modes (pipeline/train/augment.py applies it)."""
+
+    flip: bool = True  # horizontal mirror, probability 0.5
+    rotation: float = Field(10.0, ge=0, le=180)  # degrees, uniform in [-rotation, rotation]
+    scale: Annotated[tuple[float, float], BeforeValidator(_pair)] = (1.0, 1.0)  # zoom range; > 1 zooms in
+    translate: float = Field(0.0, ge=0, lt=1)  # shift up to this fraction of the image side
+    jitter: float = Field(0.0, ge=0, lt=1)  # contrast x [1-j, 1+j], brightness +-j x image std
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"augment.scale must be [min, max] with 0 < min <= max, got {list(value)}")
+        return value
+
+    @property
+    def geometric(self) -> bool:
+        return self.rotation > 0 or self.scale != (1.0, 1.0) or self.translate > 0
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.geometric or self.jitter > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump()
+        data["scale"] = list(self.scale)
+        return data
+
+
+def _input_size(value: Any) -> Any:
+    def size(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if value is None or size(value):
+        return value
+    if isinstance(value, Mapping) and value and all(isinstance(k, str) and size(v) for k, v in value.items()):
+        return dict(value)
+    raise ValueError(
+        f"input_size must be a whole number of pixels >= 1 or a mapping such as {{learnet: 112, default: 224}}, got {value!r}"
+    )
+
+
+def _threads(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"threads must be auto or a number of torch threads per fold >= 1, got {value!r}")
+
+
+PhaseList = Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]], Field(min_length=1)]
+
+
+class TrainSection(_Model):
+    """The train section (and each `models.NAME`, laid over it)."""
+
+    model: str = Field("learnet", min_length=1)  # learnet or any timm name
+    mode: ModeName = "dual_phase"
+    train_phases: PhaseList | None = None  # None: the mode's phases
+    test_phases: PhaseList | None = None  # None: full, or all three with test_fusion
+    test_fusion: bool = False
+    input_size: Annotated[Any, BeforeValidator(_input_size)] = 224  # None: the model's own size
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.0001, ge=0)
+    seed: int = Field(0, ge=0)
+    device: Literal[DEVICES] = "auto"  # type: ignore[valid-type]
+    amp: bool = False
+    pretrained: bool = False
+    weights: str | None = Field(None, min_length=1)
+    augment: AugmentSettings = AugmentSettings()
+    backend: Literal[BACKENDS] = "loky"  # type: ignore[valid-type]
+    scheduler: str | None = Field(None, min_length=1)
+    jobs: int = Field(2, ge=1)
+    threads: Annotated[Any, BeforeValidator(_threads)] = "auto"
+    missing_class: Literal[MISSING_CLASS] = "error"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSection:
+        if self.test_fusion and self.test_phases is not None:
+            raise ValueError("give either test_fusion: true or test_phases, not both")
+        if MODES[self.mode].spatial and not self.augment.active:
+            raise ValueError(
+                f"mode {self.mode} needs at least one augmentation in `augment` (flip, rotation, scale, translate, jitter)"
+            )
+        return self
+
+    @property
+    def phases_needed(self) -> set[str]:
+        train = self.train_phases or MODES[self.mode].train_phases
+        test = self.test_phases or (PHASES_ALL if self.test_fusion else PHASES_FULL)
+        return set(train) | set(test)
+
+
+class EvaluateSection(_Model):
+    confusion_normalize: bool = True  # also draw the row-normalized confusion matrix
+    bootstrap: int = Field(1000, ge=0)  # subject-bootstrap resamples (0: no intervals)
+    confidence: float = Field(0.95, gt=0, lt=1)  # interval level
+
+
+class ReportSection(_Model):
+    reference_mode: ModeName = "baseline"  # gains are reported against this mode, on the same clips
+    bootstrap: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+# The model of each section; `datasets` and `models` map names to entries of their model.
+MAPPING_SECTIONS = ("datasets", "models")
+SECTIONS: dict[str, type[BaseModel]] = {
+    "demo": DemoSection,
+    "datasets": DatasetEntry,  # per entry: {name: DatasetEntry}
+    "experiment": ExperimentSection,
+    "models": TrainSection,  # per entry: {model name: train keys laid over the train section}
+    "align": AlignSection,
+    "annotate": AnnotateSection,
+    "dynimg": DynimgSection,
+    "train": TrainSection,
+    "evaluate": EvaluateSection,
+    "report": ReportSection,
+}
+BUILTIN_SECTIONS: dict[str, Any] = {
+    "datasets": {
+        "casme2": {
+            "format": "casme2",
+            "root": "cache/demo/casme2/CASME2_RAW_selected",
+            "coding": "cache/demo/casme2/CASME2-coding-20140508.xlsx",
+            "classes": "casme2-5",
+        },
+        "samm": {
+            "format": "samm",
+            "root": "cache/demo/samm/SAMM",
+            "coding": "cache/demo/samm/SAMM_Micro_FACS_Codes_v2.xlsx",
+            "classes": "samm-5",
+        },
+    },
+    "models": {"learnet": {"input_size": 112}},
+}
+
+
+def builtin_section(section: str) -> dict[str, Any]:
+    """The built-in defaults of a section, as a params file would write them."""
+    if section in BUILTIN_SECTIONS:
+        return dict(BUILTIN_SECTIONS[section])
+    return SECTIONS[section]().model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+def _model_at(section: str, loc: tuple) -> type[BaseModel] | None:
+    """The model whose keys the last element of `loc` is one of (for did-you-mean)."""
+    model: type[BaseModel] | None = SECTIONS[section]
+    if section in MAPPING_SECTIONS:
+        loc = loc[1:]
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _reason(error: dict, section: str) -> str:
+    kind, loc = error["type"], tuple(error["loc"])
+    if kind == "extra_forbidden":
+        model = _model_at(section, loc)
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"unknown key{hint} (allowed keys: {', '.join(known)})"
+    if kind == "literal_error":
+        return f"allowed: {error['ctx']['expected']}"
+    if kind == "missing":
+        return "missing: this key is required"
+    got = type(error.get("input")).__name__
+    if kind in _TYPE_NAMES:
+        quoted = " (write it without quotes)" if isinstance(error.get("input"), str) else ""
+        return f"must be {_TYPE_NAMES[kind]}, got a {got}{quoted}"
+    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return message.replace("Input should be", "must be")
+
+
+_TYPE_NAMES = {
+    "bool_type": "true or false",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "tuple_type": "a [min, max] pair",
+}
+
+
+def _describe(errors: list[dict], section: str, prefix: tuple, options: Mapping[str, str]) -> list[str]:
+    lines = []
+    for error in errors:
+        loc = (*prefix, *(str(part) for part in error["loc"]))
+        shown = "" if error["type"] == "missing" or not error["loc"] else f" = {error['input']!r}"
+        where = f" ({options[loc[0]]})" if loc and loc[0] in options else ""
+        lines.append(f"{'.'.join((section, *loc))}{shown}{where}: {_reason({**error, 'loc': loc}, section)}")
+    return lines
+
+
+def _validate(model: type[BaseModel], data: Any, section: str, prefix: tuple, options: Mapping[str, str]):
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, _describe(exc.errors(), section, prefix, options)
+
+
+def section_problems(section: str, data: Any, options: Mapping[str, str] | None = None) -> tuple[Any, list[str]]:
+    """(validated section or None, one line per problem) of one section's data.
+
+    `datasets` gives {name: DatasetEntry}; `models` gives {model: its keys}, each checked as train
+    keys; every other section its model.
+    """
+    if not isinstance(data, Mapping):
+        return None, [f"{section}: must be a mapping of settings, got {data!r}"]
+    if section not in MAPPING_SECTIONS:
+        return _validate(SECTIONS[section], dict(data), section, (), options or {})
+    if not data and section == "datasets":
+        return None, ["datasets: lists no dataset; give at least one, e.g. casme2: {format: casme2, root: ...}"]
+    entries, problems = {}, []
+    for name, entry in data.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            problems.append(f"{section}.{name}: a name may hold only letters, digits, '_', '-' and '.'")
+        elif not isinstance(entry, Mapping):
+            problems.append(f"{section}.{name} must be a mapping of settings, got {entry!r}")
+        else:
+            model, found = _validate(SECTIONS[section], dict(entry), section, (str(name),), {})
+            entries[str(name)] = model if section == "datasets" else dict(entry)
+            problems += found
+    return (None if problems else entries), problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Params files
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
     if not path.is_file():
         raise MerError(f"params file not found: {path} (pass --params FILE or run from the project folder)")
     try:
@@ -23,26 +433,109 @@ def _read(params_file: str | Path) -> dict[str, Any]:
     return data
 
 
-def _section(params_file: str | Path, data: dict[str, Any], section: str) -> dict[str, Any]:
-    value = data[section]
-    if not isinstance(value, dict):
-        raise MerError(f"{params_file}: section '{section}' must be a mapping, got {type(value).__name__}")
-    return value
+@dataclass(frozen=True)
+class Params:
+    """A params file, or the built-in defaults where there is none (`builtin`)."""
+
+    path: Path
+    data: dict[str, Any]
+    builtin: bool = False
+
+    @property
+    def source(self) -> str:
+        return "built-in defaults" if self.builtin else str(self.path)
+
+    def raw(self, section: str, *, required: bool = True) -> dict[str, Any]:
+        """The section as written (the built-in defaults when there is no params file)."""
+        if self.builtin:
+            return builtin_section(section)
+        if section not in self.data:
+            if not required:
+                return {}
+            raise MerError(f"{self.path} has no '{section}' section; add one (see the project's params.yaml)")
+        value = self.data[section]
+        if not isinstance(value, dict):
+            raise MerError(f"{self.path}: section '{section}' must be a mapping, got {type(value).__name__}")
+        return value
+
+    def section(self, section: str, *, required: bool = True, **options: Any) -> Any:
+        """The validated section with the options the user gave (not None) laid over it.
+
+        Raises SettingsError naming the params file, each key, its value and what is allowed; an
+        option's value is named by its flag (`--on-error`).
+        """
+        data = {**self.raw(section, required=required)}
+        given = {key: value for key, value in options.items() if value is not None}
+        data.update(given)
+        model, problems = section_problems(section, data, {key: f"option {option_flag(key)}" for key in given})
+        if problems:
+            raise SettingsError(f"{self.source}: invalid {section} settings", problems)
+        return model
+
+
+def option_flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def load_params(params_file: str | Path = DEFAULT_PARAMS_FILE, *, explicit: bool = True) -> Params:
+    """The params file; with `explicit` False a missing file means the built-in defaults."""
+    path = Path(params_file)
+    if not explicit and not path.exists():
+        return Params(path, {}, builtin=True)
+    return Params(path, read_params_file(path))
 
 
 def load_section(params_file: str | Path, section: str) -> dict[str, Any]:
-    """Return one top-level section of a params file as a dict.
-
-    A missing file or section is an error that names both, since every stage's defaults live in
-    params.yaml and running with silent built-in defaults would hide a typo.
-    """
-    data = _read(params_file)
-    if section not in data:
-        raise MerError(f"{params_file} has no '{section}' section; add one (see the project's params.yaml)")
-    return _section(params_file, data, section)
+    """One section of a params file as written (kept for scripts: benchmarks read sections this way)."""
+    return Params(Path(params_file), read_params_file(params_file)).raw(section)
 
 
-def optional_section(params_file: str | Path, section: str) -> dict[str, Any]:
-    """Like `load_section`, for sections that may be left out: a missing one is empty."""
-    data = _read(params_file)
-    return _section(params_file, data, section) if section in data else {}
+def validate_params(data: Mapping[str, Any], source: str | Path) -> list[str]:
+    """Every problem of a whole params file: each section's, unknown sections, and across sections."""
+    problems, models = [], {}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            close = difflib.get_close_matches(str(name), list(SECTIONS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{name}: unknown section{hint} (sections: {', '.join(SECTIONS)})")
+            continue
+        models[name], found = section_problems(name, value)
+        problems += found
+    missing = [name for name in SECTIONS if name not in data]
+    if missing:
+        problems.append(f"lacks section(s) {', '.join(missing)}: compare with the project's params.yaml")
+    problems += _across_sections(data, models)
+    return [f"{source}: {p}" if not p.startswith(str(source)) else p for p in problems]
+
+
+def _across_sections(data: Mapping[str, Any], models: Mapping[str, Any]) -> list[str]:
+    problems = []
+    experiment, datasets = models.get("experiment"), models.get("datasets")
+    if experiment and datasets:
+        unknown = [name for name in experiment.datasets if name not in datasets]
+        if unknown:
+            problems.append(f"experiment.datasets = {unknown}: not in the datasets section ({', '.join(datasets)})")
+    report = models.get("report")
+    if experiment and report and report.reference_mode not in experiment.modes:
+        problems.append(
+            f"report.reference_mode = {report.reference_mode!r}: not one of experiment.modes "
+            f"({', '.join(experiment.modes)}); no gain could be reported"
+        )
+    dynimg, train = models.get("dynimg"), models.get("train")
+    if experiment and dynimg and train:
+        made = set(dynimg.phases)
+        for model in experiment.models:
+            entry = (models.get("models") or {}).get(model) or {}
+            for mode in experiment.modes:
+                cell = {**data["train"], **entry, "model": model, "mode": mode}
+                cell.pop("train_phases", None), cell.pop("test_phases", None)  # `--mode` drops them
+                try:
+                    cell = TrainSection.model_validate(cell)
+                except ValidationError:
+                    continue  # reported with its section
+                missing = sorted(cell.phases_needed - made)
+                if missing:
+                    problems.append(
+                        f"dynimg.phases lacks {', '.join(missing)}, which {model} {mode} (experiment) trains or tests on"
+                    )
+    return list(dict.fromkeys(problems))

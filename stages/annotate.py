@@ -12,7 +12,7 @@ import click
 from pipeline.datasets.annotate import annotate_to_file, summary_lines
 from pipeline.datasets.layouts import DATASETS
 from pipeline.io.samples import dropped_path
-from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_params
+from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_settings
 
 
 @click.command("annotate")
@@ -60,7 +60,7 @@ def annotate(
     params_file: str,
 ) -> None:
     """Parse a CASME II, SAMM or generic coding sheet into one validated row per clip."""
-    params = stage_params(
+    params = stage_settings(
         params_file,
         "annotate",
         on_problem=on_problem,
@@ -73,10 +73,10 @@ def annotate(
         dataset,
         coding,
         root,
-        params.get("classes") or None,  # None: the dataset's default classes
-        str(params.get("on_problem", "fail")),
-        params.get("overrides") or None,
-        resolve_folder_pattern(dataset, folder_pattern, params),
+        params.classes,  # None: the dataset's default classes
+        params.on_problem,
+        params.overrides,
+        resolve_folder_pattern(dataset, folder_pattern, params.folder_pattern),
     )
     for line in summary_lines(result, out):
         click.echo(line)
