@@ -232,7 +232,9 @@ def test_augmentation_flips_or_keeps_each_sample_and_rotation_keeps_shape():
     assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 16
     rotated = augment_batch(x, torch.Generator().manual_seed(0), AugmentSettings(flip=False, rotation=10))
     assert rotated.shape == x.shape and not torch.equal(rotated, x)
-    with pytest.raises(ValueError, match=r"train.augment_flip = True: unknown key(.|\n)*train.augment_rotation = 10: unknown key"):
+    with pytest.raises(
+        ValueError, match=r"train.augment_flip = True: unknown key(.|\n)*train.augment_rotation = 10: unknown key"
+    ):
         TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10})  # the keys before `augment:`
 
 
