@@ -104,6 +104,7 @@ def test_a_misspelled_section_is_named_too(project_params):
         ("train", "epochs", 0, "train.epochs = 0: must be greater than or equal to 1"),
         ("align", "size", 100.7, "align.size = 100.7: must be a whole number, got a float"),
         ("align", "size", "224", "align.size = '224': must be a whole number, got a str (write it without quotes)"),
+        ("train", "lr", "1e-3", "train.lr = '1e-3': must be a number, got a str (YAML reads 1e-3 as text: write it"),
         ("evaluate", "bootstrap", -10, "evaluate.bootstrap = -10: must be greater than or equal to 0"),
         ("report", "bootstrap", -10, "report.bootstrap = -10: must be greater than or equal to 0"),
         ("report", "reference_mode", "basline", "report.reference_mode = 'basline': allowed: 'baseline', 'spatial'"),

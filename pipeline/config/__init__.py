@@ -124,6 +124,8 @@ def _reason(error: dict, section: str) -> str:
     got = type(error.get("input")).__name__
     if kind in _TYPE_NAMES:
         quoted = " (write it without quotes)" if isinstance(error.get("input"), str) else ""
+        if kind == "float_type" and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", str(error.get("input"))):
+            quoted = f" (YAML reads {error['input']} as text: write it with a dot, e.g. 1.0e-3)"
         return f"must be {_TYPE_NAMES[kind]}, got a {got}{quoted}"
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return message.replace("Input should be", "must be")
