@@ -103,6 +103,9 @@ class DroppedRow:
         }
 
 
+MAX_WARNING_LINES = 20  # the summary lists at most this many warnings; NAME.warnings.csv lists them all
+
+
 @dataclass(frozen=True)
 class RowWarning:
     """A kept sample with something to check (or a repair made), by spreadsheet row."""
@@ -491,7 +494,10 @@ def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str
             f"  warnings on {len({w.source_row for w in result.warnings})} kept rows: "
             + ", ".join(f"{k} {n}" for k, n in kinds.most_common())
         )
-        lines += [f"    {w.line()}" for w in result.warnings]
+        shown = result.warnings if len(result.warnings) <= MAX_WARNING_LINES else result.warnings[: MAX_WARNING_LINES - 1]
+        lines += [f"    {w.line()}" for w in shown]
+        if len(shown) < len(result.warnings):
+            lines.append(f"    ... and {len(result.warnings) - len(shown)} more, all listed in the warnings file")
     if out is not None:
         lines.append(f"  -> {out}")
     return lines
