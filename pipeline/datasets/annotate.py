@@ -237,7 +237,10 @@ def _frame_warnings(row: CodingRow, folder: ClipFolder, fmt: DatasetFormat, apex
                 "the sheet's onset may be late; check it (an overrides file can correct it)",
             )
     if source in ("annotated", "override") and row.onset < row.offset:
-        for kind, anchor, phase in (("apex on onset", row.onset, "onset-apex"), ("apex on offset", row.offset, "apex-offset")):
+        for kind, anchor, phase in (
+            ("apex on onset", row.onset, "onset-apex"),
+            ("apex on offset", row.offset, "apex-offset"),
+        ):
             if apex == anchor:
                 warn(
                     kind,
@@ -329,7 +332,12 @@ def annotate_samples(
         if rule is not None:
             excluded.append(
                 DroppedRow(
-                    row.source_row, row.subject, row.clip, row.emotion, rule, f"{scheme.name} leaves it out: {EXCLUSIONS[rule]}"
+                    row.source_row,
+                    row.subject,
+                    row.clip,
+                    row.emotion,
+                    rule,
+                    f"{scheme.name} leaves it out: {EXCLUSIONS[rule]}",
                 )
             )
             continue
@@ -482,9 +490,7 @@ def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str
     n_outside = sum(s.apex_source == "imputed_outside" for s in result.samples)
     why = " (the sheet has no apex column)" if not result.apex_column else ""
     outside = f", {n_outside} of them because the sheet's apex lies outside the clip" if n_outside else ""
-    lines.append(
-        f"  apex imputed for {result.n_imputed} clips{why} (peak motion relative to the onset frame){outside}"
-    )
+    lines.append(f"  apex imputed for {result.n_imputed} clips{why} (peak motion relative to the onset frame){outside}")
     if result.overrides is not None:
         n_apex = sum(s.apex_source == "override" for s in result.samples)
         lines.append(f"  {result.n_overridden} clips corrected by {result.overrides.name} (apex set for {n_apex})")
@@ -494,7 +500,9 @@ def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str
             f"  warnings on {len({w.source_row for w in result.warnings})} kept rows: "
             + ", ".join(f"{k} {n}" for k, n in kinds.most_common())
         )
-        shown = result.warnings if len(result.warnings) <= MAX_WARNING_LINES else result.warnings[: MAX_WARNING_LINES - 1]
+        shown = (
+            result.warnings if len(result.warnings) <= MAX_WARNING_LINES else result.warnings[: MAX_WARNING_LINES - 1]
+        )
         lines += [f"    {w.line()}" for w in shown]
         if len(shown) < len(result.warnings):
             lines.append(f"    ... and {len(result.warnings) - len(shown)} more, all listed in the warnings file")

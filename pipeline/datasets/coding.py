@@ -229,11 +229,15 @@ def _choose_table(path: Path, dataset: str, sheet: str | None):
                 break  # a CSV: the first delimiter that gives every column
         elif partial is None:
             partial = (sheet_name, index, columns, table)
+
+    def n_data(candidate) -> int:
+        _, index, _, table = candidate
+        return sum(1 for row in table[index + 1 :] if any(not is_blank(c) for c in row))
+
+    # A sheet holding only a header (a template, a copy emptied) is no candidate when another holds rows.
+    complete = [c for c in complete if n_data(c)] or complete[:1]
     if len(complete) > 1:
-        listed = ", ".join(
-            f"'{name}' ({sum(1 for row in table[index + 1 :] if any(not is_blank(c) for c in row))} rows)"
-            for name, index, _, table in complete
-        )
+        listed = ", ".join(f"'{c[0]}' ({n_data(c)} rows)" for c in complete)
         raise MerError(
             f"{path} holds {len(complete)} sheets with a coding table: {listed}; choose one with annotate.sheet "
             f"(--sheet), e.g. --sheet {complete[0][0]!r}"
@@ -279,7 +283,9 @@ def _match_overrides(
             known = {(s, c) for s, c, _ in identities.values() if s is not None and c is not None}
             hints = sorted(f"{s}/{c}" for s, c in known if c.lower() == o.clip.lower())
             hint = f" (the sheet has {', '.join(hints[:3])})" if hints else ""
-            what = f"subject {o.subject}, clip {o.clip}" + (f", onset {o.onset}" if several and o.onset is not None else "")
+            what = f"subject {o.subject}, clip {o.clip}" + (
+                f", onset {o.onset}" if several and o.onset is not None else ""
+            )
             onsets = [identities[n][2] for n in by_folder.get((o.subject, o.clip), [])]
             if onsets:
                 hint = f" (its rows have the onsets {', '.join(str(x) for x in onsets)})"

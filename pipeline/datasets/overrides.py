@@ -108,7 +108,9 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
             if name == "onset" and selects:
                 onset = int_cell(value)
                 if onset is None:
-                    problem("override", f"onset holds {value!r}, not a frame number; write the sheet's onset of the sample")
+                    problem(
+                        "override", f"onset holds {value!r}, not a frame number; write the sheet's onset of the sample"
+                    )
                 continue
             number_value = int_cell(value)
             if name == "apex" and (

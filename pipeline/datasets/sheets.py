@@ -126,7 +126,9 @@ def _xlsx_tables(path: Path) -> list[tuple[str | None, list[tuple]]]:
             other = source[index] if index < len(source) else ()
             if any(cell is None for cell in row) and any(isinstance(c, str) and c.startswith("=") for c in other):
                 row = tuple(
-                    Formula(other[i]) if cell is None and i < len(other) and isinstance(other[i], str) and other[i].startswith("=") else cell
+                    Formula(other[i])
+                    if cell is None and i < len(other) and isinstance(other[i], str) and other[i].startswith("=")
+                    else cell
                     for i, cell in enumerate(row)
                 )
             patched.append(row)
