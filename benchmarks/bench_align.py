@@ -43,7 +43,7 @@ import psutil
 import yaml
 
 from benchmarks.workload import TreeMemory, casme2_scale, machine_line
-from pipeline.align.clip import find_align_clips
+from pipeline.align.dataset import find_align_clips
 from pipeline.config import load_section
 from pipeline.parallel import limit_native_threads, ordered_map
 

@@ -23,7 +23,9 @@ import numpy as np
 
 from benchmarks.workload import casme2_scale, machine_line
 from pipeline.config import load_section
-from pipeline.dynimg.rank_pooling import DynamicImageSettings, clip_dynamic_images, phase_frames, to_uint8
+from pipeline.dynimg.dataset import DynamicImageSettings
+from pipeline.dynimg.phases import phase_frames
+from pipeline.dynimg.rank_pooling import clip_dynamic_images, to_uint8
 from pipeline.io.samples import read_samples
 
 

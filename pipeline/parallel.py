@@ -168,3 +168,13 @@ class SharedAllocator:
         for _, handle in self._owned:
             handle.discard()
         self._owned.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress of per-clip loops, reported by the caller (stages show a tqdm bar; the library prints nothing)
+
+Progress = Callable[[Iterable[Any], int], Iterable[Any]]  # (items, total) -> the same items, in order
+
+
+def no_progress(items: Iterable[Any], total: int) -> Iterable[Any]:
+    return items

@@ -6,7 +6,8 @@ import click
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_output
-from pipeline.demo.generate import FORMAT_CHOICES, PRESET_NAMES, generate
+from pipeline.demo.generate import generate
+from pipeline.demo.presets import FORMAT_CHOICES, PRESET_NAMES
 from pipeline.errors import MerError
 from stages.common import jobs_option, params_option, stage_params
 

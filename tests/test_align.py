@@ -19,20 +19,15 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline.align.clip as align_module
+import pipeline.align.dataset as align_dataset_module
 import pipeline.datasets.layouts as frames_module
 import pipeline.parallel as parallel_module
-import stages.align as align_stage
 from pipeline.align.clip import AlignSettings, align_clip, transform_points
 from pipeline.align.montage import aligned_montage
 from pipeline.datasets.layouts import find_clip_folders, read_frame
-from pipeline.io.caches import (
-    AlignedCacheWriter,
-    AlignedClip,
-    array_sha256,
-    frames_sha256,
-    read_aligned_clip,
-    verify,
-)
+from pipeline.io.aligned_cache import AlignedCacheWriter, AlignedClip, read_aligned_clip
+from pipeline.io.caches import verify
+from pipeline.io.hdf5 import array_sha256, frames_sha256
 from stages.cli import cli
 from tests.conftest import PROJECT, write_params
 from tests.faces import drifting, place, portrait, write_clip, write_gray_clip
@@ -471,8 +466,10 @@ def shm_root(tmp_path, monkeypatch):
 
 def _count_receives(monkeypatch) -> list:
     received = []
-    real = align_stage._Shipped.receive
-    monkeypatch.setattr(align_stage._Shipped, "receive", lambda self: received.append(self.frames.path) or real(self))
+    real = align_dataset_module._Shipped.receive
+    monkeypatch.setattr(
+        align_dataset_module._Shipped, "receive", lambda self: received.append(self.frames.path) or real(self)
+    )
     return received
 
 
@@ -537,10 +534,10 @@ def test_no_shared_memory_file_is_left_after_failed_clips(tmp_path, casme_root, 
     folders = find_clip_folders("casme2", casme_root)
     shared = shm_root / "shared"
     shared.mkdir()
-    failure = align_stage._align_one(folders[("sub03", "EP05_01")], AlignSettings(), str(shared))
-    assert isinstance(failure, align_stage.ClipFailure) and list(shared.iterdir()) == []
-    shipped = align_stage._align_one(folders[("sub01", "EP01_01")], AlignSettings(), str(shared))
-    assert isinstance(shipped, align_stage._Shipped) and len(list(shared.iterdir())) == 1
+    failure = align_dataset_module._align_one(folders[("sub03", "EP05_01")], AlignSettings(), str(shared))
+    assert isinstance(failure, align_dataset_module.ClipFailure) and list(shared.iterdir()) == []
+    shipped = align_dataset_module._align_one(folders[("sub01", "EP01_01")], AlignSettings(), str(shared))
+    assert isinstance(shipped, align_dataset_module._Shipped) and len(list(shared.iterdir())) == 1
     clip = shipped.receive()
     assert list(shared.iterdir()) == []  # unlinked once mapped
     reference = align_clip(folders[("sub01", "EP01_01")], AlignSettings())
@@ -551,9 +548,9 @@ def test_no_shared_memory_file_is_left_after_failed_clips(tmp_path, casme_root, 
         allocate((3, 8, 8, 3))
         raise RuntimeError("worker bug")
 
-    monkeypatch.setattr(align_stage, "align_clip", crash)
+    monkeypatch.setattr(align_dataset_module, "align_clip", crash)
     with pytest.raises(RuntimeError):
-        align_stage._align_one(folders[("sub01", "EP01_01")], AlignSettings(), str(shared))
+        align_dataset_module._align_one(folders[("sub01", "EP01_01")], AlignSettings(), str(shared))
     assert list(shared.iterdir()) == []
 
 

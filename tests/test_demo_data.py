@@ -13,8 +13,11 @@ import pytest
 from click.testing import CliRunner
 from openpyxl import load_workbook
 
-import pipeline.demo.generate as demo
 from pipeline.align.landmarks import detect_faces
+from pipeline.demo.motion import displacement_field, intensity_curve
+from pipeline.demo.patterns import EMOTION_PATTERNS, MIRROR, PATTERN_NAMES, pattern
+from pipeline.demo.plan import build_plan
+from pipeline.demo.presets import PRESETS
 from stages.cli import cli
 from tests.conftest import write_params
 
@@ -178,7 +181,7 @@ def test_ground_truth_keeps_the_true_apex(tiny):
         assert list(rows[0]) == ["subject", "clip", "onset", "apex", "offset", "emotion", "pattern"]
         for row in rows:
             assert int(row["onset"]) <= int(row["apex"]) <= int(row["offset"])
-            assert row["pattern"] in demo.PATTERN_NAMES
+            assert row["pattern"] in PATTERN_NAMES
     # the apex position within the clip varies
     positions = {
         (int(r["apex"]) - int(r["onset"])) / (int(r["offset"]) - int(r["onset"])) for r in _ground_truth(tiny, "casme2")
@@ -234,7 +237,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tiny, tmp_path):
 
 def test_settings_come_from_params(tmp_path):
     params = write_params(tmp_path, {"demo": {"preset": "tiny", "format": "samm", "seed": 3}})
-    plan = demo.build_plan("samm", "tiny", 3, check_faces=False)
+    plan = build_plan("samm", "tiny", 3, check_faces=False)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["demo-data", "--out", str(out), "--params", str(params)])
     assert result.exit_code == 0, result.output
@@ -256,22 +259,22 @@ def test_bad_preset_is_a_clean_error(tmp_path):
 
 
 def test_intensity_curve_rises_to_the_apex_and_decays():
-    curve = demo.intensity_curve(20, 6, residual=0.1)
+    curve = intensity_curve(20, 6, residual=0.1)
     assert curve[0] == 0 and curve[6] == pytest.approx(1) and curve[-1] == pytest.approx(0.1)
     assert np.all(np.diff(curve[:7]) > 0) and np.all(np.diff(curve[6:]) < 0)
 
 
 def test_patterns_are_distinct_and_normalised():
-    assert sorted(demo.MIRROR[demo.MIRROR]) == list(range(68))  # mirroring twice is the identity
-    assert np.array_equal(demo.MIRROR[demo.MIRROR], np.arange(68))
+    assert sorted(MIRROR[MIRROR]) == list(range(68))  # mirroring twice is the identity
+    assert np.array_equal(MIRROR[MIRROR], np.arange(68))
     vectors = []
-    for name in demo.PATTERN_NAMES:
-        moves = demo.pattern(name)
+    for name in PATTERN_NAMES:
+        moves = pattern(name)
         assert np.linalg.norm(moves, axis=1).max() == pytest.approx(1)
         vectors.append(moves.ravel() / np.linalg.norm(moves))
     similarity = np.array(vectors) @ np.array(vectors).T
     assert (similarity - np.eye(len(vectors))).max() < 0.8
-    for dataset, patterns in demo.EMOTION_PATTERNS.items():
+    for dataset, patterns in EMOTION_PATTERNS.items():
         five = list(patterns.values())[:5]
         assert len(set(five)) == 5, dataset  # the five main classes never share a pattern
 
@@ -279,7 +282,7 @@ def test_patterns_are_distinct_and_normalised():
 def test_displacement_field_peaks_near_the_moved_landmark():
     landmarks = np.array([[100.0, 100.0], [160.0, 100.0]], dtype=np.float32)
     moves = np.array([[0.0, -3.0], [0.0, 0.0]], dtype=np.float32)
-    (x0, y0, x1, y1), field = demo.displacement_field(landmarks, moves, 12.0, (640, 480))
+    (x0, y0, x1, y1), field = displacement_field(landmarks, moves, 12.0, (640, 480))
     assert field.shape == (y1 - y0, x1 - x0, 2)
     assert field[100 - y0, 100 - x0, 1] == pytest.approx(-3.0, abs=0.3)
     assert abs(field[100 - y0, 160 - x0, 1]) < 0.1
@@ -287,7 +290,7 @@ def test_displacement_field_peaks_near_the_moved_landmark():
 
 
 def test_presets_have_the_documented_sizes():
-    scale = demo.PRESETS["casme2-scale"]["casme2"]
+    scale = PRESETS["casme2-scale"]["casme2"]
     assert scale.clips == 255 and scale.subjects == 26
     assert dict(scale.counts) == {
         "others": 99,
@@ -298,5 +301,5 @@ def test_presets_have_the_documented_sizes():
         "sadness": 7,
         "fear": 2,
     }
-    assert demo.PRESETS["casme2-scale"]["samm"].clips == 159
-    assert demo.PRESETS["demo"]["casme2"].clips == 102
+    assert PRESETS["casme2-scale"]["samm"].clips == 159
+    assert PRESETS["demo"]["casme2"].clips == 102

@@ -7,12 +7,11 @@ import warnings
 import numpy as np
 import pytest
 
+from pipeline.dynimg.phases import parse_phases, phase_frames
 from pipeline.dynimg.rank_pooling import (
     SingleFrameWarning,
     clip_dynamic_images,
     dynamic_image,
-    parse_phases,
-    phase_frames,
     rank_pooling_coefficients,
     to_uint8,
 )

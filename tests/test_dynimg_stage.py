@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.io.caches import AlignedCacheWriter, AlignedClip, read_dynamic_images
+from pipeline.io.aligned_cache import AlignedCacheWriter, AlignedClip
+from pipeline.io.dynamic_image_cache import read_dynamic_images
 from stages.cli import cli
 from tests.conftest import write_params
 

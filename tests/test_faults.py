@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.atomic import atomic_output
-from pipeline.io.caches import AlignedCacheWriter, AlignedClip
+from pipeline.io.aligned_cache import AlignedCacheWriter, AlignedClip
 from stages.cli import cli
 from tests.conftest import write_params
 from tests.test_dynimg_stage import SAMPLE_COLUMNS

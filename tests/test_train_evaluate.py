@@ -14,19 +14,14 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline.errors import MerError
 from pipeline.evaluate.metrics import Predictions, compute_metrics, uar, uf1
-from pipeline.io.caches import read_dynamic_images, write_dynamic_images
+from pipeline.io.dynamic_image_cache import read_dynamic_images
 from pipeline.train.augment import AugmentSettings, augment_batch
-from pipeline.train.training import (
-    TrainSettings,
-    fold_dir_name,
-    fold_keys,
-    load_loso_data,
-    prepare_images,
-    resolve_device,
-    train_fold,
-)
+from pipeline.train.data import fold_dir_name, fold_keys, load_loso_data, prepare_images
+from pipeline.train.fold import resolve_device, train_fold
+from pipeline.train.settings import TrainSettings
 from stages.cli import cli
 from tests.conftest import PROJECT, write_params
+from tests.di_cache import write_dynamic_images
 
 CLASSES = ["negative", "positive", "surprise"]
 PHASES = ("full", "onset_apex", "apex_offset")
@@ -237,8 +232,8 @@ def test_augmentation_flips_or_keeps_each_sample_and_rotation_keeps_shape():
     assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 16
     rotated = augment_batch(x, torch.Generator().manual_seed(0), AugmentSettings(flip=False, rotation=10))
     assert rotated.shape == x.shape and not torch.equal(rotated, x)
-    legacy = TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10})  # the keys before `augment:`
-    assert legacy.augment == AugmentSettings(flip=True, rotation=10)
+    with pytest.raises(ValueError, match=r"unknown train keys \['augment_flip', 'augment_rotation'\]"):
+        TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10})  # the keys before `augment:`
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
@@ -354,7 +349,7 @@ def test_evaluate_names_the_damaged_file_and_fold(tmp_path, damage, message):
 
 def test_epochs_of_folds_run_here_can_be_shown(tmp_path):
     """With jobs 1 every fold hands its epochs to `epoch_progress` (the stage's per-epoch bar)."""
-    from pipeline.train.training import run_loso
+    from pipeline.train.execution import run_loso
 
     di = read_dynamic_images(make_cache(tmp_path / "di.h5"))
     data = load_loso_data(di, PHASES, 32, (0.5,) * 3, (0.5,) * 3)

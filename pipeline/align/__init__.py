@@ -1,0 +1,1 @@
+"""Face alignment: one clip (clip), a whole dataset copy (dataset), dlib landmarks, preview sheets."""

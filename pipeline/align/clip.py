@@ -17,19 +17,18 @@ memory that the writer process maps, instead of pickling the frames back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from pipeline.align.landmarks import detect_faces, eye_centres, landmarks_in_box
-from pipeline.datasets.layouts import ClipFolder, scan_clip_folders
+from pipeline.datasets.layouts import ClipFolder
 from pipeline.imaging import JPEG_SUFFIXES, FrameError, decode_frame, is_grayscale
-from pipeline.io.caches import AlignedClip
+from pipeline.io.aligned_cache import AlignedClip
+from pipeline.io.provenance import frame_files_fingerprint
 
 METHODS = ("landmarks", "resize")
 DETECTOR = "dlib-hog+shape_predictor_68"
@@ -71,45 +70,6 @@ class AlignSettings:
 
 class AlignmentFailure(FrameError):
     """One clip could not be aligned (no face, degenerate landmarks, an empty folder)."""
-
-
-@dataclass(frozen=True)
-class ClipFailure:
-    """A clip that was not aligned, as reported to the user and in the failures CSV."""
-
-    subject: str
-    clip: str
-    file: str
-    reason: str
-
-    def line(self) -> str:
-        return f"{self.subject}/{self.clip}: {self.file}: {self.reason}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding clips (unreadable folders become failures instead of stopping the whole run)
-
-
-def find_align_clips(
-    dataset: str, root: str | Path, pattern: str | None = None
-) -> tuple[list[ClipFolder], list[ClipFailure]]:
-    """Clip folders sorted by (subject, clip), and the folders that could not be listed (reported
-    per clip rather than stopping the run)."""
-    clips, unreadable = scan_clip_folders(dataset, root, pattern)
-    failures = [ClipFailure(u.subject, u.clip, str(u.path), u.reason) for u in unreadable]
-    return sorted(clips.values(), key=lambda f: (f.subject, f.clip)), failures
-
-
-def input_fingerprint(folder: ClipFolder) -> str:
-    """sha256 of the clip's frame names and sizes: cheap, and independent of where the copy lives."""
-    digest = hashlib.sha256()
-    for number, path in folder.frames:
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = -1
-        digest.update(f"{number}\t{path.name}\t{size}\n".encode())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,12 +155,6 @@ def detect(image: np.ndarray, settings: AlignSettings, upsample_levels: int | No
                 box = dlib.rectangle(*(round(v / factor) for v in (box.left(), box.top(), box.right(), box.bottom())))
             return Detection(landmarks_in_box(image, box), upsample, float(score), float(factor))
     return None
-
-
-def locate_landmarks(image: np.ndarray, settings: AlignSettings) -> np.ndarray | None:
-    """Landmarks of the most confident face; detection runs on a downscaled copy of large frames."""
-    found = detect(image, settings)
-    return None if found is None else found.landmarks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +274,7 @@ def align_clip(folder: ClipFolder, settings: AlignSettings, allocate: Allocate |
         "method": settings.method,
         "grayscale": int(source.grayscale),
         "align_settings": settings.record(),
-        "input_fingerprint": input_fingerprint(folder),
+        "input_fingerprint": frame_files_fingerprint(folder.frames),
     }
     if settings.method == "resize":
         return _resize_clip(folder, source, settings, attrs, allocate)

@@ -1,11 +1,14 @@
-"""A contact sheet of aligned reference frames with their landmarks, to check an align run at a glance."""
+"""A contact sheet of aligned reference frames with their landmarks (`mer align --preview`), to check an align run at a glance."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from pipeline.atomic import atomic_output
 
 
 def aligned_montage(
@@ -46,3 +49,11 @@ def aligned_montage(
             sheet, label[:24], (left + 3, top + tile + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
         )
     return sheet
+
+
+def save_montage(path: str | Path, images: list[np.ndarray], landmarks: list[np.ndarray], labels: list[str]) -> None:
+    """`aligned_montage` written as a PNG at `path`, atomically."""
+    sheet = aligned_montage(images, landmarks, labels)
+    with atomic_output(path) as tmp:
+        _ok, data = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        Path(tmp).write_bytes(data.tobytes())

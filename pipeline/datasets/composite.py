@@ -16,8 +16,9 @@ they can be trained on together:
 Subjects are only unique within a dataset. The combined table keeps each row's `subject` as
 its dataset wrote it (so the clip is still found as `subject/clip` in that dataset's aligned
 cache) and relies on the `dataset` column for identity: the DI stage builds `sample_id` as
-`dataset/subject/clip` (`.../onset` where a folder holds several samples, `io.samples.sample_ids`), and training makes one LOSO fold per `dataset/subject` as soon as a
-DI cache holds more than one dataset (`pipeline.train.training.fold_keys`). Row order: the inputs in
+`dataset/subject/clip` (`dataset/subject/clip/onset` where a folder holds several samples,
+`pipeline.io.samples.sample_ids`), and training makes one LOSO fold per `dataset/subject` as soon
+as a DI cache holds more than one dataset (`pipeline.train.data.fold_keys`). Row order: the inputs in
 the order given, each table's rows in its own order.
 """
 

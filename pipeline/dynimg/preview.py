@@ -1,15 +1,19 @@
-"""Contact sheets that let a user check a run at a glance."""
+"""Contact sheets of a DI cache (`mer cache preview`): every phase of a few clips, to check a run at a glance."""
 
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: the pipeline never opens windows
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.io.caches import DynamicImageSet
+from pipeline.atomic import atomic_output
+from pipeline.errors import MerError
+from pipeline.io.dynamic_image_cache import DynamicImageSet, read_dynamic_images
 
 
 def pick_samples(data: DynamicImageSet, count: int) -> list[int]:
@@ -46,3 +50,14 @@ def dynamic_image_sheet(data: DynamicImageSet, indices: list[int]) -> Figure:
         )
     figure.tight_layout()
     return figure
+
+
+def write_preview(cache: str | Path, out: str | Path, count: int) -> int:
+    """Draw `count` samples of a DI cache into the PNG `out`; returns the number drawn."""
+    data = read_dynamic_images(cache)
+    if len(data) == 0:
+        raise MerError(f"{cache} holds no samples")
+    figure = dynamic_image_sheet(data, pick_samples(data, max(1, count)))
+    with atomic_output(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return min(count, len(data))

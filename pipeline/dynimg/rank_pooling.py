@@ -1,4 +1,4 @@
-"""Dynamic images by approximate rank pooling, and the phase intervals they are computed over.
+"""Dynamic images by approximate rank pooling: the coefficients, one DI, and every phase DI of a clip at once.
 
 Approximate rank pooling (Bilen et al., CVPR 2016): for frames I_1..I_T,
     DI = sum_t a_t I_t,  a_t = 2(T - t + 1) - (T + 1)(H_T - H_{t-1}),  H_t = sum_{i<=t} 1/i
@@ -9,17 +9,15 @@ form leak the mean image into the DI, which is why it is spelled out here.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from pipeline.dynimg.phases import PhaseBound, phase_frames
+
 VARIANTS = ("harmonic", "linear")
-ANCHORS = ("onset", "apex", "offset")
-DEFAULT_PHASES = {"full": ("onset", "offset"), "onset_apex": ("onset", "apex"), "apex_offset": ("apex", "offset")}
 
 
 class SingleFrameWarning(UserWarning):
@@ -61,63 +59,6 @@ def to_uint8(image: np.ndarray, per_channel: bool = False) -> np.ndarray:
     span = image.max(axis=axes, keepdims=True) - low
     scaled = np.divide(image - low, span, out=np.zeros_like(image, dtype=np.float32), where=span > 0)
     return np.round(scaled * 255).astype(np.uint8)
-
-
-_ANCHOR = re.compile(r"^\s*(onset|apex|offset)\s*(?:([+-])\s*(\d+))?\s*$")
-
-
-@dataclass(frozen=True)
-class PhaseBound:
-    anchor: str
-    shift: int = 0
-
-    @classmethod
-    def parse(cls, text: object) -> PhaseBound:
-        match = _ANCHOR.match(str(text))
-        if not match:
-            raise ValueError(f"phase bound {text!r} must be onset, apex or offset, optionally followed by +N or -N")
-        shift = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
-        return cls(match.group(1), shift)
-
-    def frame(self, onset: int, apex: int, offset: int) -> int:
-        return {"onset": onset, "apex": apex, "offset": offset}[self.anchor] + self.shift
-
-
-def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBound, PhaseBound]]:
-    """Phases from params: {name: [start, end]} with anchors like 'apex' or 'onset+2'."""
-    spec = spec or DEFAULT_PHASES
-    phases = {}
-    for name, bounds in spec.items():
-        if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
-            raise ValueError(f"phase name {name!r} may hold only letters, digits and '_'")
-        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-            raise ValueError(f"phase {name!r} must be a [start, end] pair, got {bounds!r}")
-        phases[str(name)] = (PhaseBound.parse(bounds[0]), PhaseBound.parse(bounds[1]))
-    return phases
-
-
-def phase_frames(
-    bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, min_frames: int = 1
-) -> tuple[int, int]:
-    """The phase's first and last frame number, clipped to the clip's onset..offset.
-
-    A phase shorter than `min_frames` is widened one frame at a time, alternately at its end and
-    at its start, staying within onset..offset, until it is long enough or spans the whole clip:
-    an onset-apex phase with the apex on the onset frame becomes [onset, onset + 1] rather than a
-    motionless single frame.
-    """
-    start = max(onset, min(offset, bounds[0].frame(onset, apex, offset)))
-    end = max(onset, min(offset, bounds[1].frame(onset, apex, offset)))
-    if end < start:
-        raise ValueError(f"phase ends (frame {end}) before it starts (frame {start})")
-    grow_end = True
-    while end - start + 1 < min_frames and (start > onset or end < offset):
-        if (grow_end and end < offset) or start == onset:
-            end += 1
-        else:
-            start -= 1
-        grow_end = not grow_end
-    return start, end
 
 
 def phase_weights(
@@ -175,75 +116,3 @@ def clip_dynamic_images(
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         images[name] = to_uint8(image, per_channel)
     return images, {name: end - start + 1 for name, (start, end) in windows.items()}
-
-
-APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
-
-
-@dataclass(frozen=True)
-class DynamicImageSettings:
-    """The dynimg section of params.yaml, validated."""
-
-    phases: dict
-    variant: str = "harmonic"
-    normalize: str = "global"  # global | per_channel
-    size: int = 112
-    apex: str = "annotated_or_estimated"
-    min_phase_frames: int = 2
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, object]) -> DynamicImageSettings:
-        settings = cls(
-            phases=parse_phases(params.get("phases")),  # type: ignore[arg-type]
-            variant=str(params.get("variant", "harmonic")),
-            normalize=str(params.get("normalize", "global")),
-            size=int(params.get("size", 112)),  # type: ignore[arg-type]
-            apex=str(params.get("apex", "annotated_or_estimated")),
-            min_phase_frames=int(params.get("min_phase_frames", 2)),  # type: ignore[arg-type]
-        )
-        if settings.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {settings.variant!r}")
-        if settings.normalize not in ("global", "per_channel"):
-            raise ValueError(f"normalize must be global or per_channel, got {settings.normalize!r}")
-        if settings.apex not in APEX_SOURCES:
-            raise ValueError(f"apex must be one of {APEX_SOURCES}, got {settings.apex!r}")
-        if settings.size < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {settings.size}")
-        if settings.min_phase_frames < 1:
-            raise ValueError(f"min_phase_frames must be at least 1, got {settings.min_phase_frames}")
-        return settings
-
-
-def apply_overrides(
-    samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None
-) -> tuple[list[dict], list[str]]:
-    """Samples with per-clip corrections {"subject/clip": {onset|apex|offset: frame}} applied.
-
-    Returns the corrected samples (apex_source "override" where the apex was set) and one
-    message per override that names no sample or holds anything but those three keys.
-    """
-    overrides = dict(overrides or {})
-    problems = []
-    by_key = {f"{s['subject']}/{s['clip']}": s for s in samples}
-    for key, values in overrides.items():
-        if key not in by_key:
-            problems.append(
-                f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)"
-            )
-        elif not isinstance(values, Mapping) or not set(values) <= set(ANCHORS) or not values:
-            problems.append(
-                f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}"
-            )
-    if problems:
-        return samples, problems
-    corrected = []
-    for sample in samples:
-        change = overrides.get(f"{sample['subject']}/{sample['clip']}")
-        if change:
-            sample = {**sample, **{k: int(v) for k, v in change.items()}}  # type: ignore[arg-type]
-            if "apex" in change:
-                sample["apex_source"] = "override"
-            if not sample["onset"] <= sample["apex"] <= sample["offset"]:
-                problems.append(f"override {sample['subject']}/{sample['clip']}: onset <= apex <= offset does not hold")
-        corrected.append(sample)
-    return corrected, problems

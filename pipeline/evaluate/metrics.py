@@ -14,8 +14,6 @@ their own subset.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,32 +149,6 @@ def confusion(predictions: Predictions) -> np.ndarray:
     return confusion_matrix(predictions.y_true, predictions.y_pred, labels=np.arange(len(predictions.label_names)))
 
 
-def write_per_class_csv(path: str | Path, metrics: dict[str, Any]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for name, row in metrics["per_class"].items():
-            writer.writerow(
-                [name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]]
-            )
-
-
-def write_per_subject_csv(path: str | Path, metrics: dict[str, Any]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["subject", "accuracy", "n_correct", "n_samples"])
-        for name, row in metrics["per_subject"].items():
-            writer.writerow([name, f"{row['accuracy']:.6f}", row["n_correct"], row["n_samples"]])
-
-
-def write_confusion_csv(path: str | Path, counts: np.ndarray, label_names: Sequence[str]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["true \\ predicted", *label_names])
-        for name, row in zip(label_names, counts):
-            writer.writerow([name, *map(int, row)])
-
-
 # ---------------------------------------------------------------------------------------------
 # Uncertainty over subjects: LOSO folds are subjects, so subjects are the unit to resample.
 
@@ -259,35 +231,3 @@ def paired_comparison(
             "p_not_better": float(np.mean(np.asarray(values) <= 0)),
         }
     return result
-
-
-def leakage_problems(run_dir: str | Path) -> list[str]:
-    """Problems that would make LOSO results invalid: a fold trained on its held-out subject, or a
-    clip tested in two folds. Read from each fold's manifest and predictions under folds/ (a run
-    without fold folders, such as predictions from another tool, cannot be checked)."""
-    problems: list[str] = []
-    seen: dict[str, str] = {}
-    folds = sorted(p for p in (Path(run_dir) / "folds").glob("*") if p.is_dir())
-    for fold in folds:
-        manifest_path = fold / "manifest.json"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"fold {fold.name}: unreadable manifest {manifest_path} ({exc})")
-            continue
-        held_out = manifest.get("held_out_subject")
-        if held_out in set(manifest.get("trained_on_subjects", [])):
-            problems.append(
-                f"fold {fold.name}: trained on its held-out subject {held_out} (test set leaked into training)"
-            )
-        try:
-            with open(fold / "predictions.csv", newline="") as handle:
-                ids = [row["sample_id"] for row in csv.DictReader(handle)]
-        except (OSError, KeyError) as exc:
-            problems.append(f"fold {fold.name}: unreadable predictions ({exc})")
-            continue
-        for sample_id in ids:
-            if sample_id in seen:
-                problems.append(f"clip {sample_id} is tested in two folds: {seen[sample_id]} and {fold.name}")
-            seen[sample_id] = fold.name
-    return problems

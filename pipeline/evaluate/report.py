@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
+import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.evaluate.metrics import Predictions, bootstrap_intervals, paired_comparison, summary
+from pipeline.atomic import atomic_output
+from pipeline.errors import MerError
+from pipeline.evaluate.metrics import Predictions, bootstrap_intervals, load_predictions, paired_comparison, summary
+from pipeline.io.runs import read_run_info
 
 METRIC_NAMES = ("accuracy", "uf1", "uar")
 _LABELS = {"accuracy": "Acc", "uf1": "UF1", "uar": "UAR"}
@@ -16,6 +24,8 @@ _LABELS = {"accuracy": "Acc", "uf1": "UF1", "uar": "UAR"}
 
 @dataclass
 class RunResult:
+    """One run of the experiment: its cell (dataset, model, mode) and its pooled predictions."""
+
     name: str
     dataset: str
     model: str
@@ -140,3 +150,53 @@ def bar_chart(rows: list[dict[str, Any]], reference: str):
     figure.legend(handles, labels, loc="upper center", ncol=len(modes), fontsize=9, frameon=False)
     figure.tight_layout(rect=(0, 0, 1, 0.92))
     return figure
+
+
+def experiment_runs(runs_dir: str | Path, experiment: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run folders DATASET-MODEL-MODE under `runs_dir` of every cell of an `experiment` section."""
+    cells = itertools.product(*(experiment.get(key) or [] for key in ("datasets", "models", "modes")))
+    return tuple(str(Path(runs_dir) / f"{d}-{m}-{mode}") for d, m, mode in cells)
+
+
+def build_report(runs: Sequence[str | Path], out: str | Path, settings: Mapping[str, Any]) -> tuple[int, int]:
+    """Write results.md, results.csv and results.png of `runs` into `out` (replaced as a whole).
+
+    `settings` is the report params section (reference_mode, bootstrap, confidence). Each cell of
+    the experiment must have one run. Returns (number of runs, number of dataset x model rows).
+    """
+    if not runs:
+        raise MerError(
+            "no runs to report: give --run folders, or --runs-dir with an `experiment` section in the params"
+        )
+    reference = str(settings.get("reference_mode", "baseline"))
+    resamples, level = int(settings.get("bootstrap", 1000)), float(settings.get("confidence", 0.95))
+    results = []
+    for run_dir in runs:
+        info = read_run_info(run_dir)
+        predictions = load_predictions(Path(run_dir) / "predictions.csv", info["label_names"])
+        results.append(
+            RunResult(
+                Path(run_dir).name, dataset_of(predictions), str(info.get("model")), str(info.get("mode")), predictions
+            )
+        )
+    seen = {}
+    for result in results:
+        key = (result.dataset, result.model, result.mode)
+        if key in seen:
+            raise MerError(
+                f"runs {seen[key]} and {result.name} are both {key}; give each cell of the experiment one run"
+            )
+        seen[key] = result.name
+    rows = results_table(results, reference, resamples, level)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_output(out, directory=True) as tmp:
+        (tmp / "results.md").write_text(markdown_table(rows, reference, level))
+        with open(tmp / "results.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns, lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()}
+                )
+        bar_chart(rows, reference).savefig(tmp / "results.png", dpi=100)
+    return len(results), len(rows)

@@ -16,7 +16,7 @@ Params (train section):
       translate: 0.05      # uniform shift up to this fraction of the image side, on each axis
       jitter: 0.1          # contrast factor in [1 - j, 1 + j] and brightness shift in [-j, j] x the image std
 
-Only the `spatial` and `dual_phase_spatial` modes apply it (see pipeline/training.py).
+Only the `spatial` and `dual_phase_spatial` modes apply it (see pipeline/train/settings.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,108 @@
+"""The installation checks of `mer doctor`: each says what is in place, or fails with what is wrong."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+STAGE_SECTIONS = (
+    "demo",
+    "datasets",
+    "experiment",
+    "models",
+    "align",
+    "annotate",
+    "dynimg",
+    "train",
+    "evaluate",
+    "report",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: its name, the test itself, and what to do when it fails."""
+
+    name: str
+    run: Callable[[], str]  # what is in place; raises with what is wrong
+    fix: str
+
+
+def _landmark_model() -> str:
+    from pipeline.align.landmarks import load_models, model_folder
+
+    load_models()
+    return f"dlib 68-point model in {model_folder()}"
+
+
+def _torch() -> str:
+    import torch
+
+    device = f"CUDA ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "CPU only (no CUDA device)"
+    return f"torch {torch.__version__}, {device}"
+
+
+def _timm() -> str:
+    import timm
+
+    return f"timm {timm.__version__} (pretrained weights need the hub online or a local `train.weights` file)"
+
+
+def _dvc() -> str:
+    version = importlib.metadata.version("dvc")
+    if shutil.which("git") is None:
+        raise RuntimeError(
+            f"dvc {version} found but git is not on PATH: install git (dvc exp and metrics diff need it)"
+        )
+    return f"dvc {version}, git {shutil.which('git')}"
+
+
+def _writable(folder: Path) -> Callable[[], str]:
+    def check() -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        return f"{folder} is writable"
+
+    return check
+
+
+def _params(path: Path) -> Callable[[], str]:
+    def check() -> str:
+        if not path.is_file():
+            raise RuntimeError(f"{path} not found: run from the project folder or pass --params")
+        data = yaml.safe_load(path.read_text()) or {}
+        missing = [s for s in STAGE_SECTIONS if s not in data]
+        if missing:
+            raise RuntimeError(f"{path} lacks section(s) {', '.join(missing)}: compare with the project's params.yaml")
+        return f"{path} has every stage section"
+
+    return check
+
+
+def installation_checks(cache_dir: str | Path, params_file: str | Path) -> list[Check]:
+    """Landmark model, torch device, timm, DVC with git, a writable cache folder, a complete params file."""
+    return [
+        Check("landmark model", _landmark_model, "pip install --force-reinstall face-recognition-models dlib-bin"),
+        Check("torch", _torch, "pip install -e . (installs torch with torchvision and timm)"),
+        Check("timm", _timm, "pip install -e ."),
+        Check("dvc", _dvc, "pip install -e . and install git"),
+        Check("cache folder", _writable(Path(cache_dir)), f"make {cache_dir} writable or pass --cache DIR"),
+        Check("params", _params(Path(params_file)), "restore params.yaml from the project"),
+    ]
+
+
+def run_checks(checks: Iterable[Check]) -> Iterator[tuple[Check, bool, str]]:
+    """(check, passed, what is in place or what is wrong) for each check, as it runs."""
+    for check in checks:
+        try:
+            passed, message = True, check.run()
+        except Exception as exc:  # every failure is reported, none stops the others
+            passed, message = False, str(exc)
+        yield check, passed, message

@@ -1,0 +1,105 @@
+"""Phases: frame intervals anchored on a clip's onset, apex and offset, and per-clip corrections.
+
+A phase is `[start, end]` with anchors `onset`, `apex` or `offset`, each optionally shifted by
+`+N` / `-N` frames (DESIGN.md section 5); the apex belongs to both default phases.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ANCHORS = ("onset", "apex", "offset")
+DEFAULT_PHASES = {"full": ("onset", "offset"), "onset_apex": ("onset", "apex"), "apex_offset": ("apex", "offset")}
+
+_ANCHOR = re.compile(r"^\s*(onset|apex|offset)\s*(?:([+-])\s*(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class PhaseBound:
+    anchor: str
+    shift: int = 0
+
+    @classmethod
+    def parse(cls, text: object) -> PhaseBound:
+        match = _ANCHOR.match(str(text))
+        if not match:
+            raise ValueError(f"phase bound {text!r} must be onset, apex or offset, optionally followed by +N or -N")
+        shift = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
+        return cls(match.group(1), shift)
+
+    def frame(self, onset: int, apex: int, offset: int) -> int:
+        return {"onset": onset, "apex": apex, "offset": offset}[self.anchor] + self.shift
+
+
+def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBound, PhaseBound]]:
+    """Phases from params: {name: [start, end]} with anchors like 'apex' or 'onset+2'."""
+    spec = spec or DEFAULT_PHASES
+    phases = {}
+    for name, bounds in spec.items():
+        if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+            raise ValueError(f"phase name {name!r} may hold only letters, digits and '_'")
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+            raise ValueError(f"phase {name!r} must be a [start, end] pair, got {bounds!r}")
+        phases[str(name)] = (PhaseBound.parse(bounds[0]), PhaseBound.parse(bounds[1]))
+    return phases
+
+
+def phase_frames(
+    bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, min_frames: int = 1
+) -> tuple[int, int]:
+    """The phase's first and last frame number, clipped to the clip's onset..offset.
+
+    A phase shorter than `min_frames` is widened one frame at a time, alternately at its end and
+    at its start, staying within onset..offset, until it is long enough or spans the whole clip:
+    an onset-apex phase with the apex on the onset frame becomes [onset, onset + 1] rather than a
+    motionless single frame.
+    """
+    start = max(onset, min(offset, bounds[0].frame(onset, apex, offset)))
+    end = max(onset, min(offset, bounds[1].frame(onset, apex, offset)))
+    if end < start:
+        raise ValueError(f"phase ends (frame {end}) before it starts (frame {start})")
+    grow_end = True
+    while end - start + 1 < min_frames and (start > onset or end < offset):
+        if (grow_end and end < offset) or start == onset:
+            end += 1
+        else:
+            start -= 1
+        grow_end = not grow_end
+    return start, end
+
+
+def apply_overrides(
+    samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None
+) -> tuple[list[dict], list[str]]:
+    """Samples with per-clip corrections {"subject/clip": {onset|apex|offset: frame}} applied.
+
+    Returns the corrected samples (apex_source "override" where the apex was set) and one
+    message per override that names no sample or holds anything but those three keys.
+    """
+    overrides = dict(overrides or {})
+    problems = []
+    by_key = {f"{s['subject']}/{s['clip']}": s for s in samples}
+    for key, values in overrides.items():
+        if key not in by_key:
+            problems.append(
+                f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)"
+            )
+        elif not isinstance(values, Mapping) or not set(values) <= set(ANCHORS) or not values:
+            problems.append(
+                f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}"
+            )
+    if problems:
+        return samples, problems
+    corrected = []
+    for sample in samples:
+        change = overrides.get(f"{sample['subject']}/{sample['clip']}")
+        if change:
+            sample = {**sample, **{k: int(v) for k, v in change.items()}}  # type: ignore[arg-type]
+            if "apex" in change:
+                sample["apex_source"] = "override"
+            if not sample["onset"] <= sample["apex"] <= sample["offset"]:
+                problems.append(f"override {sample['subject']}/{sample['clip']}: onset <= apex <= offset does not hold")
+        corrected.append(sample)
+    return corrected, problems

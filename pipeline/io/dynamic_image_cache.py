@@ -1,0 +1,147 @@
+"""The dynamic-image cache (schema "mer.dynamic_images", DESIGN.md section 6): its writer and reader.
+
+Per-sample vectors sample_id, dataset, subject, clip, label, onset, apex, offset, apex_source (N,)
+and one (N,H,W,3) uint8 dataset per phase under images/. File attributes: schema,
+schema_version, params (JSON), tool_version, label_names, phases, and the stage's extras (the
+input fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.errors import MerError
+from pipeline.io.hdf5 import CacheWriter, open_cache, read_dataset, write_dataset, write_file_attrs
+
+DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
+SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
+_STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
+
+
+@dataclass
+class DynamicImageSet:
+    """The whole DI cache in memory: it is small (CASME II is about 250 clips x 3 images)."""
+
+    samples: dict[str, np.ndarray]  # SAMPLE_FIELDS -> (N,)
+    images: dict[str, np.ndarray]  # phase name -> (N,H,W,3) uint8
+    label_names: list[str]
+    attrs: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.samples["sample_id"])
+
+    @property
+    def phases(self) -> list[str]:
+        return list(self.images)
+
+
+class DynamicImageWriter(CacheWriter):
+    """Writes a DI cache one sample at a time, so memory does not grow with the number of clips.
+
+    `n` samples are added in their final order with `add`, then `finish` writes the per-sample
+    columns and the checksums (each phase's sha256 is computed as its rows arrive, in order, so it
+    equals the checksum of the whole dataset). The caller owns atomic placement of the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n: int,
+        phases: Iterable[str],
+        label_names: list[str],
+        params: Mapping[str, Any],
+        image_shape: tuple[int, int, int] | None = None,
+    ):
+        self._n, self._phases, self._count = n, list(phases), 0
+        self._handle = h5py.File(path, "w", track_order=False)
+        write_file_attrs(
+            self._handle, DYNAMIC_IMAGES_SCHEMA, params, {"label_names": list(label_names), "phases": self._phases}
+        )
+        self._group = self._handle.create_group("images")
+        self._digests = {phase: hashlib.sha256() for phase in self._phases}
+        if image_shape is not None:
+            for phase in self._phases:
+                self._create(phase, image_shape)
+
+    def _create(self, phase: str, shape: tuple[int, ...]) -> h5py.Dataset:
+        if len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"images/{phase}: an image of shape {shape}, expected (H, W, 3)")
+        return self._group.create_dataset(
+            phase,
+            shape=(self._n, *shape),
+            dtype=np.uint8,
+            chunks=(1, *shape),
+            compression="gzip",
+            compression_opts=4,
+            track_times=False,
+        )
+
+    def add(self, images: Mapping[str, np.ndarray]) -> None:
+        """The next sample's DIs, one (H,W,3) uint8 image per phase."""
+        if self._count >= self._n:
+            raise ValueError(f"more than the {self._n} samples this cache was created for")
+        for phase in self._phases:
+            image = np.ascontiguousarray(images[phase], dtype=np.uint8)
+            dataset = self._group[phase] if phase in self._group else self._create(phase, image.shape)
+            if dataset.shape[1:] != image.shape:
+                raise ValueError(f"images/{phase}: an image of shape {image.shape}, expected {dataset.shape[1:]}")
+            dataset[self._count] = image
+            self._digests[phase].update(image.tobytes())
+        self._count += 1
+
+    def finish(self, samples: Mapping[str, Iterable[Any]], extra_attrs: Mapping[str, Any] | None = None) -> None:
+        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums and extra file attributes."""
+        if self._count != self._n:
+            raise ValueError(f"{self._count} samples were added to a cache created for {self._n}")
+        columns = {name: np.asarray(list(samples[name])) for name in SAMPLE_FIELDS}
+        for name, column in columns.items():
+            if len(column) != self._n:
+                raise ValueError(f"sample field {name} has {len(column)} entries, expected {self._n}")
+            write_dataset(self._handle, name, column.astype(object if name in _STRING_FIELDS else np.int64))
+        for phase, digest in self._digests.items():
+            self._group[phase].attrs["sha256"] = digest.hexdigest()
+        for key, value in (extra_attrs or {}).items():
+            self._handle.attrs[key] = value
+
+
+def read_dynamic_images(path: str | Path) -> DynamicImageSet:
+    with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
+        phases = json.loads(handle.attrs.get("phases", "[]"))
+        missing = [name for name in SAMPLE_FIELDS if name not in handle] + [
+            f"images/{p}" for p in phases if f"images/{p}" not in handle
+        ]
+        if missing or "label_names" not in handle.attrs:
+            missing += [] if "label_names" in handle.attrs else ["label_names attribute"]
+            raise MerError(
+                f"{path} lacks {', '.join(missing)}: it is damaged or incomplete; regenerate it with `mer dynimg`"
+            )
+        samples = {name: read_dataset(handle[name]) for name in SAMPLE_FIELDS}
+        images = {phase: handle["images"][phase][()] for phase in phases}
+        attrs = {key: handle.attrs[key] for key in handle.attrs}
+    label_names = json.loads(attrs["label_names"])
+    return DynamicImageSet(samples=samples, images=images, label_names=label_names, attrs=attrs)
+
+
+def dynamic_image_structure_problems(handle: h5py.File) -> list[str]:
+    """Missing datasets and inconsistent shapes, one message per problem (checksums aside)."""
+    problems = []
+    n = handle["sample_id"].shape[0] if "sample_id" in handle else -1
+    for name in SAMPLE_FIELDS:
+        if name not in handle:
+            problems.append(f"missing dataset {name}")
+        elif handle[name].shape != (n,):
+            problems.append(f"{name} has shape {handle[name].shape}, expected ({n},)")
+    for phase in json.loads(handle.attrs.get("phases", "[]")):
+        if f"images/{phase}" not in handle:
+            problems.append(f"missing dataset images/{phase}")
+        elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:
+            problems.append(f"images/{phase} has shape {handle['images'][phase].shape}, expected ({n}, H, W, 3)")
+    return problems
