@@ -460,3 +460,32 @@ def test_header_only_workbook_sheets_do_not_count_as_candidates(tmp_path):
     workbook.save(path)
     coding = read_coding(path, "casme2")
     assert coding.sheet_name == "Sheet1" and len(coding.rows) == 1
+
+
+def test_a_composite_keeps_the_samples_of_one_video_apart(casme3_copy, samm_outside, tmp_path):
+    from pipeline.datasets.annotate import annotate_to_file
+    from pipeline.datasets.composite import combine_samples
+
+    root, sheet, _ = casme3_copy
+    annotate_to_file(tmp_path / "casme3.csv", "casme3", sheet, root, "megc-3")
+    samm_root, samm = samm_outside
+    annotate_to_file(tmp_path / "samm.csv", "samm", samm, samm_root, "megc-3")
+    result = combine_samples([tmp_path / "casme3.csv", tmp_path / "samm.csv"], "megc-3")
+    assert sample_ids(result.rows) == [
+        "casme3/spNO.1/a/10",
+        "casme3/spNO.1/a/60",
+        "casme3/spNO.1/e",
+        "casme3/spNO.2/d",
+        "samm/006/006_1_2",
+        "samm/028/028_4_1",
+        "samm/032/032_3_1",
+    ]
+    # The same sample twice in one table is still caught.
+    rows = _csv_rows(tmp_path / "casme3.csv")
+    with open(tmp_path / "twice.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows + rows[:1])
+    with pytest.raises(InputProblems) as caught:
+        combine_samples([tmp_path / "twice.csv", tmp_path / "samm.csv"], "megc-3")
+    assert any("casme3/spNO.1/a (onset 10) is also on" in p for p in caught.value.problems)
