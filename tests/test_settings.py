@@ -51,9 +51,12 @@ def test_project_params_are_valid_and_equal_the_builtin_defaults(project_params)
 def test_choices_agree_with_the_modules_that_use_them():
     from pipeline.align.clip import METHODS
     from pipeline.align.dataset import ON_ERROR
+    from pipeline.config.sections import APEX_OUTSIDE, FRAME_ORDER
+    from pipeline.datasets import coding
     from pipeline.dynimg.rank_pooling import VARIANTS
 
     assert tuple(ON_ERROR) == ALIGN_ON_ERROR and tuple(METHODS) == ALIGN_METHODS and tuple(VARIANTS) == DI_VARIANTS
+    assert coding.APEX_OUTSIDE == APEX_OUTSIDE and coding.FRAME_ORDER == FRAME_ORDER
 
 
 # --------------------------------------------------------------------------------------------

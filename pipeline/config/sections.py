@@ -42,6 +42,8 @@ ALIGN_METHODS = ("landmarks", "resize")
 ALIGN_ON_ERROR = ("fail", "skip")
 DI_VARIANTS = ("harmonic", "linear")
 APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
+APEX_OUTSIDE = ("estimate", "error")
+FRAME_ORDER = ("fail", "drop")
 
 ModeName = Literal[tuple(MODES)]  # type: ignore[valid-type]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -113,17 +115,29 @@ class AlignSection(AlignSettings):
     """The align section: the clip settings plus the error policy, folder pattern and jobs."""
 
     on_error: Literal[ALIGN_ON_ERROR] = "fail"  # type: ignore[valid-type]
-    folder_pattern: str = Field(DEFAULT_FOLDER_PATTERN, min_length=1)
+    folder_pattern: str | None = Field(DEFAULT_FOLDER_PATTERN, min_length=1)  # None: the format's layout
     jobs: int = Field(2, ge=1)
 
     def settings(self) -> AlignSettings:
         return AlignSettings(**self.model_dump(include=set(AlignSettings.model_fields)))
 
 
+def _sheet(value: Any) -> Any:
+    """A workbook sheet's name: YAML reads a sheet named 2019 as a number."""
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"sheet must be the name of a workbook sheet (or null), got {value!r}")
+
+
 class AnnotateSection(_Model):
     on_problem: Literal["fail", "drop"] = "fail"
-    overrides: str | None = Field(None, min_length=1)
-    folder_pattern: str = Field(DEFAULT_FOLDER_PATTERN, min_length=1)
+    overrides: str | None = Field(None, min_length=1)  # per-clip corrections file
+    folder_pattern: str | None = Field(None, min_length=1)  # None: the format's layout
+    sheet: Annotated[Any, BeforeValidator(_sheet)] = None  # None: the one sheet holding a coding table
+    apex_outside: Literal[APEX_OUTSIDE] | None = None  # type: ignore[valid-type]  # None: the format's rule
+    frame_order: Literal[FRAME_ORDER] | None = None  # type: ignore[valid-type]  # None: the format's rule
     classes: str | None = Field(None, min_length=1)
 
 

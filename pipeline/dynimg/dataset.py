@@ -31,7 +31,7 @@ from pipeline.io.aligned_cache import ALIGNED_SCHEMA
 from pipeline.io.dynamic_image_cache import DynamicImageWriter
 from pipeline.io.hdf5 import open_cache
 from pipeline.io.provenance import dynamic_images_fingerprint
-from pipeline.io.samples import read_samples
+from pipeline.io.samples import IMPUTED_APEX_SOURCES, read_samples, sample_ids
 from pipeline.motion import estimate_apex
 from pipeline.parallel import Progress, limit_native_threads, no_progress, ordered_map
 
@@ -71,8 +71,9 @@ class DynamicImageSettings:
         return self.apex == "estimated" and sample["apex_source"] != "override"
 
     def skips(self, sample: Mapping[str, Any]) -> bool:
-        """Whether the sample is left out: `apex: annotated` and an apex imputed by annotate."""
-        return self.apex == "annotated" and sample["apex_source"] == "imputed"
+        """Whether the sample is left out: `apex: annotated` and an apex imputed by annotate (the sheet
+        coded none, or one outside the clip)."""
+        return self.apex == "annotated" and sample["apex_source"] in IMPUTED_APEX_SOURCES
 
 
 @dataclass
@@ -83,7 +84,7 @@ class DynamicImagesResult:
     label_names: list[str]
     per_class: Counter  # label name -> samples
     apex_sources: Counter  # apex_source -> samples
-    skipped: list[str]  # subject/clip of the samples left out by the apex policy
+    skipped: list[str]  # subject/clip (/onset) of the samples left out by the apex policy
     widened: Counter  # phase -> clips whose phase was widened to min_phase_frames
     single_frame: Counter  # phase -> clips whose phase still spans one frame
 
@@ -166,8 +167,12 @@ def build_dynamic_images(
     rows, problems = apply_overrides(rows, overrides)
     if problems:
         raise InputProblems(f"{params_file}: dynimg.overrides cannot be applied", problems)
-    skipped = [r for r in rows if settings.skips(r)]
-    rows = [r for r in rows if r not in skipped]
+    ids = sample_ids(rows)  # unique per sample: dataset/subject/clip, plus /onset where a folder holds several
+    skipped = [i for i, r in zip(ids, rows) if settings.skips(r)]
+    kept = [(i, r) for i, r in zip(ids, rows) if not settings.skips(r)]
+    ids, rows = [i for i, _ in kept], [r for _, r in kept]
+    if not rows:
+        raise MerError(f"{samples}: every sample's apex was imputed, and dynimg.apex is 'annotated': nothing is left")
     label_names = label_names_for(classes, rows[0]["dataset"]) if classes else sorted({r["label"] for r in rows})
     unknown = sorted({r["label"] for r in rows} - set(label_names))
     if unknown:
@@ -200,7 +205,7 @@ def build_dynamic_images(
             field: [r[field] for r in rows]
             for field in ("dataset", "subject", "clip", "onset", "apex", "offset", "apex_source")
         }
-        columns["sample_id"] = [f"{r['dataset']}/{r['subject']}/{r['clip']}" for r in rows]
+        columns["sample_id"] = ids
         columns["label"] = [label_names.index(r["label"]) for r in rows]
         fingerprint = dynamic_images_fingerprint(samples, dict(record), _frame_checksums(caches, rows))
         writer.finish(columns, {"fingerprint": fingerprint})
@@ -209,7 +214,7 @@ def build_dynamic_images(
         label_names=label_names,
         per_class=Counter(r["label"] for r in rows),
         apex_sources=Counter(r["apex_source"] for r in rows),
-        skipped=[f"{r['subject']}/{r['clip']}" for r in skipped],
+        skipped=[i.split("/", 1)[1] for i in skipped],
         widened=widened,
         single_frame=short,
     )
