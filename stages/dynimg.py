@@ -47,8 +47,24 @@ def dynimg(
             f"  skipped {len(result.skipped)} clip(s) without an annotated apex (apex: annotated): "
             + ", ".join(result.skipped)
         )
+    described = {
+        "short": f"shorter than min_phase_frames ({settings.min_phase_frames})",
+        "duplicate": "equal to the full clip (apex on the onset or offset): the DI duplicates the full DI",
+    }
+    action = {
+        "widen": {"short": "widened within the clip", "duplicate": "kept"},
+        "drop": {"short": "dropped as training samples", "duplicate": "dropped as training samples"},
+        "keep": {"short": "kept as they are", "duplicate": "kept"},
+    }[settings.degenerate]
+    for kind in ("short", "duplicate"):
+        for name, clips in sorted(result.degenerate.get(kind, {}).items()):
+            shown = ", ".join(clips[:10]) + (f" and {len(clips) - 10} more" if len(clips) > 10 else "")
+            click.echo(
+                f"  degenerate {name}: {len(clips)} clip(s) {described[kind]} "
+                f"({action[kind]}; degenerate: {settings.degenerate}): {shown}"
+            )
     for name, count in result.widened.items():
-        if count:
+        if count and settings.degenerate == "widen":
             click.echo(
                 f"  {count} clip(s) had a {name} phase shorter than {settings.min_phase_frames} frames: widened within the clip"
             )

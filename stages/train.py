@@ -33,6 +33,11 @@ from stages.common import jobs_option, params_option, stage_params
 )
 @click.option("--epochs", type=int, help="Epochs per fold (default: params).")
 @click.option(
+    "--seed",
+    type=int,
+    help="Training seed; folds are seeded from (seed, subject) (default: params; dvc.yaml: experiment.seeds).",
+)
+@click.option(
     "--backend", type=click.Choice(BACKENDS), help="Where folds run: loky (this machine) or dask (default: params)."
 )
 @click.option(

@@ -48,7 +48,9 @@ def test_uf1_and_uar_use_the_fixed_label_set_in_every_resample():
     draws = _resampled(confusions, weights, seeds, label_set(pred))
     subject_index = np.unique(subjects, return_inverse=True)[1]
     for r in np.flatnonzero(lacking)[:20].tolist() + np.flatnonzero(~lacking)[:20].tolist():
-        rows = np.concatenate([np.flatnonzero(subject_index == s) for s in np.repeat(np.arange(6), weights[r].astype(int))])
+        rows = np.concatenate(
+            [np.flatnonzero(subject_index == s) for s in np.repeat(np.arange(6), weights[r].astype(int))]
+        )
         t, p = y_true[rows], y_pred[rows]
         fixed = f1_score(t, p, labels=[0, 1, 2], average="macro", zero_division=0)
         assert draws["uf1"][r] == pytest.approx(fixed)

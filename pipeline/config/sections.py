@@ -27,10 +27,14 @@ PHASES_ALL = ("full", "onset_apex", "apex_offset")
 class Mode:
     train_phases: tuple[str, ...]
     spatial: bool
+    # Train for as many optimizer steps as this mode takes over the same epochs (the equal-budget
+    # baseline); None: the epochs set the steps.
+    steps_of: str | None = None
 
 
 MODES: dict[str, Mode] = {
     "baseline": Mode(PHASES_FULL, False),
+    "baseline_steps": Mode(PHASES_FULL, False, steps_of="dual_phase"),
     "spatial": Mode(PHASES_FULL, True),
     "dual_phase": Mode(PHASES_ALL, False),
     "dual_phase_spatial": Mode(PHASES_ALL, True),
@@ -41,6 +45,9 @@ MISSING_CLASS = ("error", "warn")
 ALIGN_METHODS = ("landmarks", "resize")
 ALIGN_ON_ERROR = ("fail", "skip")
 DI_VARIANTS = ("harmonic", "linear")
+DEGENERATE_POLICIES = ("widen", "drop", "keep")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
 APEX_OUTSIDE = ("estimate", "error")
 FRAME_ORDER = ("fail", "drop")
@@ -84,7 +91,15 @@ class ExperimentSection(_Model):
 
     datasets: list[Name] = Field(["casme2", "samm"], min_length=1)
     models: list[Name] = Field(["learnet"], min_length=1)
-    modes: list[ModeName] = Field(["baseline", "dual_phase"], min_length=1)
+    modes: list[ModeName] = Field(["baseline", "baseline_steps", "dual_phase"], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1], min_length=1)  # training seeds per cell
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,9 +175,10 @@ Override = Annotated[dict[Anchor, Annotated[int, Field(ge=0)]], Field(min_length
 class DynimgSection(_Model):
     variant: Literal[DI_VARIANTS] = "harmonic"  # type: ignore[valid-type]
     normalize: Literal["global", "per_channel"] = "global"
-    size: int = Field(112, ge=8, le=4096)
+    size: int = Field(224, ge=8, le=4096)  # stored DI size: the aligned crop size; train reduces it per model
     phases: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHASES.items()})
     min_phase_frames: int = Field(2, ge=1)
+    degenerate: Literal[DEGENERATE_POLICIES] = "widen"  # type: ignore[valid-type]  # short / duplicate phases
     apex: Literal[APEX_SOURCES] = "annotated_or_estimated"  # type: ignore[valid-type]
     overrides: dict[str, Override] = Field(default_factory=dict)
     classes: str | None = Field(None, min_length=1)
@@ -247,6 +263,9 @@ class TrainSection(_Model):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.001, gt=0)
     weight_decay: float = Field(0.0001, ge=0)
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]  # adamw: decoupled weight decay
+    schedule: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]  # cosine: decay to 0 over the steps
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up from 0, in epochs of the run's steps
     seed: int = Field(0, ge=0)
     device: Literal[DEVICES] = "auto"  # type: ignore[valid-type]
     amp: bool = False
@@ -284,6 +303,7 @@ class EvaluateSection(_Model):
 
 class ReportSection(_Model):
     reference_mode: ModeName = "baseline"  # gains are reported against this mode, on the same clips
+    # and against the mode of the same phases and optimizer steps as each mode (baseline_steps)
     bootstrap: int = Field(1000, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
 

@@ -4,13 +4,21 @@ Settings come from the dynimg section of params.yaml (`DynamicImageSettings`). T
 (`apex`): `annotated_or_estimated` uses the samples table's apex (annotated, or imputed by
 annotate); `annotated` skips clips whose apex was imputed; `estimated` re-estimates every apex on
 the aligned frames (peak of motion relative to the onset), except the ones set by an override.
+Degenerate phases (`degenerate_phase`): a phase shorter than `min_phase_frames` frames, or one whose
+frames equal the full clip's (the apex on the onset or the offset makes apex_offset or onset_apex
+the whole clip, so its DI duplicates the full DI). `degenerate` chooses: `widen` (widen short phases
+within the clip; duplicates stay), `drop` (the DI is stored but is no training sample: the cache's
+`degenerate_phases` attribute lists its rows, which `mer train` leaves out), or `keep` (short phases
+as they are). The summary and that attribute count and name the clips of each kind.
 Workers compute each clip's DIs; this process writes them in table order as they arrive, so memory
 stays flat whatever the number of clips and the file is the same whatever the number of jobs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +54,7 @@ class DynamicImageSettings:
     size: int
     apex: str  # one of APEX_SOURCES
     min_phase_frames: int
+    degenerate: str = "widen"  # widen | drop | keep
 
     @classmethod
     def from_section(cls, section: DynimgSection) -> DynamicImageSettings:
@@ -56,6 +65,7 @@ class DynamicImageSettings:
             size=section.size,
             apex=section.apex,
             min_phase_frames=section.min_phase_frames,
+            degenerate=section.degenerate,
         )
 
     @classmethod
@@ -87,6 +97,33 @@ class DynamicImagesResult:
     skipped: list[str]  # subject/clip (/onset) of the samples left out by the apex policy
     widened: Counter  # phase -> clips whose phase was widened to min_phase_frames
     single_frame: Counter  # phase -> clips whose phase still spans one frame
+    degenerate: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
+    # kind (short | duplicate | dropped) -> phase -> sample ids (`degenerate_phase`)
+
+
+def full_phase(phases: Mapping[str, tuple[PhaseBound, PhaseBound]]) -> str | None:
+    """The phase spanning the whole clip: `full`, else the first one bounded [onset, offset]."""
+    if "full" in phases:
+        return "full"
+    whole = (PhaseBound("onset"), PhaseBound("offset"))
+    return next((name for name, bounds in phases.items() if bounds == whole), None)
+
+
+def degenerate_phase(settings: DynamicImageSettings, name: str, onset: int, apex: int, offset: int) -> str | None:
+    """`short` (fewer than min_phase_frames frames before widening), `duplicate` (its frames, as
+    computed, are the full clip's, so its DI is the full DI), or None."""
+    full = full_phase(settings.phases)
+    if name == full:
+        return None
+    start, end = phase_frames(settings.phases[name], onset, apex, offset)
+    if end - start + 1 < settings.min_phase_frames:
+        return "short"
+    if full is not None:
+        min_frames = 1 if settings.degenerate == "keep" else settings.min_phase_frames
+        window = phase_frames(settings.phases[name], onset, apex, offset, min_frames)
+        if window == phase_frames(settings.phases[full], onset, apex, offset, min_frames):
+            return "duplicate"
+    return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -125,7 +162,7 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
             settings.variant,
             settings.size,
             settings.normalize == "per_channel",
-            settings.min_phase_frames,
+            1 if settings.degenerate == "keep" else settings.min_phase_frames,
         )
     except ValueError as exc:
         return f"{key}: {exc}"
@@ -182,9 +219,11 @@ def build_dynamic_images(
         _aligned_handle(path)  # fail early, in this process, on a missing or wrong cache
 
     problems, short, widened = [], Counter(), Counter()
+    degenerate: dict[str, dict[str, list[str]]] = {"short": {}, "duplicate": {}, "dropped": {}}
+    dropped_rows: dict[str, list[int]] = {}
     results = ordered_map(_clip_images, ((caches[row["dataset"]], row, settings) for row in rows), jobs)
     with atomic_output(out) as tmp, DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record) as writer:
-        for row, result in zip(rows, progress(results, len(rows))):
+        for index, (row, result) in enumerate(zip(rows, progress(results, len(rows)))):
             if isinstance(result, str):
                 problems.append(result)
                 continue
@@ -197,6 +236,12 @@ def build_dynamic_images(
                 start, end = phase_frames(settings.phases[name], row["onset"], row["apex"], row["offset"])
                 widened[name] += lengths[name] > end - start + 1
                 short[name] += lengths[name] == 1
+                kind = degenerate_phase(settings, name, row["onset"], row["apex"], row["offset"])
+                if kind:
+                    degenerate[kind].setdefault(name, []).append(ids[index])
+                    if settings.degenerate == "drop":
+                        degenerate["dropped"].setdefault(name, []).append(ids[index])
+                        dropped_rows.setdefault(name, []).append(index)
         if problems:
             raise InputProblems(
                 f"dynamic images failed for {len(problems)} of {len(rows)} clips; nothing was written", problems
@@ -208,7 +253,14 @@ def build_dynamic_images(
         columns["sample_id"] = ids
         columns["label"] = [label_names.index(r["label"]) for r in rows]
         fingerprint = dynamic_images_fingerprint(samples, dict(record), _frame_checksums(caches, rows))
-        writer.finish(columns, {"fingerprint": fingerprint})
+        record_degenerate = {
+            "policy": settings.degenerate,
+            "min_phase_frames": settings.min_phase_frames,
+            **{kind: {p: len(v) for p, v in by_phase.items()} for kind, by_phase in degenerate.items()},
+            "clips": degenerate,
+            "dropped_rows": dropped_rows,
+        }
+        writer.finish(columns, {"fingerprint": fingerprint, "degenerate_phases": json.dumps(record_degenerate)})
     return DynamicImagesResult(
         samples=len(rows),
         label_names=label_names,
@@ -217,4 +269,5 @@ def build_dynamic_images(
         skipped=[i.split("/", 1)[1] for i in skipped],
         widened=widened,
         single_frame=short,
+        degenerate=degenerate,
     )

@@ -197,9 +197,7 @@ def metrics_batch(counts: np.ndarray, labels: Sequence[int] | None = None) -> di
     hits = hits_all[..., labels]
     recall = np.divide(hits, true_per_class, out=np.zeros_like(hits), where=true_per_class > 0)
     precision = np.divide(hits, predicted_per_class, out=np.zeros_like(hits), where=predicted_per_class > 0)
-    f1 = np.divide(
-        2 * precision * recall, precision + recall, out=np.zeros_like(hits), where=(precision + recall) > 0
-    )
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(hits), where=(precision + recall) > 0)
     accuracy = np.divide(hits_all.sum(axis=-1), total, out=np.zeros_like(total), where=total > 0)
     if len(labels) == 0:
         zeros = np.zeros(counts.shape[:-2])
@@ -283,8 +281,7 @@ def seed_summary(runs: Sequence[Predictions]) -> dict[str, Any]:
     deviation (ddof 1; 0 with one seed), min and max, over the first run's fixed label set."""
     labels = label_set(runs[0])
     values = {
-        name: np.array([summary(r.y_true, r.y_pred, labels)[name] for r in runs])
-        for name in ("accuracy", "uf1", "uar")
+        name: np.array([summary(r.y_true, r.y_pred, labels)[name] for r in runs]) for name in ("accuracy", "uf1", "uar")
     }
     return {
         name: {

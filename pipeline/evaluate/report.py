@@ -1,4 +1,13 @@
-"""The results table of an experiment: models x modes x datasets, with gains over the baseline."""
+"""The results table of an experiment: models x modes x datasets, with gains over the baselines.
+
+A cell (dataset, model, mode) may hold several runs, one per training seed (`experiment.seeds`):
+its figure is the mean over seeds of the pooled LOSO metric, with the seed-to-seed standard
+deviation, and its interval and paired p-values come from a two-level bootstrap over subjects and
+seeds (pipeline/evaluate/metrics.py). Every mode's gain is shown against the reference mode (same
+epochs, `report.reference_mode`) and against the baseline that took the same optimizer steps
+(`same_steps_reference`: baseline_steps for dual_phase and dual_phase_spatial, baseline for
+spatial), when the experiment ran it.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +23,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_output
-from pipeline.config import ReportSection
+from pipeline.config import MODES, PHASES_FULL, ReportSection
 from pipeline.errors import MerError
-from pipeline.evaluate.metrics import Predictions, bootstrap_intervals, load_predictions, paired_comparison, summary
+from pipeline.evaluate.metrics import (
+    Predictions,
+    load_predictions,
+    paired_seed_comparison,
+    seed_bootstrap,
+    seed_summary,
+)
 from pipeline.io.runs import read_run_info
 
 METRIC_NAMES = ("accuracy", "uf1", "uar")
@@ -32,6 +47,25 @@ class RunResult:
     model: str
     mode: str
     predictions: Predictions
+    seed: int | None = None
+
+
+def step_budget(mode: str) -> int:
+    """Samples per training clip that set a mode's optimizer steps over the same epochs."""
+    spec = MODES[mode]
+    return len(MODES[spec.steps_of].train_phases if spec.steps_of else spec.train_phases)
+
+
+def same_steps_reference(mode: str, present: Sequence[str]) -> str | None:
+    """The plain baseline (full DI, no augmentation) among `present` that takes as many optimizer
+    steps as `mode`; None for a baseline itself or when the experiment has none."""
+    if mode not in MODES or MODES[mode].train_phases == PHASES_FULL and not MODES[mode].spatial:
+        return None
+    for other in present:
+        spec = MODES.get(other)
+        if spec and spec.train_phases == PHASES_FULL and not spec.spatial and step_budget(other) == step_budget(mode):
+            return other
+    return None
 
 
 def dataset_of(predictions: Predictions) -> str:
@@ -39,49 +73,73 @@ def dataset_of(predictions: Predictions) -> str:
     return "+".join(names) if names else "unknown"
 
 
+def _gain_columns(row: dict[str, Any], prefix: str, gain: Mapping[str, float], n_resamples: int) -> None:
+    row[prefix] = gain["difference"]
+    row[f"{prefix}_rel"] = gain["difference"] / gain["reference"] if gain["reference"] else float("nan")
+    if n_resamples:
+        row[f"{prefix}_low"], row[f"{prefix}_high"] = gain["low"], gain["high"]
+        row[f"{prefix}_p"] = gain["p_not_better"]
+
+
 def results_table(
     runs: list[RunResult], reference: str, n_resamples: int, level: float, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """One row per (dataset, model): per mode the metrics with intervals and the paired gain over
-    the reference mode on the same clips (absolute, relative, interval, bootstrap p)."""
-    cells: dict[tuple[str, str], dict[str, RunResult]] = defaultdict(dict)
+    """One row per (dataset, model): per mode the seed-mean metrics with their seed spread and
+    intervals, the paired gain over the reference mode (same epochs) and over the same-steps
+    baseline on the same clips (absolute, relative, interval, bootstrap p over subjects and seeds)."""
+    cells: dict[tuple[str, str], dict[str, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        cells[(run.dataset, run.model)][run.mode] = run
+        cells[(run.dataset, run.model)][run.mode].append(run)
     rows = []
     for (dataset, model), by_mode in sorted(cells.items()):
         row: dict[str, Any] = {
             "dataset": dataset,
             "model": model,
-            "n_clips": len(next(iter(by_mode.values())).predictions),
+            "n_clips": len(next(iter(by_mode.values()))[0].predictions),
         }
-        base = by_mode.get(reference)
-        for mode, run in sorted(by_mode.items(), key=lambda item: (item[0] != reference, item[0])):
-            observed = summary(run.predictions.y_true, run.predictions.y_pred)
-            intervals = bootstrap_intervals(run.predictions, n_resamples, level, seed) if n_resamples else {}
-            gains = (
-                paired_comparison(base.predictions, run.predictions, n_resamples or 1, level, seed)
-                if base and mode != reference
-                else {}
-            )
+        present = sorted(by_mode, key=lambda mode: (mode != reference, mode))
+        for mode in present:
+            seeded = [r.predictions for r in sorted(by_mode[mode], key=lambda r: (r.seed is None, r.seed or 0))]
+            spread = seed_summary(seeded)
+            intervals = seed_bootstrap(seeded, n_resamples, level, seed) if n_resamples else {}
+            row[f"{mode}_seeds"] = len(seeded)
+            baselines = {"gain": reference if mode != reference else None}
+            steps_reference = same_steps_reference(mode, present)
+            baselines["gain_steps"] = steps_reference
+            if steps_reference:
+                row[f"{mode}_steps_reference"] = steps_reference
+            gains = {
+                column: paired_seed_comparison(
+                    [r.predictions for r in by_mode[base]], seeded, n_resamples or 1, level, seed
+                )
+                for column, base in baselines.items()
+                if base and base in by_mode
+            }
             for metric in METRIC_NAMES:
-                row[f"{mode}_{metric}"] = observed[metric]
+                row[f"{mode}_{metric}"] = spread[metric]["mean"]
+                if len(seeded) > 1:
+                    row[f"{mode}_{metric}_sd"] = spread[metric]["sd"]
+                    row[f"{mode}_{metric}_min"] = spread[metric]["min"]
+                    row[f"{mode}_{metric}_max"] = spread[metric]["max"]
                 if intervals:
                     row[f"{mode}_{metric}_low"], row[f"{mode}_{metric}_high"] = intervals[metric]
-                if gains:
-                    gain = gains[metric]
-                    row[f"{mode}_{metric}_gain"] = gain["difference"]
-                    row[f"{mode}_{metric}_gain_rel"] = (
-                        gain["difference"] / gain["reference"] if gain["reference"] else float("nan")
-                    )
-                    if n_resamples:
-                        row[f"{mode}_{metric}_gain_low"], row[f"{mode}_{metric}_gain_high"] = gain["low"], gain["high"]
-                        row[f"{mode}_{metric}_gain_p"] = gain["p_not_better"]
+                for column, gain in gains.items():
+                    _gain_columns(row, f"{mode}_{metric}_{column}", gain[metric], n_resamples)
         rows.append(row)
     return rows
 
 
+def _gain_text(row: dict[str, Any], key: str, against: str) -> str:
+    text = f"{100 * row[key]:+.1f} pt ({100 * row[f'{key}_rel']:+.1f} %)"
+    if f"{key}_low" in row:
+        text += f" [{100 * row[f'{key}_low']:+.1f}, {100 * row[f'{key}_high']:+.1f}]"
+    if f"{key}_p" in row:
+        text += f", p={row[f'{key}_p']:.3f}"
+    return f"<br>vs {against}: {text}"
+
+
 def modes_in(rows: list[dict[str, Any]], reference: str) -> list[str]:
-    modes = {key.rsplit("_", 1)[0] for row in rows for key in row if key.endswith("_accuracy")}
+    modes = {key[: -len("_accuracy")] for row in rows for key in row if key.endswith("_accuracy")}
     return sorted(modes, key=lambda mode: (mode != reference, mode))
 
 
@@ -101,19 +159,27 @@ def markdown_table(rows: list[dict[str, Any]], reference: str, level: float) -> 
                     cells.append("")
                     continue
                 text = f"{100 * row[key]:.1f}"
+                if f"{key}_sd" in row:
+                    text += f" ±{100 * row[f'{key}_sd']:.1f}"
                 if f"{key}_low" in row:
                     text += f" [{100 * row[f'{key}_low']:.1f}, {100 * row[f'{key}_high']:.1f}]"
                 if f"{key}_gain" in row:
-                    text += f"<br>{100 * row[f'{key}_gain']:+.1f} pt ({100 * row[f'{key}_gain_rel']:+.1f} %)"
-                    if f"{key}_gain_p" in row:
-                        text += f", p={row[f'{key}_gain_p']:.3f}"
+                    text += _gain_text(row, f"{key}_gain", f"{reference} (same epochs)")
+                if f"{key}_gain_steps" in row:
+                    text += _gain_text(row, f"{key}_gain_steps", f"{row[f'{mode}_steps_reference']} (same steps)")
                 cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({row[f"{mode}_seeds"] for row in rows for mode in modes if f"{mode}_seeds" in row})
+    seeds_text = "/".join(map(str, seeds))
     notes = [
         "",
-        f"Values in percent, pooled over all LOSO folds; brackets: {int(level * 100)} % bootstrap interval over subjects.",
-        f"Below a value: gain over `{reference}` on the same clips in points and relative, with the share of subject",
-        "resamples in which the mode is not better (p; small means the gain is unlikely to be noise).",
+        f"Values in percent, pooled over all LOSO folds, mean over {seeds_text} training seed(s) per cell; ±: the",
+        f"seed-to-seed standard deviation; brackets: {int(level * 100)} % bootstrap interval over subjects and seeds",
+        "(each resample draws subjects, and seeds, with replacement). Below a value: the gain on the same clips in",
+        f"points and relative, with its interval, over `{reference}` trained for the same epochs and over the baseline",
+        "trained for the same optimizer steps (baseline_steps: as many steps as dual_phase), and p, the share of",
+        "resamples in which the mode is not better (small means the gain is unlikely to be subject or seed noise).",
+        "UF1 and UAR average over the run's classes in the headline and in every resample alike.",
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -153,10 +219,17 @@ def bar_chart(rows: list[dict[str, Any]], reference: str):
     return figure
 
 
+def run_name(dataset: str, model: str, mode: str, seed: int) -> str:
+    """The run folder name of one cell and seed (dvc.yaml's train matrix)."""
+    return f"{dataset}-{model}-{mode}-s{seed}"
+
+
 def experiment_runs(runs_dir: str | Path, experiment: Mapping[str, Any]) -> tuple[str, ...]:
-    """The run folders DATASET-MODEL-MODE under `runs_dir` of every cell of an `experiment` section."""
-    cells = itertools.product(*(experiment.get(key) or [] for key in ("datasets", "models", "modes")))
-    return tuple(str(Path(runs_dir) / f"{d}-{m}-{mode}") for d, m, mode in cells)
+    """The run folders DATASET-MODEL-MODE-sSEED under `runs_dir` of every cell and seed of an
+    `experiment` section."""
+    keys = ("datasets", "models", "modes", "seeds")
+    cells = itertools.product(*(experiment.get(key) or ([0] if key == "seeds" else []) for key in keys))
+    return tuple(str(Path(runs_dir) / run_name(*cell)) for cell in cells)
 
 
 def build_report(runs: Sequence[str | Path], out: str | Path, settings: ReportSection) -> tuple[int, int]:
@@ -174,17 +247,24 @@ def build_report(runs: Sequence[str | Path], out: str | Path, settings: ReportSe
     for run_dir in runs:
         info = read_run_info(run_dir)
         predictions = load_predictions(Path(run_dir) / "predictions.csv", info["label_names"])
+        params = info.get("params") if isinstance(info.get("params"), dict) else {}
         results.append(
             RunResult(
-                Path(run_dir).name, dataset_of(predictions), str(info.get("model")), str(info.get("mode")), predictions
+                Path(run_dir).name,
+                dataset_of(predictions),
+                str(info.get("model")),
+                str(info.get("mode")),
+                predictions,
+                params.get("seed"),
             )
         )
     seen = {}
     for result in results:
-        key = (result.dataset, result.model, result.mode)
+        key = (result.dataset, result.model, result.mode, result.seed)
         if key in seen:
             raise MerError(
-                f"runs {seen[key]} and {result.name} are both {key}; give each cell of the experiment one run"
+                f"runs {seen[key]} and {result.name} are both {key[:3]} with seed {result.seed}; give each cell of "
+                "the experiment one run per training seed"
             )
         seen[key] = result.name
     rows = results_table(results, reference, resamples, level)

@@ -1,7 +1,11 @@
 """The DI cache as training arrays, and the leave-one-subject-out folds it defines.
 
-The whole cache is loaded once, resized once to the model's input size and normalized to float32
-arrays (one per phase). Each fold then takes its training and test rows by index: no per-sample
+The whole cache is loaded once, brought once to the model's input size and normalized to float32
+arrays (one per phase). The cache stores DIs at the aligned crop size (dynimg.size, 224 by
+default); a smaller model input is reduced by area averaging (each output pixel the mean of the
+stored pixels it covers), and a larger one is refused (`check_input_size`): an enlarged DI lacks the
+fine motion a DI computed at that size holds, so no model is trained on enlarged DIs. Each fold
+then takes its training and test rows by index: no per-sample
 reads, no DataLoader workers.
 
 Classes (`check_fold_classes`): a class with clips in the cache but no training sample in some fold
@@ -12,9 +16,10 @@ the cache is always only a warning: class presets may list emotions a dataset co
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +39,7 @@ class LosoData:
     sample_ids: np.ndarray  # (N,) str
     datasets: np.ndarray  # (N,) str
     label_names: list[str]
+    dropped: dict[str, np.ndarray] = field(default_factory=dict)  # phase -> rows without a sample of it
 
     @property
     def folds(self) -> list[str]:
@@ -54,18 +60,34 @@ def fold_dir_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", key).strip("-.") or "fold"
 
 
+def check_input_size(stored: int, size: int, source: str = "the DI cache", model: str = "the model") -> None:
+    """MerError when the model's input is larger than the stored DIs: enlarging is never done."""
+    if size > stored:
+        raise MerError(
+            f"{source} holds {stored} px dynamic images but {model} takes {size} px input: enlarging them would "
+            f"train on blurred DIs that lack the motion a {size} px DI holds. Recompute the DIs at {size} px or more "
+            f"(params dynimg.size: {size}, at most the aligned crop size align.size; then `dvc repro` or `mer dynimg`), "
+            f"or train at {stored} px (input_size: {stored} in train or models.NAME)"
+        )
+
+
 def prepare_images(
     stack: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float], chunk: int = 256
 ) -> np.ndarray:
-    """(N,H,W,3) uint8 -> (N,3,size,size) float32, scaled to [0,1], resized once, normalized."""
+    """(N,H,W,3) uint8 -> (N,3,size,size) float32, scaled to [0,1], reduced once by area averaging to
+    `size` when stored larger, normalized. A stored size smaller than `size` is refused (MerError)."""
     n = stack.shape[0]
+    if stack.ndim == 4 and stack.shape[1:3] != (size, size):
+        if stack.shape[1] != stack.shape[2]:
+            raise MerError(f"dynamic images of {stack.shape[1]}x{stack.shape[2]} px: expected square images")
+        check_input_size(int(stack.shape[1]), size)
     out = np.empty((n, 3, size, size), dtype=np.float32)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     for start in range(0, n, chunk):
         x = torch.from_numpy(np.ascontiguousarray(stack[start : start + chunk])).permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(size, size), mode="area")  # the mean of the covered pixels
         out[start : start + chunk] = ((x - mean_t) / std_t).numpy()
     return out
 
@@ -92,6 +114,9 @@ def load_loso_data(
         raise MerError(
             f"{source}: leave-one-subject-out needs at least 2 subjects, found {sorted(set(groups.tolist()))}"
         )
+    stored = {int(di.images[p].shape[1]) for p in phases if di.images[p].ndim == 4}
+    for side in stored:
+        check_input_size(side, size, source)
     images = {p: prepare_images(di.images[p], size, mean, std) for p in dict.fromkeys(phases)}
     return LosoData(
         images=images,
@@ -100,7 +125,18 @@ def load_loso_data(
         sample_ids=np.asarray(di.samples["sample_id"]).astype(str),
         datasets=np.asarray(di.samples["dataset"]).astype(str),
         label_names=list(di.label_names),
+        dropped=dropped_rows(di.attrs),
     )
+
+
+def dropped_rows(attrs: dict) -> dict[str, np.ndarray]:
+    """Per phase, the rows whose phase DI is not a training sample (cache attribute
+    `degenerate_phases`, written by dynimg with `degenerate: drop`); none for older caches."""
+    text = attrs.get("degenerate_phases")
+    if not text:
+        return {}
+    record = json.loads(text if isinstance(text, str) else text.decode())
+    return {phase: np.asarray(rows, dtype=np.int64) for phase, rows in record.get("dropped_rows", {}).items()}
 
 
 def check_fold_classes(data: LosoData, missing_class: str = "error") -> list[str]:

@@ -1,6 +1,12 @@
 """One leave-one-subject-out fold: train on every other subject for a fixed number of epochs, and
 predict the held-out subject with the last model (nothing is selected on it: that would leak the test set).
 
+The budget is counted in optimizer steps (`planned_steps`): `epochs` x the batches of an epoch. A
+mode with `steps_of` (baseline_steps) trains for the steps its reference mode (dual_phase) takes on
+the same fold over the same epochs: more epochs over its own samples, the last one partial, so the
+equal-budget baseline takes exactly as many steps. The optimizer (adam, adamw, sgd) and the
+learning-rate schedule (linear warm-up, then constant or cosine to 0) follow the train settings.
+
 Batches are index slices of tensors moved to the training device once; augmentations run on the
 batched tensors there, seeded per fold. `amp: true` trains and predicts under bf16 autocast.
 """
@@ -17,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import MODES
 from pipeline.errors import MerError
 from pipeline.train.augment import augment_batch
 from pipeline.train.data import LosoData
@@ -49,6 +56,49 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch over `n` samples (`batch_indices`: a last batch of one is dropped)."""
+    if n <= 0:
+        return 0
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and n == 1) else 0)
+
+
+def training_rows(data: LosoData, phases: Sequence[str], train_idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Per phase, the training clips whose DI of that phase is a sample (a degenerate phase dropped
+    by `dynimg.degenerate: drop` is not)."""
+    return {p: train_idx[~np.isin(train_idx, data.dropped.get(p, ()))] for p in phases}
+
+
+def planned_steps(data: LosoData, settings: TrainSettings, train_idx: np.ndarray) -> int:
+    """The fold's optimizer steps: `epochs` x the steps of an epoch over the mode's training samples,
+    or over those of the mode named by `steps_of` (the equal-budget baseline)."""
+    steps_of = MODES[settings.mode].steps_of
+    phases = MODES[steps_of].train_phases if steps_of else settings.train_phases
+    n = sum(len(rows) for rows in training_rows(data, phases, train_idx).values())
+    return settings.epochs * steps_per_epoch(n, settings.batch_size)
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier of optimizer step `step` (0-based) of `total`: linear warm-up over
+    `warmup` steps, then constant or a cosine decay to 0 at the last step."""
+    import math
+
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine" and total > warmup:
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    return 1.0
+
+
 def batch_indices(n: int, batch_size: int, order: torch.Tensor) -> Iterator[torch.Tensor]:
     """Consecutive slices of `order`; a last batch of one sample is dropped."""
     for start in range(0, n, batch_size):
@@ -60,10 +110,22 @@ def batch_indices(n: int, batch_size: int, order: torch.Tensor) -> Iterator[torc
 
 @torch.no_grad()
 def predict_proba(
-    model: torch.nn.Module, images: Sequence[torch.Tensor], device: torch.device, batch_size: int, amp: bool = False
+    model: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    device: torch.device,
+    batch_size: int,
+    amp: bool = False,
+    weights: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Class probabilities of the eval-mode model, averaged over the given views of the samples."""
+    """Class probabilities of the eval-mode model, averaged over the given views of the samples
+    (`weights`: per view, which samples it counts for; default all)."""
     model.eval()
+    if weights is not None:
+        total = None
+        for x, w in zip(images, weights):
+            probs = predict_proba(model, [x], device, batch_size, amp) * np.asarray(w, np.float64)[:, None]
+            total = probs if total is None else total + probs
+        return total / np.sum(weights, axis=0)[:, None]
     total = None
     for x in images:
         parts = []
@@ -84,9 +146,13 @@ def train_epoch(
     settings: TrainSettings,
     generator: torch.Generator,
     device: torch.device,
-) -> tuple[float, float]:
+    max_steps: int | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> tuple[float, float, int]:
     """One epoch over the training tensors (already on `device`) in a random order drawn from
-    `generator`; batches are index slices, augmented on the device. Returns (mean loss, accuracy).
+    `generator`; batches are index slices, augmented on the device. It stops after `max_steps`
+    optimizer steps when given (the last epoch of an equal-budget run); `scheduler` steps after each
+    optimizer step. Returns (mean loss, accuracy, optimizer steps).
 
     The running sums stay on the device, so a GPU is synchronized once per epoch, not per step.
     """
@@ -95,8 +161,10 @@ def train_epoch(
     order = torch.randperm(n, generator=generator)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    seen = steps = 0
     for batch in batch_indices(n, settings.batch_size, order):
+        if max_steps is not None and steps >= max_steps:
+            break
         x = x_train[batch]
         if settings.augment is not None:
             x = augment_batch(x, generator, settings.augment)
@@ -107,10 +175,13 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        steps += 1
         loss_sum += loss.detach().double() * len(batch)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(batch)
-    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
+    return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1), steps
 
 
 def train_fold(
@@ -141,23 +212,42 @@ def train_fold(
         test_idx = np.flatnonzero(data.groups == fold)
         if len(test_idx) == 0:
             raise MerError(f"fold {fold!r}: no samples of that subject in the cache")
-        x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases]))
-        y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases)))
+        rows = training_rows(data, settings.train_phases, train_idx)
+        x_train = torch.from_numpy(np.concatenate([data.images[p][rows[p]] for p in settings.train_phases]))
+        y_train = torch.from_numpy(np.concatenate([data.labels[rows[p]] for p in settings.train_phases]))
         x_test = [torch.from_numpy(np.ascontiguousarray(data.images[p][test_idx])) for p in settings.test_phases]
+        # A test view whose phase was dropped for a clip does not vote for that clip (test_fusion).
+        votes = np.array([~np.isin(test_idx, data.dropped.get(p, ())) for p in settings.test_phases])
+        votes[:, ~votes.any(axis=0)] = True  # a clip with every view dropped: all of them vote
+        test_weights = None if votes.all() else list(votes)
         x_train, y_train = x_train.to(device), y_train.to(device)  # the whole training set moves once
 
         model = build_model(
             settings.model, len(data.label_names), settings.pretrained, settings.weights, settings.input_size
         )
         model.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = make_optimizer(model, settings)
+        total = planned_steps(data, settings, train_idx)
+        own = steps_per_epoch(len(x_train), settings.batch_size)
+        if total == 0 or own == 0:
+            raise MerError(f"fold {fold!r}: {len(x_train)} training sample(s) give no optimizer step")
+        warmup = min(total, round(settings.warmup_epochs * own))
+        scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, settings.schedule))
+            if warmup or settings.schedule != "constant"
+            else None
+        )
         log: list[dict[str, float]] = []
-        epochs = range(1, settings.epochs + 1)
+        epochs = range(1, -(-total // own) + 1)  # = settings.epochs unless the budget is another mode's
+        done = 0
         for epoch in epoch_progress(epochs, fold) if epoch_progress else epochs:
-            loss, accuracy = train_epoch(model, optimizer, x_train, y_train, settings, generator, device)
+            loss, accuracy, steps = train_epoch(
+                model, optimizer, x_train, y_train, settings, generator, device, total - done, scheduler
+            )
+            done += steps
             log.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
 
-        probs = predict_proba(model, x_test, device, max(settings.batch_size, 64), settings.amp)
+        probs = predict_proba(model, x_test, device, max(settings.batch_size, 64), settings.amp, test_weights)
         preds = probs.argmax(1)
         rows = []
         for k, i in enumerate(test_idx):
@@ -180,7 +270,8 @@ def train_fold(
             "train_phases": list(settings.train_phases),
             "test_phases": list(settings.test_phases),
             "seed": seed,
-            "epochs": settings.epochs,
+            "epochs": len(log),
+            "optimizer_steps": done,
             "final_train_loss": log[-1]["loss"] if log else None,
             "final_train_accuracy": log[-1]["train_accuracy"] if log else None,
             "augment": settings.augment.to_dict() if settings.augment else None,

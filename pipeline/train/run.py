@@ -22,7 +22,7 @@ import torch
 from pipeline.atomic import atomic_output
 from pipeline.errors import MerError
 from pipeline.io.dynamic_image_cache import read_dynamic_images
-from pipeline.train.data import LosoData, check_fold_classes, load_loso_data
+from pipeline.train.data import LosoData, check_fold_classes, check_input_size, load_loso_data
 from pipeline.train.execution import FoldProgress, available_cores, fold_threads, run_loso
 from pipeline.train.fold import EpochProgress, resolve_device
 from pipeline.train.models import build_model, input_normalization
@@ -118,6 +118,8 @@ def train_cache(
     di = read_dynamic_images(dynamic_images)
     if len(di) == 0:
         raise MerError(f"{dynamic_images} holds no samples")
+    for stack in di.images.values():  # refused before any model is built: DIs are never enlarged
+        check_input_size(int(stack.shape[1]), settings.input_size, str(dynamic_images), settings.model)
     # Built once here: an unknown model name or unavailable pretrained weights fail before any work.
     probe = build_model(settings.model, len(di.label_names), settings.pretrained, settings.weights, settings.input_size)
     mean, std = input_normalization(probe)

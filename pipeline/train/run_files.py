@@ -151,6 +151,7 @@ def write_run(
                 "directory": r.directory,
                 "n_train_samples": r.manifest["n_train_samples"],
                 "n_test_samples": r.manifest["n_test_samples"],
+                "optimizer_steps": r.manifest.get("optimizer_steps"),
                 "final_train_loss": r.manifest["final_train_loss"],
             }
             for r in results

@@ -3,6 +3,8 @@
 Modes are presets of the paper's comparison (`MODES`):
 
     baseline            train on `full`
+    baseline_steps      train on `full` for as many optimizer steps as dual_phase takes over the
+                        same epochs (the equal-budget baseline; more epochs, the last one partial)
     spatial             train on `full`, with spatial augmentation (pipeline/train/augment.py)
     dual_phase          train on `full`, `onset_apex`, `apex_offset`: each phase DI a separate
                         sample with the clip's label (3 samples per training clip)
@@ -66,6 +68,9 @@ class TrainSettings:
     batch_size: int
     lr: float
     weight_decay: float
+    optimizer: str
+    schedule: str
+    warmup_epochs: float
     seed: int
     device: str
     amp: bool
