@@ -32,5 +32,5 @@ def report(runs: tuple[str, ...], runs_dir: str | None, out: str, params_file: s
     params = stage_params(params_file, "report")
     if runs_dir is not None:
         runs = runs + experiment_runs(runs_dir, load_section(params_file, "experiment"))
-    n_runs, n_rows = build_report(runs, out, params)
+    n_runs, n_rows = build_report(runs, out, params, warn=lambda message: click.echo(message, err=True))
     click.echo(f"{n_runs} runs, {n_rows} dataset x model rows -> {out}/results.md, results.csv, results.png")
