@@ -79,6 +79,7 @@ def test_phases_with_shifts_and_anchors_outside_the_clip():
     assert phase_frames(phases["rise"], 10, 15, 30) == (12, 15)
     # an anchor beyond the clip is an error, never clamped (it used to be clipped to (14, 30))
     assert outside_clip(phases["late"], 10, 15, 30) and not outside_clip(phases["rise"], 10, 15, 30)
+    assert outside_clip(parse_phases({"x": ["onset", "apex-2"]})["x"], 10, 11, 30)  # ends before the onset
     with pytest.raises(ValueError, match=r"phase \[apex-1, offset\+9\] spans frames 14..39, outside"):
         phase_frames(phases["late"], 10, 15, 30)
     with pytest.raises(ValueError, match="onset, apex or offset"):

@@ -51,8 +51,7 @@ def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBoun
 
 def outside_clip(bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int) -> bool:
     """Whether the phase's anchors fall outside the clip's onset..offset (e.g. `apex+999`)."""
-    start, end = (bound.frame(onset, apex, offset) for bound in bounds)
-    return start < onset or end > offset
+    return any(not onset <= bound.frame(onset, apex, offset) <= offset for bound in bounds)
 
 
 def phase_frames(
@@ -68,7 +67,7 @@ def phase_frames(
     motionless single frame.
     """
     start, end = (bound.frame(onset, apex, offset) for bound in bounds)
-    if start < onset or end > offset:
+    if outside_clip(bounds, onset, apex, offset):
         raise ValueError(
             f"phase [{bounds[0]}, {bounds[1]}] spans frames {start}..{end}, outside the clip's "
             f"onset..offset {onset}..{offset}"
