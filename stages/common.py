@@ -27,17 +27,23 @@ def folder_pattern_option(section: str):
     return click.option(
         "--folder-pattern",
         default=None,
-        help="generic only: clip folders relative to --root, e.g. 's{subject}/{clip}' or '{subject}/{clip}/color' "
-        f"(default: params {section}.folder_pattern, else {DEFAULT_FOLDER_PATTERN}).",
+        help="generic, casme3, smic: clip folders relative to --root, e.g. 's{subject}/{clip}' or "
+        f"'{{subject}}/{{clip}}/color' (default: params {section}.folder_pattern, else the format's layout: "
+        f"{DEFAULT_FOLDER_PATTERN} for generic, {{subject}}/{{clip}}/color for casme3, {{subject}}/micro/*/{{clip}} for smic).",
     )
 
 
 def resolve_folder_pattern(dataset: str, option: str | None, params: dict[str, Any]) -> str | None:
-    """The clip-folder pattern of a generic copy; CASME II and SAMM have fixed layouts and take none."""
-    fixed = dataset_format(dataset).fixed_layout
-    if option is not None and fixed:
-        raise MerError(f"--folder-pattern applies to --dataset generic only; {dataset} folders have a fixed layout")
-    return None if fixed else (params.get("folder_pattern") or DEFAULT_FOLDER_PATTERN)
+    """The clip-folder pattern of a layout found by pattern (generic, casme3, smic): the option, else
+    params `folder_pattern`, else the format's own; CASME II and SAMM have fixed layouts and take none."""
+    fmt = dataset_format(dataset)
+    if option is not None and fmt.fixed_layout:
+        raise MerError(
+            f"--folder-pattern applies to --dataset generic only (and casme3, smic); {dataset} folders have a fixed layout"
+        )
+    if fmt.fixed_layout:
+        return None
+    return option or params.get("folder_pattern") or fmt.folder_pattern
 
 
 def stage_params(params_file: str, section: str, **overrides: Any) -> dict[str, Any]:

@@ -306,3 +306,51 @@ def test_phase_anchors_outside_the_clip_are_an_error_or_dropped_never_clamped(tm
     data = read_dynamic_images(out)
     assert data.samples["sample_id"].tolist() == ["casme2/sub02/EP08_01"]
     assert data.attrs["outside_clip_dropped"] == 3
+
+
+def test_several_samples_of_one_folder_get_their_own_ids(tmp_path, project_params):
+    """CAS(ME)^3: one video folder holds several micro-expressions; each is a sample of its own."""
+    aligned = tmp_path / "aligned.h5"
+    with AlignedCacheWriter(aligned, "casme3", {"size": 64}) as writer:
+        writer.add(_blob_clip("spNO.1", "e", 50, 80, 20, 0))
+        writer.add(_blob_clip("spNO.2", "a", 0, 20, 5, 1))
+    samples = tmp_path / "samples.csv"
+    rows = [
+        ("spNO.1", "e", 62, 68, 96, "annotated", "others", 3),
+        ("spNO.1", "e", 96, 102, 106, "imputed_outside", "disgust", 4),
+        ("spNO.1", "e", 110, 115, 120, "annotated", "disgust", 5),
+        ("spNO.2", "a", 2, 6, 15, "annotated", "others", 6),
+    ]
+    with samples.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(SAMPLE_COLUMNS)
+        for subject, clip, onset, apex, offset, source, emotion, row in rows:
+            out.writerow(
+                ["casme3", subject, clip, onset, apex, offset, source, offset - onset + 1, emotion, emotion, "", row]
+            )
+    project_params["dynimg"].update(overrides={"spNO.1/e/110": {"apex": 112}})
+    inputs = (aligned, samples)
+    result, out = _dynimg(tmp_path, inputs, project_params, "--classes", "others=others,disgust=disgust")
+    assert result.exit_code == 0, result.output
+    data = read_dynamic_images(out)
+    assert data.samples["sample_id"].tolist() == [
+        "casme3/spNO.1/e/62",
+        "casme3/spNO.1/e/96",
+        "casme3/spNO.1/e/110",
+        "casme3/spNO.2/a",  # one sample in that folder: the id stays dataset/subject/clip
+    ]
+    assert data.samples["apex"].tolist()[2] == 112 and data.samples["apex_source"].tolist()[2] == "override"
+    # apex: annotated leaves out an apex annotate estimated because the sheet's lay outside the clip.
+    project_params["dynimg"].update(apex="annotated", overrides={})
+    result, out = _dynimg(tmp_path, inputs, project_params, "--classes", "others=others,disgust=disgust")
+    assert result.exit_code == 0, result.output
+    assert "spNO.1/e/96" in result.output
+    assert read_dynamic_images(out).samples["sample_id"].tolist() == [
+        "casme3/spNO.1/e/62",
+        "casme3/spNO.1/e/110",
+        "casme3/spNO.2/a",
+    ]
+    # A folder with several samples cannot be overridden by subject/clip alone.
+    project_params["dynimg"].update(apex="annotated_or_estimated", overrides={"spNO.1/e": {"apex": 70}})
+    result, _ = _dynimg(tmp_path, inputs, project_params, "--classes", "others=others,disgust=disgust")
+    assert result.exit_code != 0 and "the folder holds 3 samples (onsets 62, 96, 110)" in result.output

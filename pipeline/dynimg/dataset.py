@@ -31,7 +31,7 @@ from pipeline.io.aligned_cache import ALIGNED_SCHEMA, VerifiedFrames
 from pipeline.io.dynamic_image_cache import DynamicImageWriter
 from pipeline.io.hdf5 import array_sha256, open_cache
 from pipeline.io.provenance import dynamic_images_fingerprint
-from pipeline.io.samples import read_samples
+from pipeline.io.samples import IMPUTED_APEX_SOURCES, read_samples, sample_ids
 from pipeline.motion import estimate_apex
 from pipeline.parallel import Progress, limit_native_threads, no_progress, ordered_map
 
@@ -81,8 +81,9 @@ class DynamicImageSettings:
         return self.apex == "estimated" and sample["apex_source"] != "override"
 
     def skips(self, sample: Mapping[str, Any]) -> bool:
-        """Whether the sample is left out: `apex: annotated` and an apex imputed by annotate."""
-        return self.apex == "annotated" and sample["apex_source"] == "imputed"
+        """Whether the sample is left out: `apex: annotated` and an apex imputed by annotate (the sheet
+        coded none, or one outside the clip)."""
+        return self.apex == "annotated" and sample["apex_source"] in IMPUTED_APEX_SOURCES
 
 
 @dataclass
@@ -93,7 +94,7 @@ class DynamicImagesResult:
     label_names: list[str]
     per_class: Counter  # label name -> samples
     apex_sources: Counter  # apex_source -> samples
-    skipped: list[str]  # subject/clip of the samples left out by the apex policy
+    skipped: list[str]  # subject/clip (/onset) of the samples left out by the apex policy
     widened: Counter  # phase -> clips whose phase was widened to min_phase_frames
     single_frame: Counter  # phase -> clips whose phase still spans one frame
     outside: list[str] = dataclasses.field(default_factory=list)  # clips dropped (outside_clip: drop)
@@ -243,8 +244,12 @@ def build_dynamic_images(
     rows, problems = apply_overrides(rows, overrides)
     if problems:
         raise InputProblems(f"{params_file}: dynimg.overrides cannot be applied", problems)
-    skipped = [r for r in rows if settings.skips(r)]
-    rows = [r for r in rows if r not in skipped]
+    ids = sample_ids(rows)  # unique per sample: dataset/subject/clip, plus /onset where a folder holds several
+    skipped = [i for i, r in zip(ids, rows) if settings.skips(r)]
+    kept = [(i, r) for i, r in zip(ids, rows) if not settings.skips(r)]
+    ids, rows = [i for i, _ in kept], [r for _, r in kept]
+    if not rows:
+        raise MerError(f"{samples}: every sample's apex was imputed, and dynimg.apex is 'annotated': nothing is left")
     label_names = label_names_for(classes, rows[0]["dataset"]) if classes else sorted({r["label"] for r in rows})
     unknown = [r for r in rows if r["label"] not in label_names]
     if unknown:
@@ -268,22 +273,24 @@ def build_dynamic_images(
             row["apex"], row["apex_source"] = apex, "estimated"
     if problems:
         raise InputProblems(f"apex estimation failed for {len(problems)} clips; nothing was written", problems)
-    outside = [
-        r for r in rows if any(outside_clip(b, r["onset"], r["apex"], r["offset"]) for b in settings.phases.values())
-    ]
+    outside = {
+        k
+        for k, r in enumerate(rows)
+        if any(outside_clip(b, r["onset"], r["apex"], r["offset"]) for b in settings.phases.values())
+    }
+    dropped = [ids[k].split("/", 1)[1] for k in sorted(outside)]  # subject/clip (/onset)
     if outside and settings.outside_clip == "error":
-        names = [f"{r['subject']}/{r['clip']}" for r in outside]
         raise MerError(
             f"{params_file}: dynimg.phases "
             + ", ".join(f"{name} [{a}, {b}]" for name, (a, b) in settings.phases.items())
-            + f" reach beyond onset..offset in {len(outside)} of {len(rows)} clips ({', '.join(names[:5])}"
-            + (", ..." if len(names) > 5 else "")
+            + f" reach beyond onset..offset in {len(dropped)} of {len(rows)} clips ({', '.join(dropped[:5])}"
+            + (", ..." if len(dropped) > 5 else "")
             + "): phases are never clamped; change the anchors, or set dynimg.outside_clip: drop to leave those clips out"
         )
-    dropped = {id(r) for r in outside}
-    rows = [r for r in rows if id(r) not in dropped]
+    ids = [i for k, i in enumerate(ids) if k not in outside]
+    rows = [r for k, r in enumerate(rows) if k not in outside]
     if not rows:
-        raise MerError(f"{samples}: no sample left after dropping {len(outside)} with phases outside the clip")
+        raise MerError(f"{samples}: no sample left after dropping {len(dropped)} with phases outside the clip")
 
     widened, short = Counter(), Counter()
     results = ordered_map(_clip_images, ((caches[row["dataset"]], row, settings) for row in rows), jobs)
@@ -307,7 +314,7 @@ def build_dynamic_images(
             field: [r[field] for r in rows]
             for field in ("dataset", "subject", "clip", "onset", "apex", "offset", "apex_source")
         }
-        columns["sample_id"] = [f"{r['dataset']}/{r['subject']}/{r['clip']}" for r in rows]
+        columns["sample_id"] = ids
         columns["label"] = [label_names.index(r["label"]) for r in rows]
         fingerprint = dynamic_images_fingerprint(samples, dict(record), _frame_checksums(caches, rows))
         attrs: dict[str, Any] = {"fingerprint": fingerprint}
@@ -319,8 +326,8 @@ def build_dynamic_images(
         label_names=label_names,
         per_class=Counter(r["label"] for r in rows),
         apex_sources=Counter(r["apex_source"] for r in rows),
-        skipped=[f"{r['subject']}/{r['clip']}" for r in skipped],
+        skipped=[i.split("/", 1)[1] for i in skipped],
         widened=widened,
         single_frame=short,
-        outside=[f"{r['subject']}/{r['clip']}" for r in outside],
+        outside=dropped,
     )

@@ -7,8 +7,10 @@ A phase is `[start, end]` with anchors `onset`, `apex` or `offset`, each optiona
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ANCHORS = ("onset", "apex", "offset")
 DEFAULT_PHASES = {"full": ("onset", "offset"), "onset_apex": ("onset", "apex"), "apex_offset": ("apex", "offset")}
@@ -84,22 +86,39 @@ def phase_frames(
     return start, end
 
 
+def _override_key(sample: Mapping[str, Any], folders: Counter) -> str:
+    """`subject/clip`, or `subject/clip/onset` where the table holds several samples of that folder."""
+    key = f"{sample['subject']}/{sample['clip']}"
+    return f"{key}/{int(sample['onset'])}" if folders[key] > 1 else key
+
+
 def apply_overrides(
     samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None
 ) -> tuple[list[dict], list[str]]:
     """Samples with per-clip corrections {"subject/clip": {onset|apex|offset: frame}} applied.
 
-    Returns the corrected samples (apex_source "override" where the apex was set) and one
-    message per override that names no sample or holds anything but those three keys.
+    Where a folder holds several samples (CAS(ME)^3: a video with several micro-expressions) the
+    key is "subject/clip/onset", the onset as in the samples table. Returns the corrected samples
+    (apex_source "override" where the apex was set) and one message per override that names no
+    sample or holds anything but those three keys.
     """
     overrides = dict(overrides or {})
     problems = []
-    by_key = {f"{s['subject']}/{s['clip']}": s for s in samples}
+    folders = Counter(f"{s['subject']}/{s['clip']}" for s in samples)
+    by_key = {_override_key(s, folders): s for s in samples}
     for key, values in overrides.items():
         if key not in by_key:
-            problems.append(
-                f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)"
-            )
+            if folders[key] > 1:
+                onsets = ", ".join(str(s["onset"]) for s in samples if f"{s['subject']}/{s['clip']}" == key)
+                problems.append(
+                    f"override {key}: the folder holds {folders[key]} samples (onsets {onsets}); "
+                    f"name one as subject/clip/onset, e.g. {key}/{onsets.split(', ')[0]}"
+                )
+            else:
+                problems.append(
+                    f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f, "
+                    "or subject/clip/onset where a folder holds several samples)"
+                )
         elif not isinstance(values, Mapping) or not set(values) <= set(ANCHORS) or not values:
             problems.append(
                 f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}"
@@ -108,12 +127,13 @@ def apply_overrides(
         return samples, problems
     corrected = []
     for sample in samples:
-        change = overrides.get(f"{sample['subject']}/{sample['clip']}")
+        key = _override_key(sample, folders)
+        change = overrides.get(key)
         if change:
             sample = {**sample, **{k: int(v) for k, v in change.items()}}  # type: ignore[arg-type]
             if "apex" in change:
                 sample["apex_source"] = "override"
             if not sample["onset"] <= sample["apex"] <= sample["offset"]:
-                problems.append(f"override {sample['subject']}/{sample['clip']}: onset <= apex <= offset does not hold")
+                problems.append(f"override {key}: onset <= apex <= offset does not hold")
         corrected.append(sample)
     return corrected, problems
