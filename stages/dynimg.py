@@ -47,6 +47,12 @@ def dynimg(
             f"  skipped {len(result.skipped)} clip(s) without an annotated apex (apex: annotated): "
             + ", ".join(result.skipped)
         )
+    if result.outside:
+        click.echo(
+            f"  dropped {len(result.outside)} clip(s) whose phases reach beyond onset..offset (outside_clip: drop): "
+            + ", ".join(result.outside[:10])
+            + (", ..." if len(result.outside) > 10 else "")
+        )
     for name, count in result.widened.items():
         if count:
             click.echo(

@@ -164,6 +164,7 @@ class DynimgSection(_Model):
     phases: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHASES.items()})
     min_phase_frames: int = Field(2, ge=1)
     apex: Literal[APEX_SOURCES] = "annotated_or_estimated"  # type: ignore[valid-type]
+    outside_clip: Literal["error", "drop"] = "error"  # phase anchors beyond a clip: refuse, or leave the clip out
     overrides: dict[str, Override] = Field(default_factory=dict)
     classes: str | None = Field(None, min_length=1)
     jobs: int = Field(2, ge=1)
