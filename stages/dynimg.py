@@ -47,6 +47,12 @@ def dynimg(
             f"  skipped {len(result.skipped)} clip(s) without an annotated apex (apex: annotated): "
             + ", ".join(result.skipped)
         )
+    if result.outside:
+        click.echo(
+            f"  dropped {len(result.outside)} clip(s) whose phases reach beyond onset..offset (outside_clip: drop): "
+            + ", ".join(result.outside[:10])
+            + (", ..." if len(result.outside) > 10 else "")
+        )
     described = {
         "short": f"shorter than min_phase_frames ({settings.min_phase_frames})",
         "duplicate": "equal to the full clip (apex on the onset or offset): the DI duplicates the full DI",

@@ -31,5 +31,7 @@ def report(runs: tuple[str, ...], runs_dir: str | None, out: str, params_file: s
     params = stage_params(params_file)
     if runs_dir is not None:
         runs = runs + experiment_runs(runs_dir, params.section("experiment").model_dump())
-    n_runs, n_rows = build_report(runs, out, params.section("report"))
+    n_runs, n_rows = build_report(
+        runs, out, params.section("report"), warn=lambda message: click.echo(message, err=True)
+    )
     click.echo(f"{n_runs} runs, {n_rows} dataset x model rows -> {out}/results.md, results.csv, results.png")

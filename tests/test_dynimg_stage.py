@@ -102,7 +102,7 @@ def test_dynimg_writes_a_cache_that_info_and_verify_accept(tmp_path, inputs, pro
     assert result.exit_code == 0, result.output
     data = read_dynamic_images(out)
     assert data.phases == ["full", "onset_apex", "apex_offset"]
-    assert data.images["full"].shape == (4, 112, 112, 3)
+    assert data.images["full"].shape == (4, 64, 64, 3)  # dynimg.size null: the aligned size, never enlarged
     assert data.label_names == ["happiness", "disgust", "repression", "surprise", "others"]
     assert data.samples["label"].tolist() == [0, 3, 1, 4]
     assert data.samples["sample_id"].tolist() == [
@@ -238,6 +238,74 @@ def test_train_refuses_an_incomplete_or_foreign_cache(tmp_path, inputs, project_
     assert result.exit_code == 1
     expected = "lacks images/onset_apex" if damage == "missing_dataset" else "schema version 0, this tool reads 1"
     assert expected in result.output and not (tmp_path / "run").exists()
+
+
+def test_dynimg_refuses_overwritten_aligned_frames_and_writes_nothing(tmp_path, inputs, project_params):
+    import h5py
+
+    aligned, _ = inputs
+    with h5py.File(aligned) as handle:
+        frames = handle["sub02/EP07_02/frames"]
+        offsets = [frames.id.get_chunk_info(k).byte_offset for k in range(4)]
+        stored = frames.attrs["sha256"]
+    data = bytearray(aligned.read_bytes())
+    for offset in offsets:  # 4 x 10,000 = 40,000 bytes of one clip's frames
+        data[offset : offset + 10_000] = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
+    aligned.write_bytes(bytes(data))
+    with h5py.File(aligned) as handle:
+        assert handle["sub02/EP07_02/frames"].attrs["sha256"] == stored  # the fingerprint does not see it
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code != 0
+    assert f"{aligned}, clip sub02/EP07_02: frames do not match their stored sha256" in result.output
+    assert "1 of 4 clips; nothing was written" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("swapped", "samples.csv line 3 (sub01/EP02_01f): onset 11, apex 5, offset 3: onset <= apex <= offset"),
+        ("duplicate", "samples.csv line 6 (sub01/EP01_01): the same sample (clip and onset 46) as line 2"),
+        ("n_frames", "samples.csv line 4 (sub02/EP07_02): n_frames 14 but onset..offset spans 15 frames"),
+        ("no_frames", "samples.csv line 5 (sub02/EP08_01): frames [17, 18] of onset..offset 7..18 are not in"),
+    ],
+)
+def test_dynimg_refuses_a_samples_table_that_breaks_its_invariants(tmp_path, inputs, project_params, damage, message):
+    _, samples = inputs
+    lines = samples.read_text().splitlines()
+    if damage == "swapped":  # onset and offset of line 3 exchanged
+        cells = lines[2].split(",")
+        cells[3], cells[5] = cells[5], cells[3]
+        lines[2] = ",".join(cells)
+    elif damage == "duplicate":
+        lines.append(lines[1])
+    elif damage == "n_frames":
+        lines[3] = lines[3].replace(",annotated,15,", ",annotated,14,")
+    else:  # offset beyond the aligned frames (n_frames kept consistent)
+        lines[4] = lines[4].replace(",16,annotated,10,", ",18,annotated,12,")
+    samples.write_text("\n".join(lines) + "\n")
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert not out.exists()
+
+
+def test_phase_anchors_outside_the_clip_are_an_error_or_dropped_never_clamped(tmp_path, inputs, project_params):
+    project_params["dynimg"]["phases"] = {"full": ["onset", "offset"], "onset_apex": ["onset", "apex+999"]}
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code != 0 and not out.exists()
+    assert "onset_apex [onset, apex+999] reach beyond onset..offset in 4 of 4 clips" in result.output
+    assert "(sub01/EP01_01, sub01/EP02_01f, sub02/EP07_02, sub02/EP08_01)" in result.output
+    assert "outside_clip: drop" in result.output
+    # apex+7 leaves the clip in 3 of the 4 (only sub02/EP08_01, apex on its onset, has 7 frames after it)
+    project_params["dynimg"]["phases"]["onset_apex"] = ["onset", "apex+7"]
+    project_params["dynimg"]["outside_clip"] = "drop"
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert "dropped 3 clip(s) whose phases reach beyond onset..offset (outside_clip: drop)" in result.output
+    data = read_dynamic_images(out)
+    assert data.samples["sample_id"].tolist() == ["casme2/sub02/EP08_01"]
+    assert data.attrs["outside_clip_dropped"] == 3
 
 
 def test_several_samples_of_one_folder_get_their_own_ids(tmp_path, project_params):

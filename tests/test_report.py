@@ -67,3 +67,40 @@ def test_two_runs_of_the_same_cell_are_refused(tmp_path, project_params):
     result = _report(tmp_path, project_params, a, b)
     assert result.exit_code != 0 and "both ('casme2', 'learnet', 'baseline')" in result.output
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing_fold", "fold sub06: 0 predictions, run.json expects 3"),
+        ("extra_rows", "fold sub01: 4 predictions, run.json expects 3"),
+        ("fold_of_another_subject", "fold sub02: {run}/folds/sub02/predictions.csv holds 1 row(s) of subject(s) sub01"),
+    ],
+)
+def test_report_refuses_what_evaluate_refuses(tmp_path, project_params, damage, message):
+    """`mer report` runs evaluate's checks on every run (one shared function)."""
+    good = _run(tmp_path / "casme2-learnet-baseline", "learnet", "baseline", 1)
+    run = _run(tmp_path / "casme2-learnet-dual_phase", "learnet", "dual_phase", 0)
+    predictions = run / "predictions.csv"
+    lines = predictions.read_text().splitlines(keepends=True)
+    if damage == "missing_fold":
+        predictions.write_text("".join(line for line in lines if ",sub06," not in line))
+    elif damage == "extra_rows":
+        predictions.write_text("".join(lines) + "casme2/sub01/EP09,casme2,sub01,happiness,happiness\n")
+    else:  # fold folders as `mer train` writes them, with one of sub01's clips in sub02's fold
+        for subject in SUBJECTS:
+            fold = run / "folds" / subject
+            fold.mkdir(parents=True)
+            others = [s for s in SUBJECTS if s != subject]
+            manifest = {"held_out_subject": subject, "trained_on_subjects": others}
+            (fold / "manifest.json").write_text(json.dumps(manifest))
+            rows = [line for line in lines[1:] if f",{subject}," in line]
+            if subject == "sub01":
+                stray, rows = rows[0], rows[1:]
+            if subject == "sub02":
+                rows.append(stray)
+            (fold / "predictions.csv").write_text(lines[0] + "".join(rows))
+    result = _report(tmp_path, project_params, good, run)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message.format(run=run) in result.output, result.output
+    assert not (tmp_path / "results").exists()

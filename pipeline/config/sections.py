@@ -175,11 +175,12 @@ Override = Annotated[dict[Anchor, Annotated[int, Field(ge=0)]], Field(min_length
 class DynimgSection(_Model):
     variant: Literal[DI_VARIANTS] = "harmonic"  # type: ignore[valid-type]
     normalize: Literal["global", "per_channel"] = "global"
-    size: int = Field(224, ge=8, le=4096)  # stored DI size: the aligned crop size; train reduces it per model
+    size: int | None = Field(None, ge=8, le=4096)  # stored DI size; None: the aligned crop size (never enlarged)
     phases: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHASES.items()})
     min_phase_frames: int = Field(2, ge=1)
     degenerate: Literal[DEGENERATE_POLICIES] = "widen"  # type: ignore[valid-type]  # short / duplicate phases
     apex: Literal[APEX_SOURCES] = "annotated_or_estimated"  # type: ignore[valid-type]
+    outside_clip: Literal["error", "drop"] = "error"  # phase anchors beyond a clip: refuse, or leave the clip out
     overrides: dict[str, Override] = Field(default_factory=dict)
     classes: str | None = Field(None, min_length=1)
     jobs: int = Field(2, ge=1)

@@ -15,7 +15,7 @@ import csv
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,8 @@ import numpy as np
 from pipeline.atomic import atomic_output
 from pipeline.config import MODES, PHASES_FULL, ReportSection
 from pipeline.errors import MerError
-from pipeline.evaluate.metrics import (
-    Predictions,
-    load_predictions,
-    paired_seed_comparison,
-    seed_bootstrap,
-    seed_summary,
-)
-from pipeline.io.runs import read_run_info
+from pipeline.evaluate.checks import checked_predictions
+from pipeline.evaluate.metrics import Predictions, paired_seed_comparison, seed_bootstrap, seed_summary
 
 METRIC_NAMES = ("accuracy", "uf1", "uar")
 _LABELS = {"accuracy": "Acc", "uf1": "UF1", "uar": "UAR"}
@@ -232,11 +226,18 @@ def experiment_runs(runs_dir: str | Path, experiment: Mapping[str, Any]) -> tupl
     return tuple(str(Path(runs_dir) / run_name(*cell)) for cell in cells)
 
 
-def build_report(runs: Sequence[str | Path], out: str | Path, settings: ReportSection) -> tuple[int, int]:
+def build_report(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    settings: ReportSection,
+    warn: Callable[[str], Any] | None = None,
+) -> tuple[int, int]:
     """Write results.md, results.csv and results.png of `runs` into `out` (replaced as a whole).
 
     `settings` is the validated report section (reference_mode, bootstrap, confidence). Each cell of
-    the experiment must have one run. Returns (number of runs, number of dataset x model rows).
+    the experiment must have one run, and every run passes the checks of `mer evaluate`
+    (`checked_predictions`; `warn` receives what could not be checked). Returns (number of runs,
+    number of dataset x model rows).
     """
     if not runs:
         raise MerError(
@@ -245,8 +246,7 @@ def build_report(runs: Sequence[str | Path], out: str | Path, settings: ReportSe
     reference, resamples, level = settings.reference_mode, settings.bootstrap, settings.confidence
     results = []
     for run_dir in runs:
-        info = read_run_info(run_dir)
-        predictions = load_predictions(Path(run_dir) / "predictions.csv", info["label_names"])
+        info, predictions = checked_predictions(run_dir, warn)  # what evaluate refuses, report refuses
         params = info.get("params") if isinstance(info.get("params"), dict) else {}
         results.append(
             RunResult(
