@@ -338,7 +338,7 @@ BUILTIN_SECTIONS: dict[str, Any] = {
             "classes": "samm-5",
         },
     },
-    "models": {"learnet": {"input_size": 112}},
+    "models": {"learnet": {"input_size": 112, "epochs": 8}},
 }
 
 
