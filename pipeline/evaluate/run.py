@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_output
 from pipeline.errors import InputProblems
-from pipeline.evaluate.metrics import bootstrap_intervals, compute_metrics, confusion, load_predictions
+from pipeline.evaluate.metrics import bootstrap_intervals, compute_metrics, confusion, dataset_name, load_predictions
 from pipeline.evaluate.plots import plot_confusion
 from pipeline.io.runs import read_run_info
 
@@ -57,7 +57,7 @@ def evaluate_run(
         **metrics,
     }
     counts = confusion(predictions)
-    title = f"{info.get('model', '')} {info.get('mode', '')}: acc {metrics['accuracy']:.3f}, UF1 {metrics['uf1']:.3f}, UAR {metrics['uar']:.3f}"
+    title = f"{dataset_name(predictions)} - {info.get('model', '')} {info.get('mode', '')}: acc {metrics['accuracy']:.3f}, UF1 {metrics['uf1']:.3f}, UAR {metrics['uar']:.3f}"
     # `dvc metrics show` lists every number of the file: keep it to the headline figures and put the
     # per-class and per-subject tables in the reports folder.
     headline = {key: metrics[key] for key in HEADLINE_KEYS}
