@@ -2,14 +2,14 @@
 
 Per-sample vectors sample_id, dataset, subject, clip, label, onset, apex, offset, apex_source (N,)
 and one (N,H,W,3) uint8 dataset per phase under images/. File attributes: schema,
-schema_version, params (JSON), tool_version, label_names, phases, and the stage's extras (the
-input fingerprint).
+schema_version, params (JSON), tool_version, label_names and phases (arrays of strings; caches
+written before stored them as JSON lists, still read), and the stage's extras (the input
+fingerprint).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,14 @@ import h5py
 import numpy as np
 
 from pipeline.errors import MerError
-from pipeline.io.hdf5 import CacheWriter, open_cache, read_dataset, write_dataset, write_file_attrs
+from pipeline.io.hdf5 import (
+    CacheWriter,
+    open_cache,
+    read_dataset,
+    string_list_attr,
+    write_dataset,
+    write_file_attrs,
+)
 
 DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
 SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
@@ -114,7 +121,7 @@ class DynamicImageWriter(CacheWriter):
 
 def read_dynamic_images(path: str | Path) -> DynamicImageSet:
     with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
-        phases = json.loads(handle.attrs.get("phases", "[]"))
+        phases = string_list_attr(handle.attrs, "phases", [])
         missing = [name for name in SAMPLE_FIELDS if name not in handle] + [
             f"images/{p}" for p in phases if f"images/{p}" not in handle
         ]
@@ -126,7 +133,7 @@ def read_dynamic_images(path: str | Path) -> DynamicImageSet:
         samples = {name: read_dataset(handle[name]) for name in SAMPLE_FIELDS}
         images = {phase: handle["images"][phase][()] for phase in phases}
         attrs = {key: handle.attrs[key] for key in handle.attrs}
-    label_names = json.loads(attrs["label_names"])
+    label_names = string_list_attr(attrs, "label_names")
     return DynamicImageSet(samples=samples, images=images, label_names=label_names, attrs=attrs)
 
 
@@ -139,7 +146,7 @@ def dynamic_image_structure_problems(handle: h5py.File) -> list[str]:
             problems.append(f"missing dataset {name}")
         elif handle[name].shape != (n,):
             problems.append(f"{name} has shape {handle[name].shape}, expected ({n},)")
-    for phase in json.loads(handle.attrs.get("phases", "[]")):
+    for phase in string_list_attr(handle.attrs, "phases", []):
         if f"images/{phase}" not in handle:
             problems.append(f"missing dataset images/{phase}")
         elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:
