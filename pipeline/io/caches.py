@@ -15,6 +15,15 @@ from pipeline.io.dynamic_image_cache import DYNAMIC_IMAGES_SCHEMA, dynamic_image
 from pipeline.io.hdf5 import checksum_problems, open_cache, string_list_attr
 
 
+def cache_schema(path: str | Path) -> str:
+    """The schema of a cache, ALIGNED_SCHEMA or DYNAMIC_IMAGES_SCHEMA; MerError for anything else."""
+    with open_cache(path) as handle:
+        schema = handle.attrs.get("schema")
+    if schema not in (ALIGNED_SCHEMA, DYNAMIC_IMAGES_SCHEMA):
+        raise MerError(f"{path}: unknown schema {schema!r}; expected {ALIGNED_SCHEMA} or {DYNAMIC_IMAGES_SCHEMA}")
+    return str(schema)
+
+
 def describe(path: str | Path) -> Iterator[str]:
     """Lines for `mer cache info`: file attributes (params pretty-printed), then a summary of the contents.
 
