@@ -6,8 +6,7 @@ import click
 from tqdm import tqdm
 
 from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images
-from pipeline.errors import MerError
-from stages.common import jobs_option, params_option, recorded_params, stage_params
+from stages.common import jobs_option, params_option, recorded_params, stage_settings
 
 
 @click.command("dynimg")
@@ -30,20 +29,17 @@ def dynimg(
     aligned: tuple[str, ...], samples: str, classes: str | None, out: str, jobs: int | None, params_file: str
 ) -> None:
     """Compute full, onset-apex and apex-offset dynamic images into an HDF5 cache."""
-    params = stage_params(params_file, "dynimg", jobs=jobs, classes=classes)
-    try:
-        settings = DynamicImageSettings.from_params(params)
-    except (TypeError, ValueError) as exc:
-        raise MerError(f"{params_file}: invalid dynimg settings: {exc}") from exc
+    params = stage_settings(params_file, "dynimg", jobs=jobs, classes=classes)
+    settings = DynamicImageSettings.from_section(params)
     result = build_dynamic_images(
         aligned,
         samples,
         out,
         settings,
         recorded_params(params),
-        classes=params.get("classes"),
-        overrides=params.get("overrides"),
-        jobs=int(params.get("jobs", 1)),
+        classes=params.classes,
+        overrides=params.overrides,
+        jobs=params.jobs,
         params_file=params_file,
         progress=lambda items, total: tqdm(items, total=total, desc="dynamic images", unit="clip", disable=None),
     )

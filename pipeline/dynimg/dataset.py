@@ -21,11 +21,12 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_output
+from pipeline.config import DynimgSection, section_problems
 from pipeline.datasets.composite import aligned_caches
 from pipeline.datasets.presets import default_label_names, label_names_for
-from pipeline.dynimg.phases import apply_overrides, parse_phases, phase_frames
-from pipeline.dynimg.rank_pooling import VARIANTS, clip_dynamic_images
-from pipeline.errors import InputProblems, MerError
+from pipeline.dynimg.phases import PhaseBound, apply_overrides, phase_frames
+from pipeline.dynimg.rank_pooling import clip_dynamic_images
+from pipeline.errors import InputProblems, MerError, SettingsError
 from pipeline.io.aligned_cache import ALIGNED_SCHEMA
 from pipeline.io.dynamic_image_cache import DynamicImageWriter
 from pipeline.io.hdf5 import open_cache
@@ -34,41 +35,36 @@ from pipeline.io.samples import IMPUTED_APEX_SOURCES, read_samples, sample_ids
 from pipeline.motion import estimate_apex
 from pipeline.parallel import Progress, limit_native_threads, no_progress, ordered_map
 
-APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
-
 
 @dataclass(frozen=True)
 class DynamicImageSettings:
-    """The dynimg section of params.yaml, validated."""
+    """The settings of the DIs themselves, from the validated dynimg section (`DynimgSection`)."""
 
-    phases: dict
-    variant: str = "harmonic"
-    normalize: str = "global"  # global | per_channel
-    size: int = 112
-    apex: str = "annotated_or_estimated"
-    min_phase_frames: int = 2
+    phases: dict[str, tuple[PhaseBound, PhaseBound]]
+    variant: str
+    normalize: str  # global | per_channel
+    size: int
+    apex: str  # one of APEX_SOURCES
+    min_phase_frames: int
+
+    @classmethod
+    def from_section(cls, section: DynimgSection) -> DynamicImageSettings:
+        return cls(
+            phases=section.parsed_phases(),
+            variant=section.variant,
+            normalize=section.normalize,
+            size=section.size,
+            apex=section.apex,
+            min_phase_frames=section.min_phase_frames,
+        )
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> DynamicImageSettings:
-        settings = cls(
-            phases=parse_phases(params.get("phases")),  # type: ignore[arg-type]
-            variant=str(params.get("variant", "harmonic")),
-            normalize=str(params.get("normalize", "global")),
-            size=int(params.get("size", 112)),  # type: ignore[arg-type]
-            apex=str(params.get("apex", "annotated_or_estimated")),
-            min_phase_frames=int(params.get("min_phase_frames", 2)),  # type: ignore[arg-type]
-        )
-        if settings.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {settings.variant!r}")
-        if settings.normalize not in ("global", "per_channel"):
-            raise ValueError(f"normalize must be global or per_channel, got {settings.normalize!r}")
-        if settings.apex not in APEX_SOURCES:
-            raise ValueError(f"apex must be one of {APEX_SOURCES}, got {settings.apex!r}")
-        if settings.size < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {settings.size}")
-        if settings.min_phase_frames < 1:
-            raise ValueError(f"min_phase_frames must be at least 1, got {settings.min_phase_frames}")
-        return settings
+        """From a dynimg params section; SettingsError (a ValueError) names every bad key."""
+        section, problems = section_problems("dynimg", params)
+        if problems:
+            raise SettingsError("invalid dynimg settings", problems)
+        return cls.from_section(section)
 
     def estimates_apex(self, sample: Mapping[str, Any]) -> bool:
         """Whether the sample's apex is estimated on the aligned frames (an override always stands)."""

@@ -1,7 +1,7 @@
 """Phases: frame intervals anchored on a clip's onset, apex and offset, and per-clip corrections.
 
 A phase is `[start, end]` with anchors `onset`, `apex` or `offset`, each optionally shifted by
-`+N` / `-N` frames (DESIGN.md section 5); the apex belongs to both default phases.
+`+N` / `-N` frames; the apex belongs to both default phases.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MER metrics over LOSO predictions pooled across all folds (DESIGN.md section 7).
+"""MER metrics over LOSO predictions pooled across all folds.
 
 - accuracy: correct / all predictions;
 - UF1 (unweighted F1): the mean over classes of the per-class F1;

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.atomic import atomic_output
+from pipeline.config import ReportSection
 from pipeline.errors import MerError
 from pipeline.evaluate.metrics import (
     Predictions,
@@ -218,18 +219,17 @@ def experiment_runs(runs_dir: str | Path, experiment: Mapping[str, Any]) -> tupl
     return tuple(str(Path(runs_dir) / f"{d}-{m}-{mode}") for d, m, mode in cells)
 
 
-def build_report(runs: Sequence[str | Path], out: str | Path, settings: Mapping[str, Any]) -> tuple[int, int]:
+def build_report(runs: Sequence[str | Path], out: str | Path, settings: ReportSection) -> tuple[int, int]:
     """Write results.md, results.csv and results.png of `runs` into `out` (replaced as a whole).
 
-    `settings` is the report params section (reference_mode, bootstrap, confidence). Each cell of
+    `settings` is the validated report section (reference_mode, bootstrap, confidence). Each cell of
     the experiment must have one run. Returns (number of runs, number of dataset x model rows).
     """
     if not runs:
         raise MerError(
             "no runs to report: give --run folders, or --runs-dir with an `experiment` section in the params"
         )
-    reference = str(settings.get("reference_mode", "baseline"))
-    resamples, level = int(settings.get("bootstrap", 1000)), float(settings.get("confidence", 0.95))
+    reference, resamples, level = settings.reference_mode, settings.bootstrap, settings.confidence
     results = []
     for run_dir in runs:
         info = read_run_info(run_dir)

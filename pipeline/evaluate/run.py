@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_output
+from pipeline.config import EvaluateSection
 from pipeline.errors import InputProblems
 from pipeline.evaluate.metrics import bootstrap_intervals, compute_metrics, confusion, dataset_name, load_predictions
 from pipeline.evaluate.plots import plot_confusion
@@ -23,7 +24,7 @@ def evaluate_run(
     run_dir: str | Path,
     out: str | Path,
     metrics_file: str | Path | None,
-    settings: Mapping[str, Any],
+    settings: EvaluateSection,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Check a run, compute its pooled metrics and write the reports folder `out`; the metrics.
@@ -31,7 +32,7 @@ def evaluate_run(
     `out` is replaced as a whole and gets confusion_matrix.png/.csv, per_class.csv,
     per_subject.csv, results.csv, details.json (every figure) and metrics.json (the headline
     figures), the latter written to `metrics_file` instead when one is given. `settings` is the
-    evaluate params section (confusion_normalize, bootstrap, confidence). `warn` receives what
+    validated evaluate section (confusion_normalize, bootstrap, confidence). `warn` receives what
     could not be checked.
     """
     info = read_run_info(run_dir)
@@ -61,9 +62,9 @@ def evaluate_run(
     # `dvc metrics show` lists every number of the file: keep it to the headline figures and put the
     # per-class and per-subject tables in the reports folder.
     headline = {key: metrics[key] for key in HEADLINE_KEYS}
-    resamples = int(settings.get("bootstrap", 1000))
+    resamples = settings.bootstrap
     if resamples > 0:
-        level = float(settings.get("confidence", 0.95))
+        level = settings.confidence
         intervals = bootstrap_intervals(predictions, resamples, level)
         metrics["intervals"] = headline["intervals"] = {"level": level, "resamples": resamples, **intervals}
     if "per_dataset" in metrics:
@@ -74,7 +75,7 @@ def evaluate_run(
             counts,
             label_names,
             tmp / "confusion_matrix.png",
-            bool(settings.get("confusion_normalize", True)),
+            settings.confusion_normalize,
             title.strip(),
         )
         write_confusion_csv(tmp / "confusion_matrix.csv", counts, label_names)

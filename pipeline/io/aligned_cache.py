@@ -1,4 +1,4 @@
-"""The aligned cache (schema "mer.aligned", DESIGN.md section 6): its one writer and readers.
+"""The aligned cache (schema "mer.aligned", see docs/architecture.md): its one writer and readers.
 
 One group per clip, /<subject>/<clip>, holding frames (T,H,W,3) uint8, chunked one frame per
 chunk; frame_numbers (T,); landmarks (68,2); affine (2,3); frame_affines (T,2,3) when each frame

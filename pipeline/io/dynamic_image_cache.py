@@ -1,4 +1,4 @@
-"""The dynamic-image cache (schema "mer.dynamic_images", DESIGN.md section 6): its writer and reader.
+"""The dynamic-image cache (schema "mer.dynamic_images", see docs/architecture.md): its writer and reader.
 
 Per-sample vectors sample_id, dataset, subject, clip, label, onset, apex, offset, apex_source (N,)
 and one (N,H,W,3) uint8 dataset per phase under images/. File attributes: schema,

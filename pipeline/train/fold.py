@@ -1,5 +1,5 @@
 """One leave-one-subject-out fold: train on every other subject for a fixed number of epochs, and
-predict the held-out subject with the last model (DESIGN.md section 7: nothing is selected on it).
+predict the held-out subject with the last model (nothing is selected on it: that would leak the test set).
 
 Batches are index slices of tensors moved to the training device once; augmentations run on the
 batched tensors there, seeded per fold. `amp: true` trains and predicts under bf16 autocast.
