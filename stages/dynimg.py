@@ -17,7 +17,11 @@ from stages.common import jobs_option, params_option, recorded_params, stage_set
     help="Aligned cache from `mer align`; for a composite table (`mer combine`) one NAME=FILE per dataset.",
 )
 @click.option("--samples", type=click.Path(dir_okay=False), required=True, help="Samples table from `mer annotate`.")
-@click.option("--classes", default=None, help="Class preset whose label order the cache records (default: params).")
+@click.option(
+    "--classes",
+    default=None,
+    help="Class preset whose label order the cache records (default: params, else the dataset format's preset, e.g. casme2-5, as annotate).",
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Dynamic-image cache to write (.h5).")
 @jobs_option
 @params_option

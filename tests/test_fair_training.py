@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.config import ReportSection
 from pipeline.dynimg.dataset import DynamicImageSettings, degenerate_phase

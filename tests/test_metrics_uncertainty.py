@@ -184,3 +184,31 @@ def test_evaluate_refuses_folds_that_do_not_match_the_run(tmp_path, run_with_fol
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert message.format(run=run) in result.output, result.output
     assert not (tmp_path / "reports").exists()
+
+
+def test_an_interval_without_spread_is_exactly_the_value():
+    """A model predicting one class for every clip, every subject alike: the bootstrap cannot move
+    the metrics, and the interval must not come out a rounding error above or below them."""
+    subjects = np.repeat([f"s{i}" for i in range(6)], 5)
+    y_true = np.tile(np.arange(5), 6)
+    pred = _predictions(y_true, np.zeros(30, np.int64), subjects, k=5)
+    observed = summary(pred.y_true, pred.y_pred)
+    intervals = bootstrap_intervals(pred, 50)
+    for name in ("accuracy", "uf1", "uar"):
+        assert intervals[name] == [observed[name], observed[name]]
+
+
+def test_the_confusion_matrix_title_names_the_dataset(tmp_path, run_with_folds, project_params, monkeypatch):
+    import pipeline.evaluate.run as run_module
+
+    titles, draw = [], run_module.plot_confusion
+
+    def spy(counts, label_names, path, normalize=True, title=""):
+        titles.append(title)
+        draw(counts, label_names, path, normalize, title)
+
+    monkeypatch.setattr(run_module, "plot_confusion", spy)
+    result = _evaluate(tmp_path, run_with_folds, project_params)
+    assert result.exit_code == 0, result.output
+    assert titles == ["x - toy baseline: acc 0.750, UF1 0.733, UAR 0.750"]
+    assert (tmp_path / "reports" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.atomic import atomic_output
 from pipeline.config import DynimgSection, section_problems
 from pipeline.datasets.composite import aligned_caches
-from pipeline.datasets.presets import label_names_for
+from pipeline.datasets.presets import default_label_names, label_names_for
 from pipeline.dynimg.phases import PhaseBound, apply_overrides, outside_clip, phase_frames
 from pipeline.dynimg.rank_pooling import FRAME_BLOCK, clip_dynamic_images
 from pipeline.errors import InputProblems, MerError, SettingsError
@@ -262,7 +262,8 @@ def build_dynamic_images(
 
     `aligned`: one aligned cache, or NAME=FILE per dataset of a composite table; `record`: the
     params stored in the cache and hashed into its fingerprint; `classes`: the class preset whose
-    label order the cache records (default: the labels present, sorted); `overrides`: per-clip
+    label order the cache records (default: the preset annotate uses for the table's dataset format,
+    e.g. casme2-5, when it holds every label, else the labels sorted); `overrides`: per-clip
     onset / apex / offset corrections (params_file names where they come from in messages).
     Raises InputProblems listing every clip that fails, and writes nothing then.
     """
@@ -285,7 +286,9 @@ def build_dynamic_images(
     ids, rows = [i for i, _ in kept], [r for _, r in kept]
     if not rows:
         raise MerError(f"{samples}: every sample's apex was imputed, and dynimg.apex is 'annotated': nothing is left")
-    label_names = label_names_for(classes, rows[0]["dataset"]) if classes else sorted({r["label"] for r in rows})
+    datasets = [r["dataset"] for r in rows]
+    labels = [r["label"] for r in rows]
+    label_names = label_names_for(classes, datasets[0]) if classes else default_label_names(datasets, labels)
     unknown = [r for r in rows if r["label"] not in label_names]
     if unknown:
         raise InputProblems(

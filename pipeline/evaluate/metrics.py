@@ -93,6 +93,12 @@ def load_predictions(
     return Predictions(ids, subjects, datasets, y_true, y_pred, list(label_names))
 
 
+def dataset_name(predictions: Predictions) -> str:
+    """The dataset(s) of the predictions, 'casme2' or 'casme2+samm' for a composite; 'unknown' when unnamed."""
+    names = sorted(set(predictions.datasets.tolist()) - {""})
+    return "+".join(names) if names else "unknown"
+
+
 def present_labels(y_true: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(y_true))
 
@@ -196,8 +202,10 @@ def metrics_batch(counts: np.ndarray, labels: Sequence[int] | None = None) -> di
     predicted_per_class = counts.sum(axis=-2)[..., labels]
     hits = hits_all[..., labels]
     recall = np.divide(hits, true_per_class, out=np.zeros_like(hits), where=true_per_class > 0)
-    precision = np.divide(hits, predicted_per_class, out=np.zeros_like(hits), where=predicted_per_class > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(hits), where=(precision + recall) > 0)
+    # F1 = 2 TP / (true + predicted), as scikit-learn computes it: equal proportions give
+    # bit-identical values, so an interval without spread is exactly the value.
+    both = true_per_class + predicted_per_class
+    f1 = np.divide(2 * hits, both, out=np.zeros_like(hits), where=both > 0)
     accuracy = np.divide(hits_all.sum(axis=-1), total, out=np.zeros_like(total), where=total > 0)
     if len(labels) == 0:
         zeros = np.zeros(counts.shape[:-2])

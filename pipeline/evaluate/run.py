@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.atomic import atomic_output
 from pipeline.config import EvaluateSection
 from pipeline.evaluate.checks import checked_predictions
-from pipeline.evaluate.metrics import bootstrap_intervals, compute_metrics, confusion
+from pipeline.evaluate.metrics import bootstrap_intervals, compute_metrics, confusion, dataset_name
 from pipeline.evaluate.plots import plot_confusion
 
 HEADLINE_KEYS = ("accuracy", "uf1", "uar", "n_samples", "n_subjects", "model", "mode")
@@ -48,7 +48,7 @@ def evaluate_run(
         **metrics,
     }
     counts = confusion(predictions)
-    title = f"{info.get('model', '')} {info.get('mode', '')}: acc {metrics['accuracy']:.3f}, UF1 {metrics['uf1']:.3f}, UAR {metrics['uar']:.3f}"
+    title = f"{dataset_name(predictions)} - {info.get('model', '')} {info.get('mode', '')}: acc {metrics['accuracy']:.3f}, UF1 {metrics['uf1']:.3f}, UAR {metrics['uar']:.3f}"
     # `dvc metrics show` lists every number of the file: keep it to the headline figures and put the
     # per-class and per-subject tables in the reports folder.
     headline = {key: metrics[key] for key in HEADLINE_KEYS}

@@ -2,14 +2,14 @@
 
 Per-sample vectors sample_id, dataset, subject, clip, label, onset, apex, offset, apex_source (N,)
 and one (N,H,W,3) uint8 dataset per phase under images/. File attributes: schema,
-schema_version, params (JSON), tool_version, label_names, phases, and the stage's extras (the
-input fingerprint).
+schema_version, params (JSON), tool_version, label_names and phases (arrays of strings; caches
+written before stored them as JSON lists, still read), and the stage's extras (the input
+fingerprint).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from pipeline.io.hdf5 import (
     frames_sha256,
     open_cache,
     read_dataset,
+    string_list_attr,
     write_dataset,
     write_file_attrs,
 )
@@ -129,7 +130,7 @@ def read_dynamic_images(path: str | Path) -> DynamicImageSet:
     """
     damaged: list[str] = []
     with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
-        phases = json.loads(handle.attrs.get("phases", "[]"))
+        phases = string_list_attr(handle.attrs, "phases", [])
         missing = [name for name in SAMPLE_FIELDS if name not in handle] + [
             f"images/{p}" for p in phases if f"images/{p}" not in handle
         ]
@@ -150,7 +151,7 @@ def read_dynamic_images(path: str | Path) -> DynamicImageSet:
             if dataset.attrs.get("sha256") != frames_sha256(images[phase]):
                 damaged.append(f"images/{phase}")
         attrs = {key: handle.attrs[key] for key in handle.attrs}
-    label_names = json.loads(attrs["label_names"])
+    label_names = string_list_attr(attrs, "label_names")
     if damaged:
         where = _locate_damage(samples, label_names)
         raise MerError(
@@ -187,7 +188,7 @@ def dynamic_image_structure_problems(handle: h5py.File) -> list[str]:
             problems.append(f"missing dataset {name}")
         elif handle[name].shape != (n,):
             problems.append(f"{name} has shape {handle[name].shape}, expected ({n},)")
-    for phase in json.loads(handle.attrs.get("phases", "[]")):
+    for phase in string_list_attr(handle.attrs, "phases", []):
         if f"images/{phase}" not in handle:
             problems.append(f"missing dataset images/{phase}")
         elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:
