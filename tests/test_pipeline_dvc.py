@@ -18,8 +18,9 @@ from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.slow
 DATASETS = ("casme2", "samm")
-RUNS = [f"{ds}-learnet-{mode}" for ds in DATASETS for mode in ("baseline", "dual_phase")]
-CELLS = {f"{stage}@{run}" for stage in ("train", "evaluate") for run in RUNS}
+MODES = ("baseline", "baseline_steps", "dual_phase")
+RUNS = [f"{ds}-learnet-{mode}" for ds in DATASETS for mode in MODES]  # seed 0: folders -s0, stages -0
+CELLS = {f"{stage}@{run}-0" for stage in ("train", "evaluate") for run in RUNS}
 
 
 def _dvc(project: Path, *args: str) -> str:
@@ -46,6 +47,8 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["demo"]["preset"] = "tiny"
     params["train"].update(epochs=2, jobs=1)
+    params["models"]["learnet"]["epochs"] = 2
+    params["experiment"]["seeds"] = [0]
     params["align"]["jobs"] = params["dynimg"]["jobs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(root, "init", "--no-scm", "-q")
@@ -68,20 +71,21 @@ def test_repro_leaves_every_artifact(project):
         with h5py.File(cache / "dynamic_images" / f"{ds}.h5") as handle:
             assert set(handle["images"]) == {"full", "onset_apex", "apex_offset"}
             subjects = set(handle["subject"].asstr()[()])
-        for mode in ("baseline", "dual_phase"):
-            run = cache / "runs" / f"{ds}-learnet-{mode}"
+        for mode in MODES:
+            run = cache / "runs" / f"{ds}-learnet-{mode}-s0"
             folds = sorted(p.name for p in (run / "folds").iterdir())
             assert folds == sorted(subjects)
             for fold in folds:
                 assert (run / "folds" / fold / "model.pt").is_file()
                 assert (run / "folds" / fold / "predictions.csv").is_file()
-            metrics = json.loads((cache / "metrics" / f"{ds}-learnet-{mode}.json").read_text())
+            metrics = json.loads((cache / "metrics" / f"{ds}-learnet-{mode}-s0.json").read_text())
             assert {"accuracy", "uf1", "uar", "intervals"} <= set(metrics)
-            assert list((cache / "reports" / f"{ds}-learnet-{mode}").glob("confusion*.png"))
+            assert list((cache / "reports" / f"{ds}-learnet-{mode}-s0").glob("confusion*.png"))
     table = (cache / "reports" / "results" / "results.md").read_text()
     assert "| casme2 | learnet |" in table and "| samm | learnet |" in table and "pt (" in table
+    assert "vs baseline (same epochs)" in table and "vs baseline_steps (same steps)" in table
     shown = _dvc(project, "metrics", "show")
-    assert "cache/metrics/casme2-learnet-dual_phase.json" in shown and "uf1" in shown
+    assert "cache/metrics/casme2-learnet-dual_phase-s0.json" in shown and "uf1" in shown
 
 
 def test_changing_a_dynimg_param_reruns_only_dynimg_train_and_evaluate(project):
@@ -105,7 +109,5 @@ def test_changing_one_models_settings_reruns_only_its_cells(project):
     params["models"]["resnet18"]["lr"] = 0.01
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = _dvc(project, "repro")
-    resnet = {
-        f"{stage}@casme2-resnet18-{mode}" for stage in ("train", "evaluate") for mode in ("baseline", "dual_phase")
-    }
+    resnet = {f"{stage}@casme2-resnet18-{mode}-0" for stage in ("train", "evaluate") for mode in MODES}
     assert _ran(rerun) == resnet | {"report"}
