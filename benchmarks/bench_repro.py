@@ -83,10 +83,13 @@ def set_params(dest: Path, preset: str, epochs: int | None) -> tuple[dict, list[
     original = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params = yaml.safe_load((dest / "params.yaml").read_text())
     if preset == "tiny":
+        epochs = 2 if epochs is None else epochs
         params["demo"]["preset"] = "tiny"
-        params["train"]["epochs"] = 2
-    if epochs is not None:
+    if epochs is not None:  # models.NAME.epochs would override train.epochs for its cells
         params["train"]["epochs"] = epochs
+        for entry in (params.get("models") or {}).values():
+            if isinstance(entry, dict) and "epochs" in entry:
+                entry["epochs"] = epochs
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     differs = []
     for key, (old, new) in {
@@ -150,11 +153,14 @@ def workload_line(project: Path, params: dict) -> str:
                 n = sum(1 for _ in handle) - 1
             parts.append(f"{ds} {n} clips")
     exp = params["experiment"]
-    cells = len(exp["datasets"]) * len(exp["models"]) * len(exp["modes"])
+    cells = len(exp["datasets"]) * len(exp["models"]) * len(exp["modes"]) * len(exp.get("seeds") or [0])
+    models = params.get("models") or {}
+    epochs = {m: (models.get(m) or {}).get("epochs", params["train"]["epochs"]) for m in exp["models"]}
     return (
         f"workload: demo preset '{params['demo']['preset']}' ({', '.join(parts)} after the class presets); "
-        f"{cells} train/evaluate cells ({' x '.join('/'.join(exp[k]) for k in ('datasets', 'models', 'modes'))}), "
-        f"{params['train']['epochs']} epochs per LOSO fold, jobs: demo {params['demo']['jobs']}, "
+        f"{cells} train/evaluate cells ({' x '.join('/'.join(exp[k]) for k in ('datasets', 'models', 'modes'))} x "
+        f"seeds {'/'.join(map(str, exp.get('seeds') or [0]))}), epochs per LOSO fold "
+        f"{', '.join(f'{m} {e}' for m, e in epochs.items())}, jobs: demo {params['demo']['jobs']}, "
         f"align {params['align']['jobs']}, dynimg {params['dynimg']['jobs']}, train {params['train']['jobs']}"
     )
 
