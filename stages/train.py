@@ -39,6 +39,11 @@ from stages.common import jobs_option, params_option
     "--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: params; none: a local cluster)."
 )
 @click.option(
+    "--cpu-kernels",
+    type=click.Choice(["portable", "native"]),
+    help="CPU kernels: portable gives the same bytes on any x86-64 processor, native is faster (default: params).",
+)
+@click.option(
     "--curve",
     type=click.Path(dir_okay=False),
     help="Also write the run's training curve (epoch, mean loss and training accuracy over folds) to this CSV, "

@@ -25,6 +25,7 @@ from pipeline.io.dynamic_image_cache import read_dynamic_images
 from pipeline.train.data import LosoData, check_fold_classes, load_loso_data
 from pipeline.train.execution import FoldProgress, available_cores, fold_threads, run_loso
 from pipeline.train.fold import EpochProgress, resolve_device
+from pipeline.train.kernels import apply_cpu_kernels
 from pipeline.train.models import build_model, input_normalization
 from pipeline.train.resume import dynamic_images_digest, exclusive_run, open_work_folder, run_key
 from pipeline.train.run_files import (
@@ -114,6 +115,7 @@ def train_cache(
 ) -> RunOutcome:
     """`train_run` on the DI cache file `dynamic_images` (what `mer train` does), announced on `echo`;
     with `curve`, the run's training curve is also written to that CSV."""
+    apply_cpu_kernels(settings.cpu_kernels)  # before torch computes anything here (and in the fold workers)
     device = resolve_device(settings.device)
     di = read_dynamic_images(dynamic_images)
     if len(di) == 0:

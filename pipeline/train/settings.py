@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config import load_section, optional_section
 from pipeline.errors import MerError
 from pipeline.train.augment import AugmentSettings
+from pipeline.train.kernels import CPU_KERNELS
 from pipeline.train.models import resolve_input_size
 
 PHASES_FULL = ("full",)
@@ -80,6 +81,7 @@ class TrainSettings:
     jobs: int = 1
     threads: int | None = None  # torch threads per fold; None (params `auto`): cores // jobs
     missing_class: str = "error"
+    cpu_kernels: str = "portable"  # portable: the same bytes on any x86-64 CPU | native (pipeline/train/kernels.py)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainSettings:
@@ -132,6 +134,9 @@ class TrainSettings:
         missing_class = str(params.get("missing_class", cls.missing_class))
         if missing_class not in MISSING_CLASS:
             raise ValueError(f"missing_class must be one of {MISSING_CLASS}, got {missing_class!r}")
+        cpu_kernels = str(params.get("cpu_kernels", cls.cpu_kernels))
+        if cpu_kernels not in CPU_KERNELS:
+            raise ValueError(f"cpu_kernels must be one of {CPU_KERNELS}, got {cpu_kernels!r}")
         model = str(params.get("model", cls.model))
         settings = cls(
             model=model,
@@ -155,6 +160,7 @@ class TrainSettings:
             jobs=int(params.get("jobs", cls.jobs)),
             threads=None if threads is None else int(threads),
             missing_class=missing_class,
+            cpu_kernels=cpu_kernels,
         )
         for name in ("input_size", "epochs", "batch_size", "jobs"):
             if getattr(settings, name) < 1:
