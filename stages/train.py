@@ -13,7 +13,7 @@ from tqdm import tqdm
 from pipeline.train.models import PAPER_MODELS
 from pipeline.train.run import train_cache
 from pipeline.train.settings import BACKENDS, MODES, resolve_train_settings
-from stages.common import jobs_option, params_option
+from stages.common import jobs_option, params_option, stage_params
 
 
 @click.command("train")
@@ -56,7 +56,9 @@ from stages.common import jobs_option, params_option
 @params_option
 def train(dynamic_images: str, out: str, curve: str | None, fresh: bool, params_file: str, **options) -> None:
     """Train one model per LOSO fold and write checkpoints and predictions."""
-    settings = resolve_train_settings(params_file, **options)  # options > params models.NAME > params train
+    settings = resolve_train_settings(
+        stage_params(params_file), **options
+    )  # options > params models.NAME > params train
 
     def progress(results, total):
         return tqdm(results, total=total, desc=f"train {settings.model}", unit="fold", disable=None)

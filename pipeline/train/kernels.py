@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 
+from pipeline.config.sections import CPU_KERNELS
 from pipeline.errors import MerError
 
-CPU_KERNELS = ("portable", "native")
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "default",
     "MKL_CBWR": "COMPATIBLE",

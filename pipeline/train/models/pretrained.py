@@ -1,7 +1,7 @@
 """Pretrained weights from local files, and what to tell a user who has neither network nor file.
 
 timm downloads pretrained weights from the Hugging Face hub; offline, params `train.weights` names a
-local .safetensors or .pth/.pt state dict instead (DESIGN.md section 7). Tensors whose shape differs
+local .safetensors or .pth/.pt state dict instead. Tensors whose shape differs
 from the model's (the classifier head) are left at their initial values.
 """
 
