@@ -258,7 +258,7 @@ class TrainSection(_Model):
     backend: Literal[BACKENDS] = "loky"  # type: ignore[valid-type]
     scheduler: str | None = Field(None, min_length=1)
     jobs: int = Field(2, ge=1)
-    threads: Annotated[Any, BeforeValidator(_threads)] = "auto"
+    threads: Annotated[Any, BeforeValidator(_threads)] = 1  # a number: bytes independent of the cores
     missing_class: Literal[MISSING_CLASS] = "error"  # type: ignore[valid-type]
     cpu_kernels: Literal[CPU_KERNELS] = "portable"  # type: ignore[valid-type]
 
