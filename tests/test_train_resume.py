@@ -246,7 +246,7 @@ def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, t
 
 
 def test_threads_setting():
-    assert TrainSettings.from_params({}).threads is None
+    assert TrainSettings.from_params({}).threads == 1  # a number by default: bytes independent of the cores
     assert TrainSettings.from_params({"threads": "auto"}).to_dict()["threads"] == "auto"
     settings = TrainSettings.from_params({"threads": 3, "jobs": 2})
     assert settings.threads == 3 and fold_threads(settings, 10) == 3
