@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 
 import click
@@ -24,6 +25,9 @@ _COMMANDS = {
 }
 
 
+_SETUP_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 class _Group(click.Group):
     """Lazily loaded subcommands; MerError becomes one clean message and a non-zero exit."""
 
@@ -41,6 +45,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MerError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            # A failed write outside the atomic outputs (a lock file, a work folder): the path and
+            # the system's reason in one line, not a traceback.
+            if exc.errno not in _SETUP_ERRNOS or not exc.filename:
+                raise
+            verb = "access" if exc.errno in (errno.EACCES, errno.EPERM) else "write"
+            raise click.ClickException(f"cannot {verb} {exc.filename}: {exc.strerror}") from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
