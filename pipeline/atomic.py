@@ -30,6 +30,13 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 _DISK_FULL_SLACK = 64 * 2**20  # less than this free after a failed write: the disk was full
 
 
+class WriteError(MerError):
+    """An output could not be written (disk full, read-only folder, no permission).
+
+    After a full disk, HDF5 may crash when it closes its files at exit: the `mer` command then ends
+    with os._exit once the message is out (stages.cli.main)."""
+
+
 def free_bytes(path: str | os.PathLike) -> int | None:
     """Bytes available to this user on the filesystem holding `path` (its nearest existing folder)."""
     folder = Path(path)
@@ -62,7 +69,7 @@ def ensure_free_space(path: str | os.PathLike, needed: int, what: str = "") -> N
         )
 
 
-def write_error(target: str | os.PathLike, exc: BaseException, tmp: Path | None = None) -> MerError | None:
+def write_error(target: str | os.PathLike, exc: BaseException, tmp: Path | None = None) -> WriteError | None:
     """The one-line MerError for a failed write of `target` (through its temporary `tmp`), or None
     when `exc` is no such failure.
 
@@ -91,14 +98,37 @@ def write_error(target: str | os.PathLike, exc: BaseException, tmp: Path | None 
             return None
         code = errno.ENOSPC
     if code in (errno.ENOSPC, errno.EDQUOT):
-        available = free_bytes(Path(target).parent)
-        free = f" ({_size(available)} free)" if available is not None else ""
-        return MerError(f"cannot write {target}: no space left on the device{free}; free some space or write elsewhere")
+        return WriteError(f"cannot write {target}: no space left on the device; free some space or write elsewhere")
     if code == errno.EROFS:
-        return MerError(f"cannot write {target}: its folder is on a read-only file system")
+        return WriteError(f"cannot write {target}: its folder is on a read-only file system")
     if code == errno.EFBIG:
-        return MerError(f"cannot write {target}: the file is too large for its file system")
-    return MerError(f"cannot write {target}: permission denied; check the permissions of {Path(target).parent}")
+        return WriteError(f"cannot write {target}: the file is too large for its file system")
+    return WriteError(f"cannot write {target}: permission denied; check the permissions of {Path(target).parent}")
+
+
+def _hdf5_disk_full(value: object) -> bool:
+    text = str(value)
+    return "No space left on device" in text and "file write failed" in text
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """sys.unraisablehook (and, below, excepthook, which h5py's Cython code prints through) that
+    drops h5py's reports of objects it could not release after a full disk: the failure is
+    reported once, as a WriteError. Anything else goes to the usual hook."""
+    if not _hdf5_disk_full(unraisable.exc_value):
+        sys.__unraisablehook__(unraisable)
+
+
+def _quiet_excepthook(kind, value, traceback) -> None:
+    if not _hdf5_disk_full(value):
+        sys.__excepthook__(kind, value, traceback)
+
+
+def _install_quiet_hooks() -> None:
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _quiet_unraisable
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _quiet_excepthook
 
 
 def _raise_write_error(target: Path, exc: BaseException, tmp: Path | None = None) -> None:
@@ -122,12 +152,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_orphans(folder: Path, prefix: str) -> list[Path]:
-    """Delete the entries of `folder` named `<prefix><pid>-...` whose writer process no longer
-    exists (killed by SIGKILL, a power loss); a live writer's work in progress is never touched."""
+def remove_orphans(folder: Path, prefix: str, separator: str = "-") -> list[Path]:
+    """Delete the entries of `folder` named `<prefix><pid><separator>...` whose writer process no
+    longer exists (killed by SIGKILL, a power loss); a live writer's work in progress is never touched."""
     removed = []
     for candidate in folder.glob(f"{prefix}*"):
-        pid = candidate.name[len(prefix) :].split("-", 1)[0]
+        pid = candidate.name[len(prefix) :].split(separator, 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             _remove(candidate)
             removed.append(candidate)
@@ -148,9 +178,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
             if pid.isdigit() and not pid_alive(int(pid)):
                 os.replace(old, target)
                 break
-    return remove_orphans(target.parent, f".{target.name}.tmp-") + remove_orphans(
-        target.parent, f".{target.name}.old-"
-    )
+    return remove_orphans(target.parent, f".{target.name}.tmp-") + remove_orphans(target.parent, f".{target.name}.old-")
 
 
 _AT_FDCWD = -100
@@ -226,6 +254,7 @@ def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[
     """
     target = Path(path)
     tmp = _temporary_sibling(target)
+    _install_quiet_hooks()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)

@@ -5,15 +5,23 @@ worker allocates them as files of a private folder in shared memory (/dev/shm) a
 place, the writer maps the file it is handed and unlinks it at once. That saves the pickling, the
 two copies through the pipe and the unpickling (about 15 ms of CPU per 10 MB clip, which on two
 cores competes with the workers themselves).
+
+Pool workers exit when the process that started them dies (`exit_with_parent`: a SIGKILLed stage
+would otherwise leave loky workers idle for their 300 s timeout, holding shared memory and the
+caller's pipes), and every pool start first deletes what killed runs left in shared memory: this
+module's `mer-shared-<pid>-...` folders and joblib's `joblib_memmapping_folder_<pid>_...` ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,55 @@ from pipeline.atomic import remove_orphans
 SHARED_MEMORY_ROOT = Path("/dev/shm")
 SHARED_PREFIX = "mer-shared-"
 SHARED_MEMORY_SUPPORTED = os.name == "posix"  # mmap with MAP_SHARED; elsewhere results go pickled
+JOBLIB_PREFIX = "joblib_memmapping_folder_"  # joblib's memmapping folders: <prefix><pid>_<id>_<context>
+PARENT_POLL_SECONDS = 0.25
+_watchdog_lock = threading.Lock()
+_watched_parent: int | None = None
+
+
+def exit_with_parent() -> None:
+    """In a pool worker: exit at once when the process that started it is gone (a daemon thread
+    polls the parent id, which becomes another process's when the parent dies, even by SIGKILL).
+
+    Idempotent. Not for the main process: a stage whose own parent (a shell, dvc) dies keeps going.
+    """
+    global _watched_parent
+    with _watchdog_lock:
+        if _watched_parent is not None:
+            return
+        _watched_parent = parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mer-exit-with-parent", daemon=True).start()
+
+
+def _guarded(caller: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if os.getpid() != caller:  # in a worker (with jobs == 1 or a threading backend, in the caller)
+        exit_with_parent()
+    return function(*args, **kwargs)
+
+
+def in_worker(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` for a process pool (joblib delayed): its worker exits when this process dies."""
+    return functools.partial(_guarded, os.getpid(), function)
+
+
+def remove_stale_pool_files() -> list[Path]:
+    """Delete the shared-memory folders of pools whose process was killed: ours and joblib's
+    memmapping folders (in /dev/shm, or the temporary folder joblib falls back to)."""
+    roots = {SHARED_MEMORY_ROOT, Path(tempfile.gettempdir())}
+    if os.environ.get("JOBLIB_TEMP_FOLDER"):
+        roots.add(Path(os.environ["JOBLIB_TEMP_FOLDER"]))
+    removed = []
+    for root in roots:
+        with contextlib.suppress(OSError):
+            removed += remove_orphans(root, JOBLIB_PREFIX, separator="_")
+    return removed + remove_stale_shared_folders()
 
 
 def limit_native_threads() -> None:
@@ -55,8 +112,10 @@ def ordered_map(function: Callable[..., Any], items: Iterable[tuple], jobs: int)
         for item in items:
             yield function(*item)
         return
+    remove_stale_pool_files()
     runner = Parallel(n_jobs=jobs, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
-    yield from runner(delayed(function)(*item) for item in items)
+    guarded = in_worker(function)
+    yield from runner(delayed(guarded)(*item) for item in items)
 
 
 # ---------------------------------------------------------------------------------------------

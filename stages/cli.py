@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import importlib
+import os
+import sys
 
 import click
 
 from pipeline import __version__
+from pipeline.atomic import WriteError
 from pipeline.errors import MerError
 
 # Commands are imported when used, so `mer align` does not pay for importing torch.
@@ -25,6 +29,7 @@ _COMMANDS = {
 }
 
 
+_exit_hard = False  # a write failed: HDF5 may crash closing its files at exit
 _SETUP_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -44,6 +49,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MerError as exc:
+            if isinstance(exc, WriteError):
+                global _exit_hard
+                _exit_hard = True
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:
             # A failed write outside the atomic outputs (a lock file, a work folder): the path and
@@ -61,4 +69,12 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except SystemExit as exc:
+        if _exit_hard:  # the message is out; skip the C exit handlers HDF5 can crash in after a full disk
+            atexit._run_exitfuncs()  # Python's (joblib's clean-up) still run
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        raise

@@ -210,7 +210,11 @@ class _FrameSource:
 
     def __getitem__(self, index: int) -> np.ndarray:
         frame = decode_frame(
-            self.paths[index], self.grayscale, self.reduction, rgb=False, check=lambda data: self._check_kind(index, data)
+            self.paths[index],
+            self.grayscale,
+            self.reduction,
+            rgb=False,
+            check=lambda data: self._check_kind(index, data),
         )
         height, width = frame.shape[:2]
         if self.shape is None:

@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_output
+from pipeline.atomic import atomic_output, ensure_free_space
 from pipeline.datasets.composite import aligned_caches
 from pipeline.datasets.presets import label_names_for
 from pipeline.dynimg.phases import apply_overrides, parse_phases, phase_frames
@@ -180,6 +180,9 @@ def build_dynamic_images(
     for path in caches.values():
         _aligned_handle(path)  # fail early, in this process, on a missing or wrong cache
 
+    # uncompressed size: an upper bound of the gzip-compressed images
+    image_bytes = settings.size * settings.size * 3
+    ensure_free_space(out, len(rows) * len(settings.phases) * image_bytes, "the dynamic-image cache")
     problems, short, widened = [], Counter(), Counter()
     results = ordered_map(_clip_images, ((caches[row["dataset"]], row, settings) for row in rows), jobs)
     with atomic_output(out) as tmp, DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record) as writer:

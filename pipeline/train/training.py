@@ -683,8 +683,14 @@ def run_loso(
         else:
             from joblib import Parallel, delayed
 
+            from pipeline.parallel import in_worker, remove_stale_pool_files
+
+            remove_stale_pool_files()
             runner = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
-            results = runner(delayed(train_fold)(data, fold, settings, str(out_dir), threads, timing) for fold in folds)
+            fold_in_worker = in_worker(train_fold)  # its worker exits if this process is killed
+            results = runner(
+                delayed(fold_in_worker)(data, fold, settings, str(out_dir), threads, timing) for fold in folds
+            )
         if progress is not None:
             results = progress(results, len(folds))
         return sorted(results, key=lambda r: r.fold)
