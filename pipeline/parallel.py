@@ -15,7 +15,6 @@ module's `mer-shared-<pid>-...` folders and joblib's `joblib_memmapping_folder_<
 from __future__ import annotations
 
 import contextlib
-import functools
 import mmap
 import os
 import shutil
@@ -46,7 +45,8 @@ def exit_with_parent() -> None:
     """In a pool worker: exit at once when the process that started it is gone (a daemon thread
     polls the parent id, which becomes another process's when the parent dies, even by SIGKILL).
 
-    Idempotent. Not for the main process: a stage whose own parent (a shell, dvc) dies keeps going.
+    Idempotent. The initializer of `process_pool`'s workers; not for the main process: a stage
+    whose own parent (a shell, dvc) dies keeps going.
     """
     global _watched_parent
     with _watchdog_lock:
@@ -63,15 +63,14 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="mer-exit-with-parent", daemon=True).start()
 
 
-def _guarded(caller: int, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    if os.getpid() != caller:  # in a worker (with jobs == 1 or a threading backend, in the caller)
-        exit_with_parent()
-    return function(*args, **kwargs)
+def process_pool(jobs: int, **options: Any) -> Parallel:
+    """A joblib Parallel of `jobs` loky worker processes, each of which exits when this process
+    dies (`exit_with_parent`, run as the worker initializer: also by workers that never got a
+    task). What killed runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
+    from joblib.parallel import LokyBackend
 
-
-def in_worker(function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` for a process pool (joblib delayed): its worker exits when this process dies."""
-    return functools.partial(_guarded, os.getpid(), function)
+    remove_stale_pool_files()
+    return Parallel(n_jobs=jobs, backend=LokyBackend(initializer=exit_with_parent), **options)
 
 
 def remove_stale_pool_files() -> list[Path]:
@@ -112,10 +111,8 @@ def ordered_map(function: Callable[..., Any], items: Iterable[tuple], jobs: int)
         for item in items:
             yield function(*item)
         return
-    remove_stale_pool_files()
-    runner = Parallel(n_jobs=jobs, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
-    guarded = in_worker(function)
-    yield from runner(delayed(guarded)(*item) for item in items)
+    runner = process_pool(jobs, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
+    yield from runner(delayed(function)(*item) for item in items)
 
 
 # ---------------------------------------------------------------------------------------------
