@@ -41,9 +41,11 @@ _watchdog_lock = threading.Lock()
 _watched_parent: int | None = None
 
 
-def exit_with_parent() -> None:
-    """In a pool worker: exit at once when the process that started it is gone (a daemon thread
-    polls the parent id, which becomes another process's when the parent dies, even by SIGKILL).
+def exit_with_parent(parent: int | None = None) -> None:
+    """In a pool worker: exit at once when the process `parent` (default: the current parent) is
+    no longer its parent (a daemon thread polls the parent id, which becomes another process's
+    when the parent dies, even by SIGKILL). A worker whose parent died before it got here exits
+    right away.
 
     Idempotent. The initializer of `process_pool`'s workers; not for the main process: a stage
     whose own parent (a shell, dvc) dies keeps going.
@@ -52,7 +54,9 @@ def exit_with_parent() -> None:
     with _watchdog_lock:
         if _watched_parent is not None:
             return
-        _watched_parent = parent = os.getppid()
+        _watched_parent = parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -70,7 +74,8 @@ def process_pool(jobs: int, **options: Any) -> Parallel:
     from joblib.parallel import LokyBackend
 
     remove_stale_pool_files()
-    return Parallel(n_jobs=jobs, backend=LokyBackend(initializer=exit_with_parent), **options)
+    backend = LokyBackend(initializer=exit_with_parent, initargs=(os.getpid(),))
+    return Parallel(n_jobs=jobs, backend=backend, **options)
 
 
 def remove_stale_pool_files() -> list[Path]:
