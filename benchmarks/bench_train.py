@@ -44,15 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.workload import machine_line
+from pipeline.train.data import LosoData, prepare_images
+from pipeline.train.fold import batch_indices, fold_seed, train_epoch
 from pipeline.train.models import build_model
-from pipeline.train.training import (
-    LosoData,
-    TrainSettings,
-    _batches,
-    fold_seed,
-    prepare_images,
-    train_epoch,
-)
+from pipeline.train.settings import TrainSettings
 
 CLASSES = ["happiness", "disgust", "repression", "surprise", "others"]
 DI_SIZE = 112  # the DI cache's stored size (params dynimg.size)
@@ -178,11 +173,11 @@ def speed(args: argparse.Namespace) -> None:
 
     def ref_batches():
         order = torch.randperm(len(x_train), generator=ref_gen).to(device)
-        return [(x_train[b].contiguous(), y_train[b]) for b in _batches(len(x_train), settings.batch_size, order)]
+        return [(x_train[b].contiguous(), y_train[b]) for b in batch_indices(len(x_train), settings.batch_size, order)]
 
     def slices():
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
-        return ((x_train[b], y_train[b]) for b in _batches(len(x_train), settings.batch_size, order))
+        return ((x_train[b], y_train[b]) for b in batch_indices(len(x_train), settings.batch_size, order))
 
     timed(train_epoch, pipe_model, pipe_opt, x_train, y_train, settings, generator, device)  # warm-up
     timed(plain_epoch, ref_model, ref_opt, ref_batches(), device)
@@ -246,23 +241,18 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def compare_modes(args: argparse.Namespace) -> None:
-    from pipeline.config import load_section
     from pipeline.evaluate.metrics import Predictions, compute_metrics
     from pipeline.io.dynamic_image_cache import read_dynamic_images
+    from pipeline.train.data import load_loso_data
+    from pipeline.train.execution import run_loso
     from pipeline.train.models import input_normalization
-    from pipeline.train.training import load_loso_data, run_loso
-    from stages.train import model_settings
+    from pipeline.train.settings import resolve_train_settings
 
-    params = load_section(args.params, "train")
-    params.update(model_settings(str(args.params), str(params.get("model", "learnet"))))  # as `mer train` does
     di = read_dynamic_images(args.dynamic_images)
     results = {}
     for mode in ("baseline", "dual_phase"):
-        overrides = {"mode": mode, "device": "cpu"}
-        if args.compare_epochs:
-            overrides["epochs"] = args.compare_epochs
-        raw = {k: v for k, v in params.items() if k not in ("train_phases", "test_phases")}
-        settings = TrainSettings.from_params({**raw, **overrides})
+        # as `mer train --mode MODE` resolves its settings (the params file's phase lists give way to the mode)
+        settings = resolve_train_settings(args.params, mode=mode, device="cpu", epochs=args.compare_epochs or None)
         probe = build_model(settings.model, len(di.label_names), False, None, settings.input_size)
         mean, std = input_normalization(probe)
         data = load_loso_data(

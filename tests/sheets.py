@@ -229,3 +229,121 @@ def write_overrides(
 ) -> Path:
     """An overrides CSV: blank cells (None) keep the coding sheet's values."""
     return write_csv(path, [list(header), *rows], encoding="utf-8")
+
+
+# CAS(ME)^3 part A: sheet `label`, every cell text, one video (Filename a..m) holds several MEs.
+CASME3_HEADER = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class", "emotion"]
+
+
+def casme3_row(subject: str, video: str, onset, apex, offset, emotion: str, aus="R12") -> list:
+    """A row as the distributed sheet writes it: every cell text, frame numbers included."""
+    return [subject, video, str(onset), str(apex), str(offset), aus, "I", emotion]
+
+
+def casme3_sheet(path: Path, rows: Sequence[Sequence]) -> Path:
+    """The workbook as distributed: the table on sheet `label`, then a blank `Sheet1` and an empty `Sheet3`."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "label"
+    for row in [CASME3_HEADER, *rows]:
+        sheet.append(list(row))
+    blank = workbook.create_sheet("Sheet1")
+    for _ in range(5):
+        blank.append([None] * 8)
+    workbook.create_sheet("Sheet3")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook.save(path)
+    return path
+
+
+def casme3_clip(root: Path, subject: str, video: str, first: int, last: int, peak: int | None = None) -> Path:
+    """A CAS(ME)^3 part A video folder: root/spNO.1/a/color/0.jpg ... (the whole video, not one ME)."""
+    return write_clip(root / subject / video / "color", range(first, last + 1), "{}.jpg", peak)
+
+
+# SMIC-HS-E: sheets HS and VIS; no apex column; OffsetF (and more) are formulas such as =D2+M2-1.
+SMIC_HS_HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetF",
+    "OffsetF",
+    "Onset2F",
+    "Offset2F",
+    None,
+    "FirstF",
+    "LastF",
+    "TotalMF1",
+    "TotalMF2",
+    "TotalVL",
+    "Emotion",
+]
+
+
+def smic_row(subject: int, clip: str, onset: int, length: int, emotion: str, number: int) -> list:
+    """A row of sheet HS at spreadsheet row `number`: OffsetF is the formula =D{n}+K{n}-1 (onset + TotalMF1 - 1)."""
+    return [
+        subject,
+        clip,
+        None,
+        onset,
+        f"=D{number}+K{number}-1",
+        None,
+        None,
+        None,
+        onset - 100,
+        onset + 300,
+        length,
+        None,
+        f"=J{number}-I{number}+1",
+        emotion,
+    ]
+
+
+def smic_workbook(path: Path, hs_rows: Sequence[Sequence], vis_rows: Sequence[Sequence], cached: bool = True) -> Path:
+    """A SMIC-HS-E-like workbook (sheets HS, VIS, Sheet2). With `cached`, every formula cell holds
+    the value a spreadsheet program saves with it; without, it holds none (as openpyxl writes it)."""
+    workbook = openpyxl.Workbook()
+    sheets = [("HS", hs_rows), ("VIS", vis_rows)]
+    first = workbook.active
+    first.title = "HS"
+    for title, rows in sheets:
+        sheet = first if title == "HS" else workbook.create_sheet(title)
+        for row in [SMIC_HS_HEADER, *rows]:
+            sheet.append(list(row))
+    workbook.create_sheet("Sheet2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook.save(path)
+    if cached:
+        values = {}
+        for index, (_, rows) in enumerate(sheets, start=1):
+            for number, row in enumerate(rows, start=2):
+                d, i, j, k = row[3], row[8], row[9], row[10]
+                values[(index, f"E{number}")] = d + k - 1
+                values[(index, f"M{number}")] = j - i + 1
+        _store_formula_values(path, values)
+    return path
+
+
+def _store_formula_values(path: Path, values: dict[tuple[int, str], int]) -> None:
+    """Write cached values into formula cells ((sheet index, cell) -> value), as Excel saves them."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        items = {name: archive.read(name) for name in archive.namelist()}
+    for (index, ref), value in values.items():
+        name = f"xl/worksheets/sheet{index}.xml"
+        text = items[name].decode()
+        text = re.sub(rf'(<c r="{ref}"[^>]*><f>[^<]*</f>)<v ?/>', rf"\g<1><v>{value}</v>", text)
+        items[name] = text.encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in items.items():
+            archive.writestr(name, data)
+
+
+def smic_clip(
+    root: Path, subject: int, emotion: str, clip: str, first: int, last: int, peak: int | None = None
+) -> Path:
+    """A SMIC-HS clip folder: root/s1/micro/negative/s1_ne_01/image{n}.bmp."""
+    return write_clip(root / f"s{subject}" / "micro" / emotion / clip, range(first, last + 1), "image{}.bmp", peak)

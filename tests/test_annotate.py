@@ -296,7 +296,7 @@ def test_cli_writes_the_samples_table(tmp_path, casme2_copy, project_params):
         "read 4 rows" in result.output and "happiness 1, disgust 1, repression 0, surprise 0, others 1" in result.output
     )
     assert "not in class preset 1" in result.output and "apex imputed for 1 clips" in result.output
-    assert sorted(p.name for p in out.parent.iterdir()) == ["casme2.csv", "casme2.dropped.csv"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["casme2.csv", "casme2.dropped.csv", "casme2.warnings.csv"]
     # Same inputs, same bytes.
     first = out.read_bytes()
     again, _ = _run(

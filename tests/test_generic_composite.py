@@ -264,7 +264,7 @@ def test_megc_composite_concatenates_and_counts(tmp_path, megc_tables):
     # Without --classes the label sets must simply agree.
     assert len(combine_samples([megc_tables["casme2"], megc_tables["samm"]]).rows) == 280
     # Subjects stay as written; (dataset, subject) is unique, and training folds are per dataset/subject.
-    from pipeline.train.training import fold_keys
+    from pipeline.train.data import fold_keys
 
     keys = fold_keys([r["dataset"] for r in result.rows], [r["subject"] for r in result.rows])
     assert len(set(keys.tolist())) == result.subjects["casme2"] + result.subjects["samm"]

@@ -7,16 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import MerError
-from pipeline.train.models import (
-    PAPER_MODELS,
-    LEARNet,
-    SameConv2d,
-    build_model,
-    count_parameters,
-    default_input_size,
-    resolve_input_size,
-    same_padding,
-)
+from pipeline.train.models import PAPER_MODELS, build_model, count_parameters, default_input_size, resolve_input_size
+from pipeline.train.models.learnet import LEARNet, SameConv2d, same_padding
 
 
 @pytest.mark.parametrize(
@@ -189,7 +181,7 @@ def test_input_size_per_model():
     assert resolve_input_size("resnet50", 160) == 160 and resolve_input_size("learnet", None) == 112
     with pytest.raises(ValueError, match="input_size"):
         resolve_input_size("learnet", "big")
-    from pipeline.train.training import TrainSettings
+    from pipeline.train.settings import TrainSettings
 
     assert (
         TrainSettings.from_params({"model": "vgg16_bn", "input_size": {"learnet": 112, "default": 224}}).input_size
@@ -205,7 +197,9 @@ def test_every_model_of_the_paper_set_trains_one_fold_on_cpu():
     """resnet18, resnet50, vgg16_bn, mobilenetv3_large_100, ViT-B/16 (img_size 32) and LEARNet."""
     import numpy as np
 
-    from pipeline.train.training import LosoData, TrainSettings, train_fold
+    from pipeline.train.data import LosoData
+    from pipeline.train.fold import train_fold
+    from pipeline.train.settings import TrainSettings
 
     assert PAPER_MODELS == (
         "resnet18",

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-import pipeline.train.training
+import pipeline.train.execution
+from pipeline.train.execution import fold_threads
+from pipeline.train.run import train_run
+from pipeline.train.settings import TrainSettings
 from tests.conftest import PROJECT, write_params
 from tests.di_cache import write_dynamic_images
 from tests.test_train_evaluate import invoke
@@ -155,7 +158,7 @@ def test_a_killed_run_resumes_without_retraining_its_finished_folds(toy, tmp_pat
 def test_changed_params_and_fresh_discard_finished_folds(toy, tmp_path, monkeypatch):
     """A run that fails on its last fold keeps the others; what happens to them on the next run."""
     out, work, last = tmp_path / "run", tmp_path / ".run.partial", SUBJECTS[-1]
-    train_fold = pipeline.train.training.train_fold
+    train_fold = pipeline.train.execution.train_fold
 
     def failing_on_last(data, fold, *args, **kwargs):
         if fold == last:
@@ -170,7 +173,7 @@ def test_changed_params_and_fresh_discard_finished_folds(toy, tmp_path, monkeypa
             f: json.loads((work / "folds" / f / "manifest.json").read_text())["epochs"] for f in finished_folds(work)
         }
 
-    monkeypatch.setattr(pipeline.train.training, "train_fold", failing_on_last)
+    monkeypatch.setattr(pipeline.train.execution, "train_fold", failing_on_last)
     assert train(toy["params"]).exit_code != 0
     assert not out.exists() and epochs_trained() == {f: 2 for f in SUBJECTS[:-1]}
 
@@ -187,7 +190,7 @@ def test_changed_params_and_fresh_discard_finished_folds(toy, tmp_path, monkeypa
     after = stamps(work, SUBJECTS[:-1])
     assert all(after[f][1] > before[f][1] for f in before), (before, after)
 
-    monkeypatch.setattr(pipeline.train.training, "train_fold", train_fold)
+    monkeypatch.setattr(pipeline.train.execution, "train_fold", train_fold)
     result = train(one_epoch)
     assert result.exit_code == 0, result.output
     assert f"resuming: {len(SUBJECTS) - 1} of {len(SUBJECTS)} folds" in result.output
@@ -217,6 +220,17 @@ def test_a_class_without_training_samples_in_a_fold_stops_before_training(tmp_pa
     assert json.loads((out / "run.json").read_text())["label_names"] == [*CLASSES, "fear"]
 
 
+def test_a_cache_of_one_class_is_refused_before_training(tmp_path):
+    cache = toy_cache(tmp_path / "di.h5", subjects=SUBJECTS[:3], labels=(1, 1, 1, 1))
+    out = tmp_path / "run"
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", out, "--params", toy_params(tmp_path, epochs=1, mode="baseline")
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{cache}: every clip has class 'positive'" in result.output
+    assert not out.exists() and not (tmp_path / ".run.partial").exists()
+
+
 def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, tmp_path):
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"
@@ -232,16 +246,16 @@ def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, t
 
 
 def test_threads_setting():
-    assert pipeline.train.training.TrainSettings.from_params({}).threads is None
-    assert pipeline.train.training.TrainSettings.from_params({"threads": "auto"}).to_dict()["threads"] == "auto"
-    settings = pipeline.train.training.TrainSettings.from_params({"threads": 3, "jobs": 2})
-    assert settings.threads == 3 and pipeline.train.training.fold_threads(settings, 10) == 3
+    assert TrainSettings.from_params({}).threads is None
+    assert TrainSettings.from_params({"threads": "auto"}).to_dict()["threads"] == "auto"
+    settings = TrainSettings.from_params({"threads": 3, "jobs": 2})
+    assert settings.threads == 3 and fold_threads(settings, 10) == 3
     assert "jobs" not in settings.result_settings() and settings.result_settings()["threads"] == 3
     for bad in (0, "many", True, 1.5):
         with pytest.raises(ValueError, match="threads must be auto"):
-            pipeline.train.training.TrainSettings.from_params({"threads": bad})
+            TrainSettings.from_params({"threads": bad})
     with pytest.raises(ValueError, match="missing_class"):
-        pipeline.train.training.TrainSettings.from_params({"missing_class": "ignore"})
+        TrainSettings.from_params({"missing_class": "ignore"})
 
 
 def test_fold_results_are_read_back_from_the_files_written(tmp_path):
@@ -249,7 +263,7 @@ def test_fold_results_are_read_back_from_the_files_written(tmp_path):
     what the fold files hold (6-decimal probabilities and losses), not the in-memory floats."""
     from tests.test_training_modes import settings_for, tiny_data
 
-    run, results, timings = pipeline.train.training.train_run(
+    run, results, timings = train_run(
         tiny_data(), settings_for(mode="baseline", threads=1), tmp_path / "run", {}, echo=lambda line: None
     )
     assert [r.fold for r in results] == ["sub01", "sub02"] and sorted(timings["folds"]) == ["sub01", "sub02"]

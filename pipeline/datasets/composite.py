@@ -8,7 +8,7 @@ they can be trained on together:
   and no dataset appears in two inputs (two `generic` tables must be told apart by naming
   them: `NAME=PATH` relabels the `dataset` column of that table, e.g. `mmew=mmew.csv`);
   dataset names hold no '/';
-- (dataset, subject, clip) is unique;
+- (dataset, subject, clip, onset) is unique (one folder may hold several samples: CAS(ME)^3);
 - the tables use the same label set: with a class spec (e.g. `megc-3`) every label must be
   one of its classes (a class that a dataset lacks is reported, not an error); without one,
   every table must hold exactly the same labels.
@@ -16,8 +16,9 @@ they can be trained on together:
 Subjects are only unique within a dataset. The combined table keeps each row's `subject` as
 its dataset wrote it (so the clip is still found as `subject/clip` in that dataset's aligned
 cache) and relies on the `dataset` column for identity: the DI stage builds `sample_id` as
-`dataset/subject/clip`, and training makes one LOSO fold per `dataset/subject` as soon as a
-DI cache holds more than one dataset (`pipeline.train.training.fold_keys`). Row order: the inputs in
+`dataset/subject/clip` (`dataset/subject/clip/onset` where a folder holds several samples,
+`pipeline.io.samples.sample_ids`), and training makes one LOSO fold per `dataset/subject` as soon
+as a DI cache holds more than one dataset (`pipeline.train.data.fold_keys`). Row order: the inputs in
 the order given, each table's rows in its own order.
 """
 
@@ -93,10 +94,11 @@ def combine_samples(
             row["dataset"] = row["dataset"].strip()
             if not row["dataset"]:
                 problems.append(f"{item.path} line {number}: empty dataset; name the table with NAME={item.path}")
-            key = (row["dataset"], row["subject"], row["clip"])
+            # A sample is (dataset, subject, clip), with the onset where a folder holds several (CAS(ME)^3).
+            key = (row["dataset"], row["subject"], row["clip"], str(row["onset"]))
             where = f"{item.path} line {number}"
             if key in seen and row["dataset"] not in owner:
-                problems.append(f"{where}: {'/'.join(key)} is also on {seen[key]}")
+                problems.append(f"{where}: {'/'.join(key[:3])} (onset {key[3]}) is also on {seen[key]}")
             seen.setdefault(key, where)
         for name in filter(None, names):
             if "/" in name or "\\" in name:

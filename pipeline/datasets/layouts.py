@@ -9,8 +9,14 @@ would put img100 before img46). SAMM: ROOT/006/006_1_2/006_05562.jpg. Archives o
 with the top folder doubled (CASME2_RAW_selected/CASME2_RAW_selected/sub01/...), and subject
 folders can hold non-image files; both are handled here once for every stage.
 
-`generic` is any other layout (MMEW, CAS(ME)^3, SMIC, a lab's own data): clip folders found
-by a folder pattern relative to the root, `{subject}/{clip}` by default (e.g. `s{subject}/{clip}`,
+CAS(ME)^3 part A (`casme3`): ROOT/spNO.1/a/color/0.jpg, where `a` is a video (the sheet's
+Filename) holding up to six micro-expressions: several samples share one folder and a sample
+is (subject, video, onset). SMIC-HS (`smic`): ROOT/s1/micro/negative/s1_ne_01/image17581039.bmp
+(the emotion folder is skipped: the sheet holds the emotion). Both are found by a folder pattern
+(overridable with `folder_pattern`), like `generic`.
+
+`generic` is any other layout (MMEW, a lab's own data): clip folders found by a folder pattern
+relative to the root, `{subject}/{clip}` by default (e.g. `s{subject}/{clip}`,
 `{subject}/{clip}/color`, `{subject}/*/{clip}`), frames any image files whose name ends in a
 number. Subjects are kept as written (stripped), not renumbered.
 """
@@ -58,6 +64,17 @@ class DatasetFormat:
     columns: Mapping[str, str]  # field -> column title as the distributed sheet spells it
     frame_span: str  # onset..offset as messages name it
     default_classes: str | None  # class preset without a class spec; None: every emotion its own class
+    folder_pattern: str | None = None  # default clip-folder pattern of a layout found by pattern
+    apex_column: bool = True  # False: the sheet codes no apex (SMIC): every apex is estimated
+    several_per_folder: bool = False  # True: a folder (video) holds several samples, told apart by onset
+    clip_only_frames: bool = False  # True: a clip folder holds only onset..offset (frames outside: a warning)
+    bad_frame_rows: str = "fail"  # rows with frames out of order: fail (follow on_problem) | drop (listed)
+
+    @property
+    def required_fields(self) -> tuple[str, ...]:
+        """The sheet columns a coding sheet of this format must have."""
+        fields = ("subject", "clip", "onset", "apex", "offset", "emotion")
+        return fields if self.apex_column else tuple(f for f in fields if f != "apex")
 
     @property
     def fixed_layout(self) -> bool:
@@ -77,6 +94,7 @@ FORMATS: dict[str, DatasetFormat] = {
             columns=_CASME2_COLUMNS,
             frame_span="OnsetFrame..OffsetFrame",
             default_classes="casme2-5",
+            clip_only_frames=True,
         ),
         DatasetFormat(
             name="samm",
@@ -87,6 +105,33 @@ FORMATS: dict[str, DatasetFormat] = {
             columns={**_CASME2_COLUMNS, "onset": "Onset Frame", "apex": "Apex Frame", "offset": "Offset Frame"},
             frame_span="OnsetFrame..OffsetFrame",
             default_classes="samm-5",
+            clip_only_frames=True,
+        ),
+        DatasetFormat(
+            name="casme3",
+            subject_folder=None,
+            subject_id=None,
+            example_frame="spNO.1/a/color/0.jpg",
+            subject_hint="the subject as its folder is named, e.g. spNO.1",
+            columns={**_CASME2_COLUMNS, "onset": "Onset", "apex": "Apex", "offset": "Offset", "emotion": "emotion"},
+            frame_span="Onset..Offset",
+            default_classes=None,
+            folder_pattern="{subject}/{clip}/color",
+            several_per_folder=True,
+            # The distributed sheet has 4 rows with frames out of order that no user can correct.
+            bad_frame_rows="drop",
+        ),
+        DatasetFormat(
+            name="smic",
+            subject_folder=None,
+            subject_id="s{:d}",
+            example_frame="s1/micro/negative/s1_ne_01/image17581039.bmp",
+            subject_hint="a number such as 1 (folder s1)",
+            columns={**_CASME2_COLUMNS, "onset": "OnsetF", "apex": "(none)", "offset": "OffsetF", "emotion": "Emotion"},
+            frame_span="OnsetF..OffsetF",
+            default_classes=None,
+            folder_pattern="{subject}/micro/*/{clip}",
+            apex_column=False,
         ),
         DatasetFormat(
             name="generic",
@@ -97,6 +142,7 @@ FORMATS: dict[str, DatasetFormat] = {
             columns={f: f for f in _CASME2_COLUMNS},
             frame_span="onset..offset",
             default_classes=None,
+            folder_pattern=DEFAULT_FOLDER_PATTERN,
         ),
     )
 }
@@ -111,9 +157,10 @@ def dataset_format(dataset: str) -> DatasetFormat:
 
 
 def normalize_subject(dataset: str, value: object) -> str:
-    """Canonical subject id: 'sub01' for CASME II, '006' for SAMM; accepts 1, '1', 'sub1', '006'.
+    """Canonical subject id: 'sub01' for CASME II, '006' for SAMM, 's1' for SMIC; accepts 1, '1',
+    'sub1', 's01', '006'.
 
-    For `generic` the subject is kept as written, stripped ('01' stays '01'; a numeric
+    For `generic` and `casme3` the subject is kept as written, stripped ('01' stays '01'; a numeric
     spreadsheet cell 1.0 is '1'); an empty one or one holding '/' is rejected.
     """
     text = str(value).strip()
@@ -124,7 +171,7 @@ def normalize_subject(dataset: str, value: object) -> str:
         if not text or "/" in text or "\\" in text:
             raise ValueError(f"not a subject id: {value!r}")
         return text
-    match = re.fullmatch(r"(?:sub)?0*(\d+)(?:\.0+)?", text, flags=re.IGNORECASE)
+    match = re.fullmatch(r"(?:sub|s)?0*(\d+)(?:\.0+)?", text, flags=re.IGNORECASE)
     if not match:
         raise ValueError(f"not a subject id: {value!r}")
     return subject_id.format(int(match.group(1)))
@@ -277,8 +324,8 @@ def _walk(folder: Path, segments: list[re.Pattern], found: dict[str, str]) -> It
             yield from _walk(child, segments[1:], {**found, **match.groupdict()})
 
 
-def _generic_clip_folders(root: str | Path, pattern: str | None) -> dict[tuple[str, str], ClipFolder]:
-    pattern = DEFAULT_FOLDER_PATTERN if pattern is None else pattern
+def _generic_clip_folders(dataset: str, root: str | Path, pattern: str | None) -> dict[tuple[str, str], ClipFolder]:
+    pattern = FORMATS[dataset].folder_pattern if pattern is None else pattern
     segments = compile_folder_pattern(pattern)
     folder = Path(root)
     if not folder.is_dir():
@@ -302,13 +349,18 @@ def _generic_clip_folders(root: str | Path, pattern: str | None) -> dict[tuple[s
         )
     clips: dict[tuple[str, str], ClipFolder] = {}
     for match, path in matches:
-        key = (match["subject"].strip(), match["clip"].strip())
+        subject = match["subject"].strip()
+        try:
+            subject = normalize_subject(dataset, subject)
+        except ValueError:
+            continue  # a folder whose name is no subject id of this format (e.g. SMIC's s1 vs notes/)
+        key = (subject, match["clip"].strip())
         if key in clips:
             raise MerError(
                 f"folder pattern {pattern!r} matches two folders for subject {key[0]}, clip {key[1]}: "
                 f"{clips[key].path} and {path}; make the pattern more specific"
             )
-        clips[key] = _clip_folder("generic", key[0], key[1], path)
+        clips[key] = _clip_folder(dataset, key[0], key[1], path)
     return clips
 
 
@@ -325,14 +377,15 @@ def scan_clip_folders(
 ) -> tuple[dict[tuple[str, str], ClipFolder], list[UnreadableFolder]]:
     """All readable clip folders keyed by (subject, clip), and the folders that could not be listed.
 
-    `pattern` (generic only) is the folder pattern relative to the root, default
-    `{subject}/{clip}`; the CASME II and SAMM layouts are fixed and take none.
+    `pattern` (layouts found by pattern: generic, casme3, smic) is the folder pattern relative
+    to the root, default the format's (`{subject}/{clip}` for generic); the CASME II and SAMM
+    layouts are fixed and take none.
     """
     if dataset in FORMATS and not FORMATS[dataset].fixed_layout:
-        return _generic_clip_folders(root, pattern), []
+        return _generic_clip_folders(dataset, root, pattern), []
     if pattern is not None:
         raise MerError(
-            f"a folder pattern applies to the generic format only; {dataset} folders are laid out as the dataset ships them"
+            f"a folder pattern applies to the generic format only (and to casme3 and smic); {dataset} folders are laid out as the dataset ships them"
         )
     base = resolve_root(dataset, root)
     clips: dict[tuple[str, str], ClipFolder] = {}

@@ -3,6 +3,10 @@
 A CSV or .xlsx with columns subject, clip and any of onset, apex, offset; a blank cell keeps the
 sheet's value. The values replace the sheet's cells before validation, so they are checked like
 the sheet's own; an apex written `/` or -1 is re-imputed.
+
+Where a folder holds several samples (`casme3`: a video with several micro-expressions), the
+onset column does not set the onset: it says which sample of the folder the row corrects (the
+sheet's onset), and may be left blank only for a folder with one sample.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.datasets.layouts import dataset_format
 from pipeline.datasets.sheets import (
     HEADER_SEARCH_ROWS,
     MISSING_APEX,
@@ -37,6 +42,7 @@ class Override:
     subject: str
     clip: str
     values: Mapping[str, int | str]
+    onset: int | None = None  # several samples per folder: the sheet's onset of the sample corrected
 
 
 @dataclass
@@ -78,7 +84,8 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
             "at least one of onset, apex, offset (names matched ignoring case, spaces and '_')"
         )
     index, columns, table = header
-    seen: dict[tuple[str, str], int] = {}
+    selects = dataset_format(dataset).several_per_folder  # the onset column picks a sample of the folder
+    seen: dict[tuple, int] = {}
     for number, cells in enumerate(table[index + 1 :], start=index + 2):
         if all(is_blank(c) for c in cells):
             continue
@@ -93,9 +100,17 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
         if clip is None:
             problem("override", "clip is empty; write the clip folder name")
         values: dict[str, int | str] = {}
+        onset = None
         for name in OVERRIDE_FIELDS:
             value = cell_value(cells, columns, name)
             if is_blank(value):
+                continue
+            if name == "onset" and selects:
+                onset = int_cell(value)
+                if onset is None:
+                    problem(
+                        "override", f"onset holds {value!r}, not a frame number; write the sheet's onset of the sample"
+                    )
                 continue
             number_value = int_cell(value)
             if name == "apex" and (
@@ -112,16 +127,17 @@ def read_overrides(path: str | Path, dataset: str) -> Overrides:
             else:
                 values[name] = number_value
         if not values and len(overrides.problems) == n_before:
-            problem("override", "sets none of onset, apex, offset; fill one in or delete the row")
+            settable = "apex, offset (onset picks the sample)" if selects else "onset, apex, offset"
+            problem("override", f"sets none of {settable}; fill one in or delete the row")
         if subject is not None and clip is not None:
-            if (subject, clip) in seen:
-                problem(
-                    "override", f"the clip is also overridden on row {seen[(subject, clip)]}; keep one row per clip"
-                )
+            key = (subject, clip, onset) if selects else (subject, clip)
+            if key in seen:
+                what = "sample" if selects else "clip"
+                problem("override", f"the {what} is also overridden on row {seen[key]}; keep one row per {what}")
             else:
-                seen[(subject, clip)] = number
+                seen[key] = number
         if len(overrides.problems) == n_before:
-            overrides.rows.append(Override(number, subject, clip, values))
+            overrides.rows.append(Override(number, subject, clip, values, onset))
     return overrides
 
 

@@ -1,8 +1,10 @@
 """Class presets: which emotions a study keeps, under which labels, in which label order.
 
-`casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), or a user mapping
-{emotion: class} / {class: [emotions]} / 'emotion=class,...'. A generic sheet without a class
-spec keeps every emotion as its own class (`emotions`, sorted).
+`casme2-5`, `samm-5`, `megc-3` (MEGC 2019 composite classes), `megc2019` (the official MEGC 2019
+composite: megc-3 and, like the challenge, leaving out the clips whose sheet codes no apex or puts
+it on the onset frame), or a user mapping {emotion: class} / {class: [emotions]} /
+'emotion=class,...'. A sheet without a class spec and without a default preset (generic,
+casme3, smic) keeps every emotion as its own class (`emotions`, sorted).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.datasets.layouts import DATASETS, dataset_format
+from pipeline.datasets.layouts import DATASETS, FORMATS, dataset_format
 from pipeline.errors import MerError
 
 _EVERY_DATASET = object()
@@ -57,6 +59,14 @@ _PRESETS: dict[str, dict[object, tuple[tuple[str, tuple[str, ...]], ...]]] = {
         ),
     },
 }
+_PRESETS["megc2019"] = _PRESETS["megc-3"]
+# preset -> clips it leaves out, beyond its classes (see EXCLUSIONS).
+_PRESET_EXCLUDES = {"megc2019": ("apex not coded", "apex on onset")}
+# What each exclusion leaves out, as the dropped-rows report says it.
+EXCLUSIONS = {
+    "apex not coded": "the sheet codes no apex ('/' or -1)",
+    "apex on onset": "the apex is the onset frame (no onset-apex phase)",
+}
 PRESETS = tuple(_PRESETS)
 EMOTIONS_SCHEME = "emotions"
 
@@ -68,6 +78,7 @@ class ClassScheme:
     name: str
     labels: tuple[str, ...]
     mapping: Mapping[str, str]  # emotion key (see emotion_key) -> label
+    excludes: tuple[str, ...] = ()  # EXCLUSIONS keys: clips the preset leaves out whatever their emotion
 
     def label_of(self, emotion: str) -> str | None:
         return self.mapping.get(emotion_key(emotion))
@@ -112,7 +123,7 @@ def _scheme_from_mapping(name: str, mapping: Mapping[Any, Any]) -> ClassScheme:
 def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
     """Resolve a class spec for a dataset.
 
-    `spec` is a preset name (`casme2-5`, `samm-5`, `megc-3`), a mapping {emotion: class} or
+    `spec` is a preset name (`casme2-5`, `samm-5`, `megc-3`, `megc2019`), a mapping {emotion: class} or
     {class: [emotions]}, or the same inline as a string: 'happiness=positive,disgust=negative'.
     The label order of a mapping is the order in which its classes first appear.
     """
@@ -142,7 +153,10 @@ def class_scheme(spec: str | Mapping[str, Any], dataset: str) -> ClassScheme:
     table = _PRESETS[text]
     groups = table.get(dataset, table.get(_EVERY_DATASET, table.get("generic")))
     return ClassScheme(
-        text, tuple(label for label, _ in groups), {e: label for label, emotions in groups for e in emotions}
+        text,
+        tuple(label for label, _ in groups),
+        {e: label for label, emotions in groups for e in emotions},
+        _PRESET_EXCLUDES.get(text, ()),
     )
 
 
@@ -154,6 +168,23 @@ def label_names_for(spec: str | Mapping[str, Any], dataset: str = "casme2") -> l
     for every dataset.
     """
     return list(class_scheme(spec, dataset if dataset in DATASETS else "generic").labels)
+
+
+def default_label_names(datasets: Iterable[str], labels: Iterable[str]) -> list[str]:
+    """The label order of a samples table annotated without a class spec, as annotate chose it.
+
+    The default preset of the first dataset format (in `datasets` order) that has one and holds
+    every label (CASME II: casme2-5, SAMM: samm-5), all its labels in preset order; otherwise the
+    labels sorted, as the `emotions` scheme of a sheet without a default preset orders them.
+    """
+    labels = set(labels)
+    for dataset in dict.fromkeys(datasets):
+        preset = FORMATS[dataset].default_classes if dataset in FORMATS else None
+        if preset is not None:
+            order = label_names_for(preset, dataset)
+            if labels <= set(order):
+                return order
+    return sorted(labels)
 
 
 def emotions_scheme(emotions: Iterable[str]) -> ClassScheme:

@@ -1,8 +1,13 @@
 """Reading spreadsheets (.xlsx, or a CSV export) into tables of cells, shared by the coding sheet
 and the overrides file: header detection, loose column matching, cell parsing, row problems.
 
-Column names are matched ignoring case, spaces and '_', with a few aliases (`Onset`, `Video`,
+Column names are matched ignoring case, spaces and '_', with the aliases that real copies use
+(`Onset`, `OnsetF`, `Onset Frame`, `onset_frame`; `Label`, `Estimated Emotion`; `Video`,
 `Participant`, ...), so other versions and exports of a sheet read the same.
+
+Workbooks are read with the values a spreadsheet program saved for formula cells (SMIC's
+`=D2+M2-1`); a formula saved without its value (written by a program that does not compute
+formulas) is read as a `Formula`, which the coding sheet reports with its row.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ HEADER_SEARCH_ROWS = 30  # the header must be within the first rows of a sheet
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "subject": ("subject", "sub", "participant", "subjects"),
     "clip": ("filename", "clip", "clipname", "file", "video", "folder"),
-    "onset": ("onsetframe", "onset", "onsetframes"),
-    "apex": ("apexframe", "apex", "apexframes"),
-    "offset": ("offsetframe", "offset", "offsetframes"),
-    "emotion": ("estimatedemotion", "emotion", "estimatedemotions", "emotions"),
+    "onset": ("onsetframe", "onset", "onsetf", "onsetframes", "onsetframenumber"),
+    "apex": ("apexframe", "apex", "apexf", "apexframes", "apexframenumber"),
+    "offset": ("offsetframe", "offset", "offsetf", "offsetframes", "offsetframenumber"),
+    "emotion": ("estimatedemotion", "emotion", "estimatedemotions", "emotions", "label", "emotionlabel", "labels"),
     "action_units": ("actionunits", "actionunit", "aus", "au"),
 }
-REQUIRED_FIELDS = ("subject", "clip", "onset", "apex", "offset", "emotion")
+REQUIRED_FIELDS = ("subject", "clip", "onset", "apex", "offset", "emotion")  # the formats' required_fields
 # Apex cells meaning "not coded" (CASME II writes '/', SAMM -1): the apex is imputed instead.
 MISSING_APEX = {"", "/", "-", "\\", "?", "n/a", "na", "none", "-1"}
 
@@ -77,12 +82,16 @@ class Problem:
         return f"{where} ({who}): {self.detail}"
 
 
-def _xlsx_tables(path: Path) -> list[tuple[str | None, list[tuple]]]:
+class Formula(str):
+    """A formula cell whose computed value the workbook does not hold (e.g. '=D2+M2-1')."""
+
+
+def _load_workbook_tables(path: Path, data_only: bool) -> list[tuple[str, list[tuple]]]:
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=data_only)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
         raise MerError(
             f"cannot read {path} as an .xlsx workbook ({exc}); open it in a spreadsheet program "
@@ -96,6 +105,34 @@ def _xlsx_tables(path: Path) -> list[tuple[str | None, list[tuple]]]:
             tables.append((sheet.title, [tuple(row) for row in sheet.iter_rows(min_row=1, values_only=True)]))
     finally:
         workbook.close()
+    return tables
+
+
+def _xlsx_tables(path: Path) -> list[tuple[str | None, list[tuple]]]:
+    """Every sheet's cells, formula cells as the value the workbook saved for them.
+
+    A formula saved without a value reads as None with data_only; the formulas are read too,
+    so such a cell becomes a `Formula` instead of looking empty.
+    """
+    values = _load_workbook_tables(path, data_only=True)
+    if not any(cell is None for _, rows in values for row in rows for cell in row):
+        return values
+    formulas = dict(_load_workbook_tables(path, data_only=False))
+    tables = []
+    for title, rows in values:
+        source = formulas.get(title, [])
+        patched = []
+        for index, row in enumerate(rows):
+            other = source[index] if index < len(source) else ()
+            if any(cell is None for cell in row) and any(isinstance(c, str) and c.startswith("=") for c in other):
+                row = tuple(
+                    Formula(other[i])
+                    if cell is None and i < len(other) and isinstance(other[i], str) and other[i].startswith("=")
+                    else cell
+                    for i, cell in enumerate(row)
+                )
+            patched.append(row)
+        tables.append((title, patched))
     return tables
 
 
@@ -130,18 +167,18 @@ def read_tables(path: Path) -> Iterable[tuple[str | None, list[tuple]]]:
     return _csv_tables(path)
 
 
-def find_header(table: list[tuple]) -> tuple[int, dict[str, int]] | None:
+def find_header(table: list[tuple], required: Sequence[str] = REQUIRED_FIELDS) -> tuple[int, dict[str, int]] | None:
     """(0-based index, columns) of the first row within the search window holding >= 3 fields."""
     for index, row in enumerate(table[:HEADER_SEARCH_ROWS]):
         columns = header_columns(row)
-        if sum(f in columns for f in REQUIRED_FIELDS) >= 3:
+        if sum(f in columns for f in required) >= 3:
             return index, columns
     return None
 
 
 def int_cell(value: Any) -> int | None:
     """An integer from a numeric cell or numeric text; None when it is not one."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, Formula)):
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)

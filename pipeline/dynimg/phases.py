@@ -1,14 +1,16 @@
 """Phases: frame intervals anchored on a clip's onset, apex and offset, and per-clip corrections.
 
 A phase is `[start, end]` with anchors `onset`, `apex` or `offset`, each optionally shifted by
-`+N` / `-N` frames (DESIGN.md section 5); the apex belongs to both default phases.
+`+N` / `-N` frames; the apex belongs to both default phases.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ANCHORS = ("onset", "apex", "offset")
 DEFAULT_PHASES = {"full": ("onset", "offset"), "onset_apex": ("onset", "apex"), "apex_offset": ("apex", "offset")}
@@ -32,6 +34,9 @@ class PhaseBound:
     def frame(self, onset: int, apex: int, offset: int) -> int:
         return {"onset": onset, "apex": apex, "offset": offset}[self.anchor] + self.shift
 
+    def __str__(self) -> str:
+        return self.anchor + (f"{self.shift:+d}" if self.shift else "")
+
 
 def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBound, PhaseBound]]:
     """Phases from params: {name: [start, end]} with anchors like 'apex' or 'onset+2'."""
@@ -46,18 +51,29 @@ def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBoun
     return phases
 
 
+def outside_clip(bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int) -> bool:
+    """Whether the phase's anchors fall outside the clip's onset..offset (e.g. `apex+999`)."""
+    return any(not onset <= bound.frame(onset, apex, offset) <= offset for bound in bounds)
+
+
 def phase_frames(
     bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, min_frames: int = 1
 ) -> tuple[int, int]:
-    """The phase's first and last frame number, clipped to the clip's onset..offset.
+    """The phase's first and last frame number, within the clip's onset..offset.
 
+    Anchors outside onset..offset are an error, never clamped (DESIGN.md section 9): the stage
+    reports such clips beforehand (`outside_clip`), or drops them with `dynimg.outside_clip: drop`.
     A phase shorter than `min_frames` is widened one frame at a time, alternately at its end and
     at its start, staying within onset..offset, until it is long enough or spans the whole clip:
     an onset-apex phase with the apex on the onset frame becomes [onset, onset + 1] rather than a
     motionless single frame.
     """
-    start = max(onset, min(offset, bounds[0].frame(onset, apex, offset)))
-    end = max(onset, min(offset, bounds[1].frame(onset, apex, offset)))
+    start, end = (bound.frame(onset, apex, offset) for bound in bounds)
+    if outside_clip(bounds, onset, apex, offset):
+        raise ValueError(
+            f"phase [{bounds[0]}, {bounds[1]}] spans frames {start}..{end}, outside the clip's "
+            f"onset..offset {onset}..{offset}"
+        )
     if end < start:
         raise ValueError(f"phase ends (frame {end}) before it starts (frame {start})")
     grow_end = True
@@ -70,22 +86,39 @@ def phase_frames(
     return start, end
 
 
+def _override_key(sample: Mapping[str, Any], folders: Counter) -> str:
+    """`subject/clip`, or `subject/clip/onset` where the table holds several samples of that folder."""
+    key = f"{sample['subject']}/{sample['clip']}"
+    return f"{key}/{int(sample['onset'])}" if folders[key] > 1 else key
+
+
 def apply_overrides(
     samples: list[dict], overrides: Mapping[str, Mapping[str, object]] | None
 ) -> tuple[list[dict], list[str]]:
     """Samples with per-clip corrections {"subject/clip": {onset|apex|offset: frame}} applied.
 
-    Returns the corrected samples (apex_source "override" where the apex was set) and one
-    message per override that names no sample or holds anything but those three keys.
+    Where a folder holds several samples (CAS(ME)^3: a video with several micro-expressions) the
+    key is "subject/clip/onset", the onset as in the samples table. Returns the corrected samples
+    (apex_source "override" where the apex was set) and one message per override that names no
+    sample or holds anything but those three keys.
     """
     overrides = dict(overrides or {})
     problems = []
-    by_key = {f"{s['subject']}/{s['clip']}": s for s in samples}
+    folders = Counter(f"{s['subject']}/{s['clip']}" for s in samples)
+    by_key = {_override_key(s, folders): s for s in samples}
     for key, values in overrides.items():
         if key not in by_key:
-            problems.append(
-                f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f)"
-            )
+            if folders[key] > 1:
+                onsets = ", ".join(str(s["onset"]) for s in samples if f"{s['subject']}/{s['clip']}" == key)
+                problems.append(
+                    f"override {key}: the folder holds {folders[key]} samples (onsets {onsets}); "
+                    f"name one as subject/clip/onset, e.g. {key}/{onsets.split(', ')[0]}"
+                )
+            else:
+                problems.append(
+                    f"override {key}: no such clip in the samples table (keys are subject/clip, e.g. sub01/EP02_01f, "
+                    "or subject/clip/onset where a folder holds several samples)"
+                )
         elif not isinstance(values, Mapping) or not set(values) <= set(ANCHORS) or not values:
             problems.append(
                 f"override {key}: expected a mapping of onset / apex / offset to frame numbers, got {values!r}"
@@ -94,12 +127,13 @@ def apply_overrides(
         return samples, problems
     corrected = []
     for sample in samples:
-        change = overrides.get(f"{sample['subject']}/{sample['clip']}")
+        key = _override_key(sample, folders)
+        change = overrides.get(key)
         if change:
             sample = {**sample, **{k: int(v) for k, v in change.items()}}  # type: ignore[arg-type]
             if "apex" in change:
                 sample["apex_source"] = "override"
             if not sample["onset"] <= sample["apex"] <= sample["offset"]:
-                problems.append(f"override {sample['subject']}/{sample['clip']}: onset <= apex <= offset does not hold")
+                problems.append(f"override {key}: onset <= apex <= offset does not hold")
         corrected.append(sample)
     return corrected, problems

@@ -1,0 +1,162 @@
+"""A whole LOSO run, from a DI cache to a finished run folder, resumable.
+
+Finished or not, every fold is read back from its files, and run.json, predictions.csv,
+training_curve.csv and timings.json are written from those, so a resumed run is byte-identical to
+an uninterrupted one (pipeline/train/resume.py); the work folder is finally renamed to `out`,
+replacing the previous run. Every file of a run but timings.json (seconds, cores, jobs, backend)
+depends only on the inputs, the settings and the torch threads per fold (`threads`; `auto` =
+cores // jobs): with a fixed `threads`, any `jobs` gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.atomic import atomic_output
+from pipeline.errors import MerError
+from pipeline.io.dynamic_image_cache import read_dynamic_images
+from pipeline.train.data import LosoData, check_fold_classes, load_loso_data
+from pipeline.train.execution import FoldProgress, available_cores, fold_threads, run_loso
+from pipeline.train.fold import EpochProgress, resolve_device
+from pipeline.train.models import build_model, input_normalization
+from pipeline.train.resume import dynamic_images_digest, exclusive_run, open_work_folder, run_key
+from pipeline.train.run_files import (
+    FoldResult,
+    read_fold_result,
+    read_fold_timing,
+    training_curve,
+    write_run,
+    write_timings,
+    write_training_curve,
+)
+from pipeline.train.settings import TrainSettings
+
+RunOutcome = tuple[dict[str, Any], list[FoldResult], dict[str, Any]]
+
+
+def train_run(
+    data: LosoData,
+    settings: TrainSettings,
+    out: str | Path,
+    inputs: Mapping[str, Any],
+    fresh: bool = False,
+    progress: FoldProgress | None = None,
+    echo: Callable[[str], Any] = print,
+    extra: Mapping[str, Any] | None = None,
+    started: float | None = None,
+    warn: Callable[[str], Any] | None = None,
+    epoch_progress: EpochProgress | None = None,
+) -> RunOutcome:
+    """A whole, resumable LOSO run into the folder `out`: (run.json, fold results, timings.json).
+
+    Folds already finished in the work folder under the same run key are not trained again;
+    `inputs` is `dynamic_images_digest` of the cache. Every fold result is read back from its
+    files, finished earlier or just now, so resuming changes no byte of the run (timings.json
+    aside). `out` is replaced only once the run is complete; on any failure the work folder stays
+    for the next attempt. The classes of every fold are checked first (`check_fold_classes`; its
+    warnings go to `warn`, by default `echo`). One process at a time writes a run (`exclusive_run`).
+    """
+    started = time.perf_counter() if started is None else started
+    out = Path(out)
+    for warning in check_fold_classes(data, settings.missing_class):
+        (warn or echo)(f"warning: {warning}")
+    with exclusive_run(out):
+        folds = data.folds
+        threads = fold_threads(settings, len(folds))
+        key = run_key(settings, inputs, threads)
+        work, finished, message = open_work_folder(out, key, folds, fresh)
+        if message:
+            echo(message)
+        todo = [fold for fold in folds if fold not in finished]
+        timings = work / "timings"
+        timings.mkdir(exist_ok=True)
+        if todo:
+            run_loso(
+                data, settings, work, todo, progress, threads=threads, timing_dir=timings, epoch_progress=epoch_progress
+            )
+        results = [read_fold_result(work, fold, read_fold_timing(timings, fold)) for fold in folds]
+        run = write_run(work, results, settings, data.label_names, extra)
+        execution = {
+            "total_seconds": round(time.perf_counter() - started, 3),
+            "cores": available_cores(),
+            "jobs": settings.jobs,
+            "backend": settings.backend,
+            "scheduler": settings.scheduler,
+            "threads_per_fold": "set by each Dask worker" if threads is None else threads,
+        }
+        timing = write_timings(work / "timings.json", results, execution, resumed=finished)
+        shutil.rmtree(timings)
+        (work / "resume.json").unlink()
+        # The finished run replaces `out` in two renames (work -> temporary sibling -> out), through the
+        # same helper as every atomic output; the old run is deleted only after the swap.
+        with atomic_output(out) as tmp:
+            os.replace(work, tmp)
+        return run, results, timing
+
+
+def train_cache(
+    dynamic_images: str | Path,
+    out: str | Path,
+    settings: TrainSettings,
+    fresh: bool = False,
+    curve: str | Path | None = None,
+    echo: Callable[[str], Any] = print,
+    warn: Callable[[str], Any] | None = None,
+    progress: FoldProgress | None = None,
+    epoch_progress: EpochProgress | None = None,
+) -> RunOutcome:
+    """`train_run` on the DI cache file `dynamic_images` (what `mer train` does), announced on `echo`;
+    with `curve`, the run's training curve is also written to that CSV."""
+    device = resolve_device(settings.device)
+    di = read_dynamic_images(dynamic_images)
+    if len(di) == 0:
+        raise MerError(f"{dynamic_images} holds no samples")
+    # Built once here: an unknown model name or unavailable pretrained weights fail before any work.
+    probe = build_model(settings.model, len(di.label_names), settings.pretrained, settings.weights, settings.input_size)
+    mean, std = input_normalization(probe)
+    del probe
+    phases = list(dict.fromkeys([*settings.train_phases, *settings.test_phases]))
+    data = load_loso_data(di, phases, settings.input_size, mean, std, source=str(dynamic_images))
+    folds = data.folds
+    augment = ", ".join(f"{k} {v}" for k, v in settings.augment.to_dict().items()) if settings.augment else "none"
+    where = (
+        f"dask {settings.scheduler or 'local cluster'}"
+        if settings.backend == "dask"
+        else f"jobs {min(settings.jobs, len(folds))}"
+    )
+    echo(
+        f"{settings.model} {settings.mode}: {len(folds)} LOSO folds, {len(di)} clips, train on {', '.join(settings.train_phases)}, "
+        f"test on {', '.join(settings.test_phases)}, augmentation {augment}, input {settings.input_size}, {settings.epochs} epochs, "
+        f"device {device}{' (bf16 autocast)' if settings.amp else ''}, {where}"
+    )
+    started = time.perf_counter()
+    extra = {
+        "dynamic_images": str(dynamic_images),
+        "dynamic_images_fingerprint": str(di.attrs.get("fingerprint", "")),
+        "device": str(device),
+        "torch_version": torch.__version__,
+    }
+    outcome = train_run(
+        data,
+        settings,
+        out,
+        dynamic_images_digest(di, phases),
+        fresh=fresh,
+        progress=progress,
+        epoch_progress=epoch_progress,
+        echo=echo,
+        extra=extra,
+        started=started,
+        warn=warn,
+    )
+    if curve:
+        with atomic_output(curve) as curve_tmp:
+            write_training_curve(curve_tmp, training_curve(outcome[1]))
+    return outcome
