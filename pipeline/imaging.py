@@ -145,3 +145,9 @@ def encoded_channels(data: np.ndarray, path: str | Path) -> int:
     if image is None:
         raise FrameError("cannot decode image (corrupt, truncated or not an image)", path)
     return 1 if image.ndim == 2 else int(image.shape[2])
+
+
+def file_channels(path: str | Path) -> int:
+    """`encoded_channels` of a frame file."""
+    path = Path(path)
+    return encoded_channels(_file_bytes(path), path)

@@ -86,3 +86,20 @@ def test_mixed_grayscale_and_colour_frames_in_one_clip(tmp_path, project_params,
     colour = clip / "img47.jpg" if first == "grayscale" else clip / "img46.jpg"
     _refused(result, out, "sub01/EP01_01", odd, colour)
     assert "grayscale" in result.output and "colour" in result.output
+
+
+def test_a_gray_looking_first_frame_keeps_a_colour_clip_colour(tmp_path):
+    """A blank (R = G = B) colour first frame no longer turns the whole clip grayscale."""
+    import numpy as np
+
+    from pipeline.align.clip import AlignSettings, align_clip
+    from pipeline.datasets.layouts import find_clip_folders
+
+    blank = np.full((480, 640, 3), 128, np.uint8)
+    tinted = place(portrait(), 1.6, 0, 0)
+    tinted[..., 2] = np.minimum(tinted[..., 2].astype(int) + 40, 255)  # clearly not gray
+    write_clip(tmp_path / "sub01" / "EP01_01", [blank, tinted, tinted], first=20)
+    clip = align_clip(find_clip_folders("casme2", tmp_path)[("sub01", "EP01_01")], AlignSettings())
+    assert clip.attrs["grayscale"] == 0
+    frames = clip.frames[1].astype(int)
+    assert np.abs(frames[..., 0] - frames[..., 2]).mean() > 10  # the colour survived

@@ -32,6 +32,7 @@ from pipeline.imaging import (
     content_grayscale,
     decode_frame,
     encoded_channels,
+    file_channels,
     is_grayscale,
 )
 from pipeline.io.aligned_cache import AlignedClip
@@ -139,9 +140,10 @@ def detect(image: np.ndarray, settings: AlignSettings, upsample_levels: int | No
 
 class _FrameSource:
     """Decodes a clip's frames on demand (BGR or gray), checking they all have the first frame's size
-    and its kind: the first frame decides whether the clip is grayscale, and a colour frame in a
-    grayscale clip or a single-channel frame in a colour clip is an AlignmentFailure naming both
-    files (decoding it the clip's way would silently drop or invent colour).
+    and its kind: a clip is grayscale when its first frame is a single-channel file (or when all
+    its frames are colour files with three equal channels), and a colour frame in a grayscale clip
+    or a single-channel frame in a colour clip is an AlignmentFailure naming both files (decoding
+    it the clip's way would silently drop or invent colour).
 
     Frames are kept BGR: warping comes first and the small crops are converted to RGB at the end.
     """
@@ -149,10 +151,15 @@ class _FrameSource:
     def __init__(self, folder: ClipFolder):
         self.clip = f"{folder.subject}/{folder.clip}"
         self.paths = [path for _, path in folder.frames]
-        self.grayscale = is_grayscale(self.paths[0])
         self.reduction = 1
         self.shape: tuple[int, ...] | None = None  # full-resolution frame shape
         self._checked = {0}
+        self.grayscale = is_grayscale(self.paths[0])
+        if self.grayscale and file_channels(self.paths[0]) >= 3:
+            # A colour file that looks gray (a blank or fade-in first frame): the clip is grayscale
+            # only if every frame is; probed here, at 1/8 size, for such clips only.
+            self.grayscale = all(is_grayscale(path) for path in self.paths[1:])
+            self._checked = set(range(len(self.paths))) if self.grayscale else {0}
 
     def _check_kind(self, index: int, data) -> None:
         """The frame's kind from its header (colour frames of a grayscale clip: also its content)."""
