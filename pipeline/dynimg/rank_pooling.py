@@ -116,15 +116,55 @@ def _weighted_tiles(
         tile = buffers["float"][:size].reshape(n, end - y, row)
         if ky == 1:
             np.copyto(tile, view[:, y:end, 0])
-        else:
-            sums = buffers["sum"][:size].reshape(n, end - y, row)
+        else:  # exact integer sums of uint8 rows; other inputs (float frames) are summed in float32
+            exact = block.dtype == np.uint8
+            sums = buffers["sum"][:size].reshape(n, end - y, row) if exact else tile
             np.add(view[:, y:end, 0], view[:, y:end, 1], out=sums, dtype=sums.dtype)
             for k in range(2, ky):
-                np.add(sums, view[:, y:end, k], out=sums)
-            np.copyto(tile, sums)
+                np.add(sums, view[:, y:end, k], out=sums, dtype=sums.dtype)
+            if exact:
+                np.copyto(tile, sums)
         product = buffers["product"][: len(weights) * (end - y) * row].reshape(len(weights), (end - y) * row)
         np.matmul(weights, tile.reshape(n, -1), out=product)
         total[:, y * row : end * row] += product
+
+
+def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | None = None) -> np.ndarray:
+    """(P, h, w, C) float32 DIs of (T,H,W,C) uint8 `frames` (an array, h5py.Dataset or VerifiedFrames)
+    for the (P, T) `weights`, at `size` x `size` (None: the frames' size).
+
+    One pass over the frames: blocks of `FRAME_BLOCK` frames are read (memory stays flat whatever
+    the clip's length) and multiplied by the weights in cache-sized tiles of rows
+    (`_weighted_tiles`); frames no phase uses are not read. Where `size` divides the frames'
+    height and width (224 -> 112) the DIs are pooled at that size (`pool_factors`): rows are summed
+    in uint16 before the product and columns after it, 4x less float work; otherwise each DI is
+    resized once at the end (INTER_AREA), as both steps are linear.
+    """
+    used = np.flatnonzero(weights.any(axis=0))
+    height, width, *channels = frames.shape[1:]
+    phases = len(weights)
+    ky, kx = pool_factors((height, width), size)
+    row = width * int(np.prod(channels))
+    total = np.zeros((phases, (height // ky) * row), np.float32)
+    block_frames = min(FRAME_BLOCK, int(used[-1] - used[0] + 1))
+    tile = max(TILE_BYTES // 4, block_frames * row)  # at least one row of every frame of a block
+    buffers = {
+        "float": np.empty(tile, np.float32),
+        "sum": np.empty(tile, np.uint16 if ky * 255 <= np.iinfo(np.uint16).max else np.uint32),
+        "product": np.empty(phases * (tile // block_frames), np.float32),
+    }
+    for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
+        stop = min(start + FRAME_BLOCK, used[-1] + 1)
+        block = np.asarray(frames[start:stop])
+        _weighted_tiles(block, np.ascontiguousarray(weights[:, start:stop]), total, ky, buffers)
+    stack = total.reshape(phases, height // ky, width, *channels)
+    if kx > 1:
+        stack = stack.reshape(phases, height // ky, width // kx, kx, *channels).sum(axis=3)
+    if ky * kx > 1:
+        stack *= np.float32(1 / (ky * kx))
+    if size is not None and stack.shape[1:3] != (size, size):
+        stack = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in stack])
+    return stack
 
 
 def clip_dynamic_images(
@@ -141,40 +181,10 @@ def clip_dynamic_images(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """uint8 DIs of one clip for every phase, and the number of frames each phase spans.
 
-    Every phase comes from one pass over the clip's frames: blocks of `FRAME_BLOCK` frames are
-    read (so memory stays flat whatever the clip's length, and `frames` may be an HDF5 dataset),
-    and each block is multiplied by the (phases x frames) weights in cache-sized tiles of rows
-    (`_weighted_tiles`). Frames outside every phase are not read. Where `size` is an integer
-    fraction of the frames (224 -> 112), the DI is pooled at that size (`pool_factors`): rows are
-    summed in uint16 before the product and columns after it, 4x less float work; otherwise each
-    DI is resized once at the end (INTER_AREA), as both steps are linear.
+    All phases come from one pass over the clip's frames (`phase_dynamic_images`), so its frames
+    are read and converted once whatever the number of phases; `frames` may be an HDF5 dataset.
     """
     windows = {name: phase_frames(bounds, onset, apex, offset, min_frames) for name, bounds in phases.items()}
-    weights = phase_weights(frame_numbers, windows, variant)
-    used = np.flatnonzero(weights.any(axis=0))  # frames outside every phase are not even read
-    height, width, *channels = frames.shape[1:]
-    ky, kx = pool_factors((height, width), size)
-    row = width * int(np.prod(channels))
-    total = np.zeros((len(windows), (height // ky) * row), np.float32)
-    block_frames = min(FRAME_BLOCK, int(used[-1] - used[0] + 1))
-    tile = max(TILE_BYTES // 4, block_frames * row)  # at least one row of every frame of a block
-    buffers = {
-        "float": np.empty(tile, np.float32),
-        "sum": np.empty(tile, np.uint16 if ky * 255 <= np.iinfo(np.uint16).max else np.uint32),
-        "product": np.empty(len(windows) * (tile // block_frames), np.float32),
-    }
-    for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
-        stop = min(start + FRAME_BLOCK, used[-1] + 1)
-        block = np.asarray(frames[start:stop])
-        _weighted_tiles(block, np.ascontiguousarray(weights[:, start:stop]), total, ky, buffers)
-    stack = total.reshape(len(windows), height // ky, width, *channels)
-    if kx > 1:
-        stack = stack.reshape(len(windows), height // ky, width // kx, kx, *channels).sum(axis=3)
-    if ky * kx > 1:
-        stack *= np.float32(1 / (ky * kx))
-    images = {}
-    for name, image in zip(windows, stack):
-        if size is not None and image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        images[name] = to_uint8(image, per_channel)
+    stack = phase_dynamic_images(frames, phase_weights(frame_numbers, windows, variant), size)
+    images = {name: to_uint8(image, per_channel) for name, image in zip(windows, stack)}
     return images, {name: end - start + 1 for name, (start, end) in windows.items()}
