@@ -158,10 +158,12 @@ def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | No
         block = np.asarray(frames[start:stop])
         _weighted_tiles(block, np.ascontiguousarray(weights[:, start:stop]), total, ky, buffers)
     stack = total.reshape(phases, height // ky, width, *channels)
-    if kx > 1:
-        stack = stack.reshape(phases, height // ky, width // kx, kx, *channels).sum(axis=3)
-    if ky * kx > 1:
-        stack *= np.float32(1 / (ky * kx))
+    if kx > 1:  # the column means (INTER_AREA to an integer fraction): far quicker than a numpy sum over kx
+        stack = np.stack(
+            [cv2.resize(image, (width // kx, height // ky), interpolation=cv2.INTER_AREA) for image in stack]
+        )
+    if ky > 1:
+        stack *= np.float32(1 / ky)
     if size is not None and stack.shape[1:3] != (size, size):
         stack = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in stack])
     return stack
