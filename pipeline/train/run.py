@@ -95,8 +95,8 @@ def train_run(
         timing = write_timings(work / "timings.json", results, execution, resumed=finished)
         shutil.rmtree(timings)
         (work / "resume.json").unlink()
-        # The finished run replaces `out` in two renames (work -> temporary sibling -> out), through the
-        # same helper as every atomic output; the old run is deleted only after the swap.
+        # The finished run replaces `out` through the same helper as every atomic output: one exchange
+        # of the two folders where the system allows it; the old run is deleted only after the swap.
         with atomic_output(out) as tmp:
             os.replace(work, tmp)
         return run, results, timing
