@@ -201,3 +201,9 @@ def resolve_train_settings(params_file: str | Path, **options: Any) -> TrainSett
         return TrainSettings.from_params(params)
     except (TypeError, ValueError) as exc:
         raise MerError(f"{params_file}: invalid train settings: {exc}") from exc
+
+
+def weights_key(params_file: str | Path, model: str) -> str:
+    """The params key that names `model`'s weights file, for messages: `models.NAME.weights` when set
+    there, else `train.weights`."""
+    return f"models.{model}.weights" if model_settings(params_file, model).get("weights") else "train.weights"
