@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -49,7 +50,10 @@ def project(tmp_path_factory) -> Path:
     params["align"]["jobs"] = params["dynimg"]["jobs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(root, "init", "--no-scm", "-q")
-    shutil.copy(PROJECT / ".dvc" / "config", root / ".dvc" / "config")  # analytics off, the cache link types
+    _dvc(root, "config", "core.analytics", "false")
+    config = configparser.ConfigParser()
+    config.read(PROJECT / ".dvc" / "config")
+    _dvc(root, "config", "cache.type", config["cache"]["type"].strip('"'))  # the project's link types
     first = _dvc(root, "repro")
     assert _ran(first) == {f"{stage}@{ds}" for stage in ("align", "annotate", "dynimg") for ds in DATASETS} | CELLS | {
         "demo_data",
@@ -118,7 +122,8 @@ def test_a_dynimg_setting_that_changes_no_image_reruns_no_training(project):
     assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS}
     assert all((project / "cache" / "dynamic_images" / f"{ds}.h5").read_bytes() == caches[ds] for ds in DATASETS)
     _set_params(project, lambda params: params["dynimg"].update(min_phase_frames=2))
-    assert _ran(_dvc(project, "repro")) == {f"dynimg@{ds}" for ds in DATASETS}
+    assert _ran(_dvc(project, "repro")) <= {f"dynimg@{ds}" for ds in DATASETS}  # or restored from the run cache
+    assert "up to date" in _dvc(project, "status")
 
 
 def test_changing_one_phase_retrains_only_the_cells_that_read_it(project):
