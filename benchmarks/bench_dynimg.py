@@ -3,6 +3,8 @@
 Measures, in one run on the same aligned cache:
   read   - only reading every sample's aligned frames from the HDF5 cache (the I/O floor);
   regen  - the dynimg stage's computation of all phase DIs (`clip_dynamic_images`), reading included;
+  verified - the same as the stage runs it: frames hashed as they are read and checked against the
+           stored sha256 (`VerifiedFrames`), so the difference to regen is the cost of the check;
   loop   - a straightforward reference: per phase, frames read one by one and accumulated in a
            Python loop with each coefficient computed from the formula's sum;
   compute - the same two computations on frames already in memory (no reading at all).
@@ -26,6 +28,7 @@ from pipeline.config import load_section
 from pipeline.dynimg.dataset import DynamicImageSettings
 from pipeline.dynimg.phases import phase_frames
 from pipeline.dynimg.rank_pooling import clip_dynamic_images, to_uint8
+from pipeline.io.aligned_cache import VerifiedFrames
 from pipeline.io.samples import read_samples
 
 
@@ -69,6 +72,17 @@ def regenerate(handle: h5py.File, samples: list[dict], settings: DynamicImageSet
     for s in samples:
         group = handle[f"{s['subject']}/{s['clip']}"]
         _regen_clip(group["frames"][()], group["frame_numbers"][()], s, settings)
+    return time.perf_counter() - start
+
+
+def regenerate_verified(handle: h5py.File, samples: list[dict], settings: DynamicImageSettings) -> float:
+    """`regenerate` as the stage reads: block by block, every frame hashed and checked once."""
+    start = time.perf_counter()
+    for s in samples:
+        frames = VerifiedFrames(handle, s["subject"], s["clip"])
+        _regen_clip(frames, frames.frame_numbers, s, settings)
+        if frames.problem():
+            raise SystemExit(frames.problem())
     return time.perf_counter() - start
 
 
@@ -118,6 +132,7 @@ def main() -> None:
         read_only(handle, samples[:5])  # warm the page cache equally for everyone
         t_read = read_only(handle, samples)
         t_regen = regenerate(handle, samples, settings)
+        t_verified = regenerate_verified(handle, samples, settings)
         subset = samples[: args.loop_clips]
         t_loop_subset = loop_reference(handle, subset, settings)
         t_regen_subset = regenerate(handle, subset, settings)
@@ -133,6 +148,7 @@ def main() -> None:
     t_regen_memory = regen_in_memory(loaded, settings)
     print(f"read aligned frames:   {t_read:7.2f} s")
     print(f"regenerate all DIs:    {t_regen:7.2f} s")
+    print(f"  frames verified:     {t_verified:7.2f} s  (sha256 of every frame checked as it is read)")
     print(f"per-frame loop ({len(subset)} clips): {t_loop_subset:7.2f} s vs {t_regen_subset:.2f} s for the same clips")
     print(f"ratio regen / read:    {t_regen / t_read:7.2f}  (target <= 2)")
     print(f"ratio loop / regen:    {t_loop_subset / t_regen_subset:7.2f}  (target >= 20), reading included")

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from pipeline.config import SECTIONS, read_params_file, validate_params
 
-STAGE_SECTIONS = (
-    "demo",
-    "datasets",
-    "experiment",
-    "models",
-    "align",
-    "annotate",
-    "dynimg",
-    "train",
-    "evaluate",
-    "report",
-)
+STAGE_SECTIONS = tuple(SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -64,37 +54,55 @@ def _dvc() -> str:
 
 
 def _writable(folder: Path) -> Callable[[], str]:
+    """The folder is writable, or could be created; the check itself creates nothing that stays."""
+
     def check() -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-        return f"{folder} is writable"
+        if folder.is_dir():
+            with tempfile.NamedTemporaryFile(dir=folder):
+                pass
+            return f"{folder} is writable"
+        parent = folder.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if folder.exists() or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise RuntimeError(f"{folder} is not a folder and cannot be created in {parent}")
+        return f"{folder} does not exist yet; it can be created in {parent}"
 
     return check
 
 
-def _params(path: Path) -> Callable[[], str]:
+def _params(path: Path, explicit: bool) -> Callable[[], str]:
     def check() -> str:
+        if not path.exists() and not explicit:
+            return f"no {path} here: the stages use the built-in defaults (the project's params.yaml values)"
         if not path.is_file():
             raise RuntimeError(f"{path} not found: run from the project folder or pass --params")
-        data = yaml.safe_load(path.read_text()) or {}
-        missing = [s for s in STAGE_SECTIONS if s not in data]
-        if missing:
-            raise RuntimeError(f"{path} lacks section(s) {', '.join(missing)}: compare with the project's params.yaml")
-        return f"{path} has every stage section"
+        problems = validate_params(read_params_file(path), path)
+        if problems:
+            raise RuntimeError(
+                f"{path} has {len(problems)} problem(s):\n" + "\n".join(f"        - {p}" for p in problems)
+            )
+        return f"{path} has every stage section, each valid"
 
     return check
 
 
-def installation_checks(cache_dir: str | Path, params_file: str | Path) -> list[Check]:
-    """Landmark model, torch device, timm, DVC with git, a writable cache folder, a complete params file."""
+def installation_checks(cache_dir: str | Path, params_file: str | Path, explicit_params: bool = True) -> list[Check]:
+    """Landmark model, torch device, timm, DVC with git, a writable cache folder, a valid params file.
+
+    With `explicit_params` False a missing params file passes: the stages use their built-in defaults.
+    """
     return [
         Check("landmark model", _landmark_model, "pip install --force-reinstall face-recognition-models dlib-bin"),
         Check("torch", _torch, "pip install -e . (installs torch with torchvision and timm)"),
         Check("timm", _timm, "pip install -e ."),
         Check("dvc", _dvc, "pip install -e . and install git"),
         Check("cache folder", _writable(Path(cache_dir)), f"make {cache_dir} writable or pass --cache DIR"),
-        Check("params", _params(Path(params_file)), "restore params.yaml from the project"),
+        Check(
+            "params",
+            _params(Path(params_file), explicit_params),
+            "correct each key named above (compare with the project's params.yaml)",
+        ),
     ]
 
 

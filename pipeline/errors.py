@@ -18,3 +18,10 @@ class InputProblems(MerError):
         lines = [f"{summary} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
+
+
+class SettingsError(InputProblems, ValueError):
+    """Invalid settings (params file or options): one line per key naming its value and what is allowed.
+
+    A ValueError too, so that code validating settings directly can catch it as one.
+    """

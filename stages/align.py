@@ -9,17 +9,15 @@ from __future__ import annotations
 import click
 from tqdm import tqdm
 
-from pipeline.align.clip import AlignSettings
 from pipeline.align.dataset import ON_ERROR, align_dataset, failures_path, preview_path
 from pipeline.datasets.layouts import DATASETS
-from pipeline.errors import MerError
 from stages.common import (
     folder_pattern_option,
     jobs_option,
     params_option,
     recorded_params,
     resolve_folder_pattern,
-    stage_params,
+    stage_settings,
 )
 
 
@@ -58,25 +56,18 @@ def align(
     params_file: str,
 ) -> None:
     """Align and crop the faces of every clip into an HDF5 cache."""
-    params = stage_params(params_file, "align", jobs=jobs, on_error=on_error, folder_pattern=folder_pattern)
-    policy = params.get("on_error", "fail")
-    if policy not in ON_ERROR:
-        raise MerError(f"{params_file}: align.on_error must be one of {', '.join(ON_ERROR)}, got {policy!r}")
-    try:
-        settings = AlignSettings.from_params(params)
-    except (TypeError, ValueError) as exc:
-        raise MerError(f"{params_file}: invalid align settings: {exc}") from exc
+    params = stage_settings(params_file, "align", jobs=jobs, on_error=on_error, folder_pattern=folder_pattern)
     result = align_dataset(
         dataset,
         root,
         out,
-        settings,
+        params.settings(),
         recorded_params(params),
-        on_error=policy,
-        folder_pattern=resolve_folder_pattern(dataset, folder_pattern, params),
+        on_error=params.on_error,
+        folder_pattern=resolve_folder_pattern(dataset, folder_pattern, params.folder_pattern),
         resume=resume,
         preview=preview,
-        jobs=int(params.get("jobs", 1)),
+        jobs=params.jobs,
         progress=lambda clips, total: tqdm(clips, total=total, desc=f"align {dataset}", unit="clip", disable=None),
         notify=lambda note: click.echo(note, err=True),
     )

@@ -14,7 +14,7 @@ from pipeline.datasets.annotate import annotate_to_file, summary_lines
 from pipeline.datasets.coding import APEX_OUTSIDE, FRAME_ORDER
 from pipeline.datasets.layouts import DATASETS
 from pipeline.io.samples import dropped_path, warnings_path
-from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_params
+from stages.common import folder_pattern_option, params_option, resolve_folder_pattern, stage_settings
 
 
 @click.command("annotate")
@@ -85,7 +85,7 @@ def annotate(
     params_file: str,
 ) -> None:
     """Parse a CASME II, SAMM, CAS(ME)^3, SMIC or generic coding sheet into one validated row per sample."""
-    params = stage_params(
+    params = stage_settings(
         params_file,
         "annotate",
         on_problem=on_problem,
@@ -101,13 +101,13 @@ def annotate(
         dataset,
         coding,
         root,
-        params.get("classes") or None,  # None: the dataset's default classes
-        str(params.get("on_problem", "fail")),
-        params.get("overrides") or None,
-        resolve_folder_pattern(dataset, folder_pattern, params),
-        _text_or_none(params.get("sheet")),
-        params.get("apex_outside") or None,
-        params.get("frame_order") or None,
+        params.classes,  # None: the dataset's default classes
+        params.on_problem,
+        params.overrides,
+        resolve_folder_pattern(dataset, folder_pattern, params.folder_pattern),
+        params.sheet,
+        params.apex_outside,  # None: the format's rule
+        params.frame_order,
     )
     for line in summary_lines(result, out):
         click.echo(line)
@@ -115,8 +115,3 @@ def annotate(
         click.echo(f"  dropped rows listed in {dropped_path(out)}")
     if result.warnings:
         click.echo(f"  warnings listed in {warnings_path(out)}")
-
-
-def _text_or_none(value: object) -> str | None:
-    """A sheet name from params: YAML may read a sheet named 2019 as a number."""
-    return None if value is None or value == "" else str(value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from pipeline.errors import MerError
-from pipeline.io.caches import describe, verify
+from pipeline.io.aligned_cache import ALIGNED_SCHEMA
+from pipeline.io.caches import cache_schema, describe, verify
 
 
 @click.group("cache")
@@ -34,10 +35,29 @@ def verify_command(file: str) -> None:
 @cache.command("preview")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG to write.")
-@click.option("--count", type=int, default=6, show_default=True, help="Samples to show (spread over the classes).")
-def preview(file: str, out: str, count: int) -> None:
-    """Draw the full DI and the phase DIs of a few clips side by side (PNG)."""
-    from pipeline.dynimg.preview import write_preview  # matplotlib only when drawing
+@click.option(
+    "--clips",
+    multiple=True,
+    metavar="SUBJECT/CLIP",
+    help="Clips to draw, e.g. sub01/EP02_01f (repeat, or separate with commas or spaces).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Clips to draw without --clips (default: enough to show every class and subject, at most 12).",
+)
+def preview(file: str, out: str, clips: tuple[str, ...], count: int | None) -> None:
+    """Draw a few clips of either cache into a PNG.
 
-    shown = write_preview(file, out, count)
+    DI cache: the full and phase DIs of each clip, one clip per class and subject unless --clips
+    chooses. Aligned cache: the reference frame with its landmarks and the first, middle and last
+    frames of each clip, one clip per subject unless --clips chooses.
+    """
+    wanted = [clip for value in clips for clip in value.replace(",", " ").split()]
+    if cache_schema(file) == ALIGNED_SCHEMA:  # matplotlib / OpenCV only when drawing
+        from pipeline.align.preview import write_aligned_preview as write
+    else:
+        from pipeline.dynimg.preview import write_preview as write
+    shown = write(file, out, wanted, count)
     click.echo(f"preview of {shown} clips -> {out}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from click.core import ParameterSource
+from pydantic import BaseModel
 
-from pipeline.config import load_section
+from pipeline.config import DEFAULT_PARAMS_FILE, Params, load_params
 from pipeline.datasets.layouts import DEFAULT_FOLDER_PATTERN, dataset_format
 from pipeline.errors import MerError
 
@@ -14,9 +16,10 @@ params_option = click.option(
     "--params",
     "params_file",
     type=click.Path(dir_okay=False),
-    default="params.yaml",
+    default=DEFAULT_PARAMS_FILE,
     show_default=True,
-    help="Params file whose stage section supplies every setting not given as an option.",
+    help="Params file whose stage section supplies every setting not given as an option "
+    "(none at the default path: the built-in defaults, which equal the project's params.yaml).",
 )
 jobs_option = click.option(
     "--jobs", type=int, default=None, help="Parallel worker processes (default: params, else 1)."
@@ -33,9 +36,9 @@ def folder_pattern_option(section: str):
     )
 
 
-def resolve_folder_pattern(dataset: str, option: str | None, params: dict[str, Any]) -> str | None:
+def resolve_folder_pattern(dataset: str, option: str | None, folder_pattern: str | None) -> str | None:
     """The clip-folder pattern of a layout found by pattern (generic, casme3, smic): the option, else
-    params `folder_pattern`, else the format's own; CASME II and SAMM have fixed layouts and take none."""
+    the section's `folder_pattern`, else the format's own; CASME II and SAMM have fixed layouts and take none."""
     fmt = dataset_format(dataset)
     if option is not None and fmt.fixed_layout:
         raise MerError(
@@ -43,16 +46,27 @@ def resolve_folder_pattern(dataset: str, option: str | None, params: dict[str, A
         )
     if fmt.fixed_layout:
         return None
-    return option or params.get("folder_pattern") or fmt.folder_pattern
+    return option or folder_pattern or fmt.folder_pattern
 
 
-def stage_params(params_file: str, section: str, **overrides: Any) -> dict[str, Any]:
-    """The stage's params section with every option the user actually gave laid over it."""
-    params = dict(load_section(params_file, section))
-    params.update({key: value for key, value in overrides.items() if value is not None})
+def stage_params(params_file: str) -> Params:
+    """The params file the stage reads; where none exists at the default path (not given with
+    --params), the built-in defaults, said in one line."""
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is None or ctx.get_parameter_source("params_file") is not ParameterSource.DEFAULT
+    params = load_params(params_file, explicit=explicit)
+    if params.builtin:
+        click.echo(
+            f"note: no {params_file} here: using the built-in defaults (pass --params FILE for others)", err=True
+        )
     return params
 
 
-def recorded_params(params: dict[str, Any]) -> dict[str, Any]:
+def stage_settings(params_file: str, section: str, **options: Any) -> Any:
+    """The stage's validated params section with every option the user actually gave laid over it."""
+    return stage_params(params_file).section(section, **options)
+
+
+def recorded_params(settings: BaseModel) -> dict[str, Any]:
     """The settings that shape a stage's output, as stored in it: `jobs` only changes the speed."""
-    return {key: value for key, value in params.items() if key != "jobs"}
+    return settings.model_dump(mode="json", exclude={"jobs"})

@@ -8,8 +8,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_output
 from pipeline.demo.generate import generate
 from pipeline.demo.presets import FORMAT_CHOICES, PRESET_NAMES
-from pipeline.errors import MerError
-from stages.common import jobs_option, params_option, stage_params
+from stages.common import jobs_option, params_option, stage_settings
 
 
 def _progress(results, total: int, dataset: str):
@@ -31,18 +30,9 @@ def demo_data(
     out: str, preset: str | None, fmt: str | None, seed: int | None, jobs: int | None, params_file: str
 ) -> None:
     """Generate synthetic CASME II and SAMM copies."""
-    params = stage_params(params_file, "demo", preset=preset, format=fmt, seed=seed, jobs=jobs)
-    preset, fmt = str(params.get("preset", "demo")), str(params.get("format", "both"))
-    if preset not in PRESET_NAMES:
-        raise MerError(f"{params_file}: demo preset '{preset}' unknown; expected one of {', '.join(PRESET_NAMES)}")
-    if fmt not in FORMAT_CHOICES:
-        raise MerError(f"{params_file}: demo format '{fmt}' unknown; expected one of {', '.join(FORMAT_CHOICES)}")
-    try:
-        seed, n_jobs = int(params.get("seed", 0)), max(1, int(params.get("jobs", 1)))
-    except (TypeError, ValueError) as exc:
-        raise MerError(f"{params_file}: demo seed and jobs must be integers: {exc}") from exc
+    params = stage_settings(params_file, "demo", preset=preset, format=fmt, seed=seed, jobs=jobs)
     with atomic_output(out, directory=True) as tmp:
-        summary = generate(tmp, preset, fmt, seed, n_jobs, _progress)
+        summary = generate(tmp, params.preset, params.format, params.seed, params.jobs, _progress)
     for dataset, counts in summary.items():
         click.echo(
             f"{dataset}: {counts['clips']} clips, {counts['frames']} frames, {counts['subjects']} subjects -> {out}/{dataset}"

@@ -6,8 +6,7 @@ import click
 from tqdm import tqdm
 
 from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images
-from pipeline.errors import MerError
-from stages.common import jobs_option, params_option, recorded_params, stage_params
+from stages.common import jobs_option, params_option, recorded_params, stage_settings
 
 
 @click.command("dynimg")
@@ -18,7 +17,11 @@ from stages.common import jobs_option, params_option, recorded_params, stage_par
     help="Aligned cache from `mer align`; for a composite table (`mer combine`) one NAME=FILE per dataset.",
 )
 @click.option("--samples", type=click.Path(dir_okay=False), required=True, help="Samples table from `mer annotate`.")
-@click.option("--classes", default=None, help="Class preset whose label order the cache records (default: params).")
+@click.option(
+    "--classes",
+    default=None,
+    help="Class preset whose label order the cache records (default: params, else the dataset format's preset, e.g. casme2-5, as annotate).",
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Dynamic-image cache to write (.h5).")
 @jobs_option
 @params_option
@@ -26,20 +29,17 @@ def dynimg(
     aligned: tuple[str, ...], samples: str, classes: str | None, out: str, jobs: int | None, params_file: str
 ) -> None:
     """Compute full, onset-apex and apex-offset dynamic images into an HDF5 cache."""
-    params = stage_params(params_file, "dynimg", jobs=jobs, classes=classes)
-    try:
-        settings = DynamicImageSettings.from_params(params)
-    except (TypeError, ValueError) as exc:
-        raise MerError(f"{params_file}: invalid dynimg settings: {exc}") from exc
+    params = stage_settings(params_file, "dynimg", jobs=jobs, classes=classes)
+    settings = DynamicImageSettings.from_section(params)
     result = build_dynamic_images(
         aligned,
         samples,
         out,
         settings,
         recorded_params(params),
-        classes=params.get("classes"),
-        overrides=params.get("overrides"),
-        jobs=int(params.get("jobs", 1)),
+        classes=params.classes,
+        overrides=params.overrides,
+        jobs=params.jobs,
         params_file=params_file,
         progress=lambda items, total: tqdm(items, total=total, desc="dynamic images", unit="clip", disable=None),
     )
@@ -50,6 +50,12 @@ def dynimg(
         click.echo(
             f"  skipped {len(result.skipped)} clip(s) without an annotated apex (apex: annotated): "
             + ", ".join(result.skipped)
+        )
+    if result.outside:
+        click.echo(
+            f"  dropped {len(result.outside)} clip(s) whose phases reach beyond onset..offset (outside_clip: drop): "
+            + ", ".join(result.outside[:10])
+            + (", ..." if len(result.outside) > 10 else "")
         )
     for name, count in result.widened.items():
         if count:

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import MerError
 from pipeline.evaluate.run import evaluate_run
-from stages.common import params_option, stage_params
-
-_KNOWN = {"confusion_normalize", "bootstrap", "confidence"}
+from stages.common import params_option, stage_settings
 
 
 @click.command("evaluate")
@@ -28,10 +25,7 @@ _KNOWN = {"confusion_normalize", "bootstrap", "confidence"}
 @params_option
 def evaluate(run_dir: str, out: str, metrics_file: str | None, params_file: str) -> None:
     """Accuracy, UF1 and UAR over the predictions pooled across all folds."""
-    params = stage_params(params_file, "evaluate")
-    unknown = sorted(set(params) - _KNOWN)
-    if unknown:
-        raise MerError(f"{params_file}: unknown evaluate keys {unknown}; known keys: {sorted(_KNOWN)}")
+    params = stage_settings(params_file, "evaluate")
     metrics = evaluate_run(run_dir, out, metrics_file, params, warn=lambda message: click.echo(message, err=True))
     click.echo(
         f"{Path(run_dir).name}: accuracy {metrics['accuracy']:.4f}, UF1 {metrics['uf1']:.4f}, UAR {metrics['uar']:.4f} "

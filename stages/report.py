@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pipeline.config import load_section
 from pipeline.evaluate.report import build_report, experiment_runs
 from stages.common import params_option, stage_params
 
@@ -29,8 +28,10 @@ from stages.common import params_option, stage_params
 @params_option
 def report(runs: tuple[str, ...], runs_dir: str | None, out: str, params_file: str) -> None:
     """Tabulate models x modes x datasets with intervals and gains over the baseline."""
-    params = stage_params(params_file, "report")
+    params = stage_params(params_file)
     if runs_dir is not None:
-        runs = runs + experiment_runs(runs_dir, load_section(params_file, "experiment"))
-    n_runs, n_rows = build_report(runs, out, params)
+        runs = runs + experiment_runs(runs_dir, params.section("experiment").model_dump())
+    n_runs, n_rows = build_report(
+        runs, out, params.section("report"), warn=lambda message: click.echo(message, err=True)
+    )
     click.echo(f"{n_runs} runs, {n_rows} dataset x model rows -> {out}/results.md, results.csv, results.png")

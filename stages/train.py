@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pipeline.train.models import PAPER_MODELS
 from pipeline.train.run import train_cache
 from pipeline.train.settings import BACKENDS, MODES, resolve_train_settings, weights_key
-from stages.common import jobs_option, params_option
+from stages.common import jobs_option, params_option, stage_params
 
 
 @click.command("train")
@@ -63,7 +63,8 @@ def train(
     dynamic_images: str, out: str, curve: str | None, timings: str | None, fresh: bool, params_file: str, **options
 ) -> None:
     """Train one model per LOSO fold and write checkpoints and predictions."""
-    settings = resolve_train_settings(params_file, **options)  # options > params models.NAME > params train
+    params = stage_params(params_file)
+    settings = resolve_train_settings(params, **options)  # options > params models.NAME > params train
 
     def progress(results, total):
         return tqdm(results, total=total, desc=f"train {settings.model}", unit="fold", disable=None)
@@ -78,7 +79,7 @@ def train(
         fresh=fresh,
         curve=curve,
         timings=timings,
-        weights_key=weights_key(params_file, settings.model),
+        weights_key=weights_key(params, settings.model),
         echo=click.echo,
         warn=lambda line: click.echo(line, err=True),
         progress=progress,

@@ -603,3 +603,46 @@ def test_long_clips_keep_their_per_frame_affines(tmp_path):
     with h5py.File(path, "a") as handle:  # damage is detected like in any other dataset
         handle["006/006_1_2/frame_affines"][5, 0, 0] += 1
     assert any("frame_affines" in problem for problem in verify(path))
+
+
+def test_the_pipelines_align_stage_writes_its_preview(tmp_path, casme_root, project_params):
+    import yaml
+
+    from pipeline.align.dataset import preview_path
+
+    stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["align"]["do"]
+    args = stage["cmd"].split()
+    count = args[args.index("--preview") + 1]
+    assert int(count) > 0 and str(preview_path("cache/aligned/${key}.h5")) in stage["outs"]
+    result, out = _run_align(tmp_path, casme_root, project_params, "--preview", count)
+    assert result.exit_code == 0, result.output
+    assert (
+        preview_path(out).read_bytes()[:4] == b"\x89PNG"
+        and f"preview of 2 clips -> {preview_path(out)}" in result.output
+    )
+
+
+def test_cache_preview_draws_frames_of_an_aligned_cache(tmp_path, casme_root, project_params):
+    from pipeline.align.preview import pick_aligned_clips
+
+    result, out = _run_align(tmp_path, casme_root, project_params)
+    assert result.exit_code == 0, result.output
+    png = tmp_path / "aligned.png"
+    shown = CliRunner().invoke(cli, ["cache", "preview", str(out), "--out", str(png)])
+    assert shown.exit_code == 0, shown.output
+    assert f"preview of 2 clips -> {png}" in shown.output  # one clip per subject
+    sheet = cv2.imread(str(png))
+    assert sheet.shape == (2 * 178, 4 * 160, 3)  # per clip: reference with landmarks, first, middle, last
+    green = (sheet[..., 1] > 200) & (sheet[..., 0] < 80) & (sheet[..., 2] < 80)
+    assert green[:160, :160].sum() > 68 and green[:160, 160:].sum() == 0  # landmarks on the reference only
+
+    chosen = CliRunner().invoke(cli, ["cache", "preview", str(out), "--out", str(png), "--clips", "sub02/EP02_03f"])
+    assert chosen.exit_code == 0 and "preview of 1 clips" in chosen.output
+    assert cv2.imread(str(png)).shape == (178, 4 * 160, 3)
+    missing = CliRunner().invoke(cli, ["cache", "preview", str(out), "--out", str(png), "--clips", "sub09/EP01"])
+    assert missing.exit_code != 0 and "holds no clip sub09/EP01" in missing.output
+
+    keys = [(f"s{i}", f"c{j}") for i in range(30) for j in range(2)]
+    picks = pick_aligned_clips(keys)
+    assert len(picks) == 12 and len({s for s, _ in picks}) == 12 and ("s0", "c0") in picks and ("s29", "c0") in picks
+    assert pick_aligned_clips(keys[:4], 3) == [("s0", "c0"), ("s0", "c1"), ("s1", "c0")]

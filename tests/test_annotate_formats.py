@@ -103,7 +103,7 @@ def test_apex_outside_error_refuses_the_rows(samm_outside, tmp_path, project_par
     assert result.exit_code != 0 and "row 17" in result.output
     project_params["annotate"]["apex_outside"] = "clamp"
     result, _ = _run(tmp_path, project_params, "--dataset", "samm", "--root", root, "--coding", sheet)
-    assert result.exit_code != 0 and "apex_outside must be one of estimate, error" in result.output
+    assert result.exit_code != 0 and "annotate.apex_outside = 'clamp': allowed: 'estimate' or 'error'" in result.output
 
 
 def test_the_cli_lists_estimated_apexes_in_the_summary_and_the_warnings_file(samm_outside, tmp_path, project_params):

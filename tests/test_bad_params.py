@@ -49,12 +49,12 @@ def test_missing_section(tmp_path, project_params):
 @pytest.mark.parametrize(
     "section, key, value, message",
     [
-        ("align", "size", "big", "invalid align settings"),
-        ("align", "eye_distance", 1.5, "align params out of range"),
-        ("dynimg", "size", 2, "size must be at least 8 pixels"),
-        ("dynimg", "variant", "mean", "variant must be one of"),
-        ("dynimg", "normalize", "sometimes", "normalize must be global or per_channel"),
-        ("dynimg", "min_phase_frames", 0, "min_phase_frames must be at least 1"),
+        ("align", "size", "big", "align.size = 'big': must be a whole number"),
+        ("align", "eye_distance", 1.5, "align.eye_distance = 1.5: must be less than 1"),
+        ("dynimg", "size", 2, "dynimg.size = 2: must be greater than or equal to 8"),
+        ("dynimg", "variant", "mean", "dynimg.variant = 'mean': allowed: 'harmonic' or 'linear'"),
+        ("dynimg", "normalize", "sometimes", "allowed: 'global' or 'per_channel'"),
+        ("dynimg", "min_phase_frames", 0, "dynimg.min_phase_frames = 0: must be greater than or equal to 1"),
         ("dynimg", "phases", {"full": ["onset"]}, "must be a [start, end] pair"),
     ],
 )

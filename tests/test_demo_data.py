@@ -250,7 +250,7 @@ def test_bad_preset_is_a_clean_error(tmp_path):
     params = write_params(tmp_path, {"demo": {"preset": "huge", "format": "both", "seed": 1}})
     result = CliRunner().invoke(cli, ["demo-data", "--out", str(tmp_path / "out"), "--params", str(params)])
     assert result.exit_code != 0
-    assert "preset 'huge' unknown" in result.output
+    assert "demo.preset = 'huge': allowed: 'tiny', 'demo' or 'casme2-scale'" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.dynimg.phases import parse_phases, phase_frames
+from pipeline.dynimg.phases import outside_clip, parse_phases, phase_frames
 from pipeline.dynimg.rank_pooling import (
     SingleFrameWarning,
     clip_dynamic_images,
@@ -73,11 +73,15 @@ def test_to_uint8_global_and_per_channel():
     assert per[..., 0].max() == 255 and per[..., 1].min() == 0 and per[..., 2].max() == 0  # flat channel -> 0
 
 
-def test_phases_with_shifts_and_clipping():
+def test_phases_with_shifts_and_anchors_outside_the_clip():
     phases = parse_phases({"full": ["onset", "offset"], "rise": ["onset+2", "apex"], "late": ["apex - 1", "offset+9"]})
     assert phase_frames(phases["full"], 10, 15, 30) == (10, 30)
     assert phase_frames(phases["rise"], 10, 15, 30) == (12, 15)
-    assert phase_frames(phases["late"], 10, 15, 30) == (14, 30)  # clipped to the clip
+    # an anchor beyond the clip is an error, never clamped (it used to be clipped to (14, 30))
+    assert outside_clip(phases["late"], 10, 15, 30) and not outside_clip(phases["rise"], 10, 15, 30)
+    assert outside_clip(parse_phases({"x": ["onset", "apex-2"]})["x"], 10, 11, 30)  # ends before the onset
+    with pytest.raises(ValueError, match=r"phase \[apex-1, offset\+9\] spans frames 14..39, outside"):
+        phase_frames(phases["late"], 10, 15, 30)
     with pytest.raises(ValueError, match="onset, apex or offset"):
         parse_phases({"bad": ["start", "apex"]})
     with pytest.raises(ValueError, match="before it starts"):

@@ -255,6 +255,74 @@ def test_train_refuses_an_incomplete_or_foreign_cache(tmp_path, inputs, project_
     assert expected in result.output and not (tmp_path / "run").exists()
 
 
+def test_dynimg_refuses_overwritten_aligned_frames_and_writes_nothing(tmp_path, inputs, project_params):
+    import h5py
+
+    aligned, _ = inputs
+    with h5py.File(aligned) as handle:
+        frames = handle["sub02/EP07_02/frames"]
+        offsets = [frames.id.get_chunk_info(k).byte_offset for k in range(4)]
+        stored = frames.attrs["sha256"]
+    data = bytearray(aligned.read_bytes())
+    for offset in offsets:  # 4 x 10,000 = 40,000 bytes of one clip's frames
+        data[offset : offset + 10_000] = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
+    aligned.write_bytes(bytes(data))
+    with h5py.File(aligned) as handle:
+        assert handle["sub02/EP07_02/frames"].attrs["sha256"] == stored  # the fingerprint does not see it
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code != 0
+    assert f"{aligned}, clip sub02/EP07_02: frames do not match their stored sha256" in result.output
+    assert "1 of 4 clips; nothing was written" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("swapped", "samples.csv line 3 (sub01/EP02_01f): onset 11, apex 5, offset 3: onset <= apex <= offset"),
+        ("duplicate", "samples.csv line 6 (sub01/EP01_01): the same sample (clip and onset 46) as line 2"),
+        ("n_frames", "samples.csv line 4 (sub02/EP07_02): n_frames 14 but onset..offset spans 15 frames"),
+        ("no_frames", "samples.csv line 5 (sub02/EP08_01): frames [17, 18] of onset..offset 7..18 are not in"),
+    ],
+)
+def test_dynimg_refuses_a_samples_table_that_breaks_its_invariants(tmp_path, inputs, project_params, damage, message):
+    _, samples = inputs
+    lines = samples.read_text().splitlines()
+    if damage == "swapped":  # onset and offset of line 3 exchanged
+        cells = lines[2].split(",")
+        cells[3], cells[5] = cells[5], cells[3]
+        lines[2] = ",".join(cells)
+    elif damage == "duplicate":
+        lines.append(lines[1])
+    elif damage == "n_frames":
+        lines[3] = lines[3].replace(",annotated,15,", ",annotated,14,")
+    else:  # offset beyond the aligned frames (n_frames kept consistent)
+        lines[4] = lines[4].replace(",16,annotated,10,", ",18,annotated,12,")
+    samples.write_text("\n".join(lines) + "\n")
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert not out.exists()
+
+
+def test_phase_anchors_outside_the_clip_are_an_error_or_dropped_never_clamped(tmp_path, inputs, project_params):
+    project_params["dynimg"]["phases"] = {"full": ["onset", "offset"], "onset_apex": ["onset", "apex+999"]}
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code != 0 and not out.exists()
+    assert "onset_apex [onset, apex+999] reach beyond onset..offset in 4 of 4 clips" in result.output
+    assert "(sub01/EP01_01, sub01/EP02_01f, sub02/EP07_02, sub02/EP08_01)" in result.output
+    assert "outside_clip: drop" in result.output
+    # apex+7 leaves the clip in 3 of the 4 (only sub02/EP08_01, apex on its onset, has 7 frames after it)
+    project_params["dynimg"]["phases"]["onset_apex"] = ["onset", "apex+7"]
+    project_params["dynimg"]["outside_clip"] = "drop"
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert "dropped 3 clip(s) whose phases reach beyond onset..offset (outside_clip: drop)" in result.output
+    data = read_dynamic_images(out)
+    assert data.samples["sample_id"].tolist() == ["casme2/sub02/EP08_01"]
+    assert data.attrs["outside_clip_dropped"] == 3
+
+
 def test_several_samples_of_one_folder_get_their_own_ids(tmp_path, project_params):
     """CAS(ME)^3: one video folder holds several micro-expressions; each is a sample of its own."""
     aligned = tmp_path / "aligned.h5"
@@ -301,3 +369,109 @@ def test_several_samples_of_one_folder_get_their_own_ids(tmp_path, project_param
     project_params["dynimg"].update(apex="annotated_or_estimated", overrides={"spNO.1/e": {"apex": 70}})
     result, _ = _dynimg(tmp_path, inputs, project_params, "--classes", "others=others,disgust=disgust")
     assert result.exit_code != 0 and "the folder holds 3 samples (onsets 62, 96, 110)" in result.output
+
+
+def test_without_classes_labels_follow_the_formats_preset(tmp_path, inputs, project_params):
+    """No --classes and none in params: the order of annotate's default preset (casme2-5), as the
+    pipeline's `--classes casme2-5` gives, not the labels sorted."""
+    aligned, samples = inputs
+    out = tmp_path / "di.h5"
+    args = ["dynimg", "--aligned", str(aligned), "--samples", str(samples), "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--params", str(write_params(tmp_path, project_params))])
+    assert result.exit_code == 0, result.output
+    data = read_dynamic_images(out)
+    assert data.label_names == ["happiness", "disgust", "repression", "surprise", "others"]
+    assert data.samples["label"].tolist() == [0, 3, 1, 4]
+
+
+def test_default_label_order():
+    from pipeline.datasets.presets import default_label_names
+
+    assert default_label_names(["samm"], ["other", "anger"]) == ["anger", "contempt", "happiness", "surprise", "other"]
+    # labels a preset does not hold (a custom mapping) or a format without a preset: sorted, as annotate's `emotions`
+    assert default_label_names(["casme2"], ["positive", "negative"]) == ["negative", "positive"]
+    assert default_label_names(["generic"], ["sad", "happy"]) == ["happy", "sad"]
+    assert default_label_names(["mmew", "casme2"], ["others"]) == [
+        "happiness",
+        "disgust",
+        "repression",
+        "surprise",
+        "others",
+    ]
+
+
+def test_plain_h5py_reads_label_names_and_phases_as_lists_of_str(tmp_path, inputs, project_params):
+    import h5py
+
+    _, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    with h5py.File(out, "r") as f:
+        assert list(f.attrs["label_names"]) == ["happiness", "disgust", "repression", "surprise", "others"]
+        assert list(f.attrs["phases"]) == ["full", "onset_apex", "apex_offset"]
+        assert all(isinstance(name, str) for name in f.attrs["label_names"])
+        assert f["subject"].asstr()[0] == "sub01" and f["images/full"][0].shape == (112, 112, 3)
+    info = CliRunner().invoke(cli, ["cache", "info", str(out)])
+    assert "label_names: happiness, disgust, repression, surprise, others" in info.output
+
+    # a cache written before (JSON lists in string attributes) still reads
+    with h5py.File(out, "r+") as f:
+        f.attrs["label_names"] = '["happiness", "disgust", "repression", "surprise", "others"]'
+        f.attrs["phases"] = '["full", "onset_apex", "apex_offset"]'
+    data = read_dynamic_images(out)
+    assert data.label_names[0] == "happiness" and data.phases == ["full", "onset_apex", "apex_offset"]
+    assert CliRunner().invoke(cli, ["cache", "verify", str(out)]).exit_code == 0
+    assert "happiness 1" in CliRunner().invoke(cli, ["cache", "info", str(out)]).output
+
+
+def _many_subjects_cache(path):
+    """Three subjects x three classes x two clips each, the table ordered by subject."""
+    from tests.di_cache import write_dynamic_images
+
+    rows = [(s, k, c) for s in ("sub01", "sub02", "sub03") for k in range(3) for c in range(2)]
+    samples = {
+        "sample_id": [f"casme2/{s}/EP{k}{c}" for s, k, c in rows],
+        "dataset": ["casme2"] * len(rows),
+        "subject": [s for s, _, _ in rows],
+        "clip": [f"EP{k}{c}" for _, k, c in rows],
+        "label": [k for _, k, _ in rows],
+        "onset": [1] * len(rows),
+        "apex": [3] * len(rows),
+        "offset": [5] * len(rows),
+        "apex_source": ["annotated"] * len(rows),
+    }
+    images = {p: np.zeros((len(rows), 16, 16, 3), np.uint8) for p in ("full", "onset_apex", "apex_offset")}
+    write_dynamic_images(path, samples, images, ["happiness", "disgust", "surprise"], {})
+
+
+def test_preview_shows_one_clip_per_class_and_subject(tmp_path):
+    from pipeline.dynimg.preview import pick_samples
+
+    cache = tmp_path / "di.h5"
+    _many_subjects_cache(cache)
+    data = read_dynamic_images(cache)
+    shown = [(data.samples["subject"][i], int(data.samples["label"][i])) for i in pick_samples(data)]
+    # every class and every subject, with as few clips: not the first subject's six
+    assert sorted(shown) == [("sub01", 0), ("sub02", 1), ("sub03", 2)]
+    every = [(data.samples["subject"][i], int(data.samples["label"][i])) for i in pick_samples(data, 20)]
+    assert len(every) == 9 and len(set(every)) == 9  # one clip per (class, subject) pair
+    assert [k for _, k in every] == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # rows by class, then subject
+
+    png = tmp_path / "preview.png"
+    result = CliRunner().invoke(cli, ["cache", "preview", str(cache), "--out", str(png)])
+    assert result.exit_code == 0 and "preview of 3 clips" in result.output, result.output
+    result = CliRunner().invoke(
+        cli,
+        [
+            "cache",
+            "preview",
+            str(cache),
+            "--out",
+            str(png),
+            "--clips",
+            "sub02/EP21,sub03/EP00",
+            "--clips",
+            "sub01/EP11",
+        ],
+    )
+    assert result.exit_code == 0 and "preview of 3 clips" in result.output, result.output
+    result = CliRunner().invoke(cli, ["cache", "preview", str(cache), "--out", str(png), "--clips", "sub04/EP00"])
+    assert result.exit_code != 0 and "holds no clip sub04/EP00" in result.output

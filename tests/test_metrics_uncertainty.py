@@ -144,3 +144,71 @@ def test_evaluate_refuses_a_clip_tested_in_two_folds(tmp_path, run_with_folds, p
     )
     result = _evaluate(tmp_path, run_with_folds, project_params)
     assert result.exit_code != 0 and "clip x/S1/0 is tested in two folds: S1 and S2" in result.output
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "other_subject",
+            "fold S2: {run}/folds/S2/predictions.csv holds 1 row(s) of subject(s) S1 (x/S1/1), but the fold",
+        ),
+        (
+            "pooled_differs",
+            "{run}/predictions.csv: 1 row(s) with values that differ from its fold's predictions.csv (x/S1/1)",
+        ),
+        ("pooled_extra", "{run}/predictions.csv: 1 row(s) in no fold's predictions.csv (x/S2/9)"),
+        ("missing_fold", "fold S2: listed in run.json but {run}/folds/S2 is missing"),
+        ("extra_fold", "fold folder {run}/folds/S3 is not listed in run.json"),
+    ],
+)
+def test_evaluate_refuses_folds_that_do_not_match_the_run(tmp_path, run_with_folds, project_params, damage, message):
+    run = run_with_folds
+    folds = run / "folds"
+    if damage == "other_subject":  # S1's second clip predicted by fold S2
+        s1, s2 = (folds / s / "predictions.csv" for s in ("S1", "S2"))
+        lines = s1.read_text().splitlines(keepends=True)
+        s1.write_text("".join(lines[:2]))
+        s2.write_text(s2.read_text() + lines[2])
+    elif damage == "pooled_differs":
+        pooled = run / "predictions.csv"
+        pooled.write_text(pooled.read_text().replace("x/S1/1,x,S1,b,a", "x/S1/1,x,S1,b,b"))
+    elif damage == "pooled_extra":
+        pooled = run / "predictions.csv"
+        pooled.write_text(pooled.read_text() + "x/S2/9,x,S2,a,a\n")
+    elif damage == "missing_fold":
+        shutil.rmtree(folds / "S2")
+    else:
+        shutil.copytree(folds / "S2", folds / "S3")
+    result = _evaluate(tmp_path, run, project_params)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message.format(run=run) in result.output, result.output
+    assert not (tmp_path / "reports").exists()
+
+
+def test_an_interval_without_spread_is_exactly_the_value():
+    """A model predicting one class for every clip, every subject alike: the bootstrap cannot move
+    the metrics, and the interval must not come out a rounding error above or below them."""
+    subjects = np.repeat([f"s{i}" for i in range(6)], 5)
+    y_true = np.tile(np.arange(5), 6)
+    pred = _predictions(y_true, np.zeros(30, np.int64), subjects, k=5)
+    observed = summary(pred.y_true, pred.y_pred)
+    intervals = bootstrap_intervals(pred, 50)
+    for name in ("accuracy", "uf1", "uar"):
+        assert intervals[name] == [observed[name], observed[name]]
+
+
+def test_the_confusion_matrix_title_names_the_dataset(tmp_path, run_with_folds, project_params, monkeypatch):
+    import pipeline.evaluate.run as run_module
+
+    titles, draw = [], run_module.plot_confusion
+
+    def spy(counts, label_names, path, normalize=True, title=""):
+        titles.append(title)
+        draw(counts, label_names, path, normalize, title)
+
+    monkeypatch.setattr(run_module, "plot_confusion", spy)
+    result = _evaluate(tmp_path, run_with_folds, project_params)
+    assert result.exit_code == 0, result.output
+    assert titles == ["x - toy baseline: acc 0.750, UF1 0.733, UAR 0.750"]
+    assert (tmp_path / "reports" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

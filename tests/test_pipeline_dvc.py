@@ -67,6 +67,7 @@ def test_repro_leaves_every_artifact(project):
     for ds in DATASETS:
         with h5py.File(cache / "aligned" / f"{ds}.h5") as handle:
             assert handle.attrs["schema"] == "mer.aligned"
+        assert (cache / "aligned" / f"{ds}.h5.preview.png").read_bytes()[:4] == b"\x89PNG"
         assert (cache / "samples" / f"{ds}.csv").is_file()
         with h5py.File(cache / "dynamic_images" / f"{ds}.h5") as handle:
             assert set(handle["images"]) == {"full", "onset_apex", "apex_offset"}

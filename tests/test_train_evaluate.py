@@ -208,7 +208,7 @@ def test_train_input_errors(tmp_path):
     result = invoke(
         "train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params_for(tmp_path, epoch=3)
     )
-    assert result.exit_code != 0 and "unknown train keys ['epoch']" in result.output
+    assert result.exit_code != 0 and "train.epoch = 3: unknown key; did you mean epochs?" in result.output
     result = invoke(
         "train", "--dynamic-images", tmp_path / "nope.h5", "--out", tmp_path / "run", "--params", params_for(tmp_path)
     )
@@ -232,7 +232,9 @@ def test_augmentation_flips_or_keeps_each_sample_and_rotation_keeps_shape():
     assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 16
     rotated = augment_batch(x, torch.Generator().manual_seed(0), AugmentSettings(flip=False, rotation=10))
     assert rotated.shape == x.shape and not torch.equal(rotated, x)
-    with pytest.raises(ValueError, match=r"unknown train keys \['augment_flip', 'augment_rotation'\]"):
+    with pytest.raises(
+        ValueError, match=r"train.augment_flip = True: unknown key(.|\n)*train.augment_rotation = 10: unknown key"
+    ):
         TrainSettings.from_params({"augment_flip": True, "augment_rotation": 10})  # the keys before `augment:`
 
 
@@ -364,3 +366,66 @@ def test_epochs_of_folds_run_here_can_be_shown(tmp_path):
     results = run_loso(data, settings, tmp_path / "run", epoch_progress=record)
     assert seen == [(s, e) for s in SUBJECTS for e in (1, 2, 3)]
     assert [len(r.log) for r in results] == [3, 3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Every read is verified; training that cannot learn stops
+
+
+def _damage_label(path, value_byte=1, byte=0):
+    """Overwrite one byte of the first clip's label in the file (label 0 -> `value_byte` << 8*byte)."""
+    import h5py
+
+    with h5py.File(path) as handle:
+        offset = handle["label"].id.get_offset()
+        assert handle["label"][0] == 0
+    data = bytearray(path.read_bytes())
+    data[offset + byte] = value_byte
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("byte, where", [(0, ""), (7, "at row 0, clip sub01/EP00")])
+def test_a_changed_label_byte_stops_train_and_preview(tmp_path, byte, where):
+    cache = make_cache(tmp_path / "di.h5")
+    _damage_label(cache, 1, byte)  # byte 0: a valid class (1), that would train under the wrong class
+    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params_for(tmp_path))
+    assert result.exit_code != 0 and not (tmp_path / "run").exists()
+    assert f"{cache}: dataset(s) label do not match their stored sha256" in result.output
+    assert where in result.output and "Traceback" not in result.output
+    preview = invoke("cache", "preview", cache, "--out", tmp_path / "preview.png")
+    assert preview.exit_code != 0 and not (tmp_path / "preview.png").exists()
+    assert f"{cache}: dataset(s) label do not match their stored sha256" in preview.output
+
+
+def test_batches_of_one_sample_take_optimizer_steps():
+    from pipeline.train.fold import batch_indices, train_epoch
+    from pipeline.train.models import build_model
+
+    order = torch.arange(64)
+    assert [len(b) for b in batch_indices(33, 32, order)] == [33]  # a last sample joins the batch before it
+    assert [len(b) for b in batch_indices(5, 2, order)] == [2, 3]
+    assert [len(b) for b in batch_indices(3, 1, order)] == [1, 1, 1]  # batch_size 1: every sample a step
+    assert [len(b) for b in batch_indices(64, 32, order)] == [32, 32]
+    assert torch.cat(list(batch_indices(33, 32, order))).tolist() == list(range(33))
+
+    torch.manual_seed(0)
+    model = build_model("learnet", 3, False, None, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(6, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    settings = TrainSettings.from_params({"input_size": 32, "batch_size": 1, "lr": 0.001, "device": "cpu"})
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    generator = torch.Generator().manual_seed(0)
+    losses = [train_epoch(model, optimizer, x, y, settings, generator, torch.device("cpu"))[0] for _ in range(2)]
+    assert losses[0] > 0 and losses[1] != losses[0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert model.training  # batch norm back in training mode after the single-sample steps
+
+
+def test_a_diverging_run_stops_naming_fold_and_epoch_and_writes_no_run(tmp_path):
+    cache = make_cache(tmp_path / "di.h5")
+    params = params_for(tmp_path, lr=1e12, epochs=3, mode="baseline")
+    result = invoke("train", "--dynamic-images", cache, "--out", tmp_path / "run", "--params", params)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "fold sub01, epoch " in result.output and "diverged" in result.output and "train.lr" in result.output
+    assert not (tmp_path / "run").exists()

@@ -220,6 +220,17 @@ def test_a_class_without_training_samples_in_a_fold_stops_before_training(tmp_pa
     assert json.loads((out / "run.json").read_text())["label_names"] == [*CLASSES, "fear"]
 
 
+def test_a_cache_of_one_class_is_refused_before_training(tmp_path):
+    cache = toy_cache(tmp_path / "di.h5", subjects=SUBJECTS[:3], labels=(1, 1, 1, 1))
+    out = tmp_path / "run"
+    result = invoke(
+        "train", "--dynamic-images", cache, "--out", out, "--params", toy_params(tmp_path, epochs=1, mode="baseline")
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{cache}: every clip has class 'positive'" in result.output
+    assert not out.exists() and not (tmp_path / ".run.partial").exists()
+
+
 def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, tmp_path):
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"

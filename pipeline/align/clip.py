@@ -17,55 +17,24 @@ memory that the writer process maps, instead of pickling the frames back.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from pipeline.align.landmarks import detect_faces, eye_centres, landmarks_in_box
+from pipeline.config import ALIGN_METHODS, AlignSettings  # the align section's clip settings
 from pipeline.datasets.layouts import ClipFolder
 from pipeline.imaging import JPEG_SUFFIXES, FrameError, decode_frame, is_grayscale
 from pipeline.io.aligned_cache import AlignedClip
 from pipeline.io.provenance import frame_files_fingerprint
 
-METHODS = ("landmarks", "resize")
+METHODS = ALIGN_METHODS
 DETECTOR = "dlib-hog+shape_predictor_68"
 # Landmarks that micro-expressions barely move (temples, nose, eye corners): used to follow the head.
 STABLE_POINTS = np.array([0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45])
 Allocate = Callable[[tuple[int, ...]], np.ndarray]  # shape -> empty C-contiguous uint8 array
-
-
-@dataclass(frozen=True)
-class AlignSettings:
-    size: int = 224  # square output crop
-    eye_distance: float = 0.38  # inter-ocular distance / crop width
-    eye_height: float = 0.36  # eye line / crop height
-    detect_max_side: int = 640  # larger frames are downscaled before detection
-    upsample: int = 1  # extra dlib upsampling passes tried when the first pass finds nothing
-    reference_candidates: int = 5  # frames tried, from the first, until a face is found
-    method: str = "landmarks"  # landmarks: detect and warp | resize: frames are already cropped faces
-    redetect_every: int = 0  # 0: one transform per clip; k > 0: re-detect every k frames and smooth
-    smooth_window: int = 3  # detections averaged (centred moving average) when redetect_every > 0
-
-    @classmethod
-    def from_params(cls, params: dict) -> AlignSettings:
-        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
-        settings = cls(**known)
-        if settings.size < 16 or not 0 < settings.eye_distance < 1 or not 0 < settings.eye_height < 1:
-            raise ValueError(f"align params out of range: {known}")
-        if settings.method not in METHODS:
-            raise ValueError(f"align.method must be one of {', '.join(METHODS)}, got {settings.method!r}")
-        if settings.upsample < 0 or settings.reference_candidates < 1 or settings.detect_max_side < 32:
-            raise ValueError(f"align params out of range: {known}")
-        if settings.redetect_every < 0 or settings.smooth_window < 1:
-            raise ValueError(f"redetect_every must be >= 0 and smooth_window >= 1: {known}")
-        return settings
-
-    def record(self) -> str:
-        """The settings as stored with every clip (JSON): `--resume` reuses clips only when equal."""
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 class AlignmentFailure(FrameError):

@@ -51,9 +51,15 @@ def aligned_montage(
     return sheet
 
 
-def save_montage(path: str | Path, images: list[np.ndarray], landmarks: list[np.ndarray], labels: list[str]) -> None:
+def save_montage(
+    path: str | Path,
+    images: list[np.ndarray],
+    landmarks: list[np.ndarray],
+    labels: list[str],
+    columns: int | None = None,
+) -> None:
     """`aligned_montage` written as a PNG at `path`, atomically."""
-    sheet = aligned_montage(images, landmarks, labels)
+    sheet = aligned_montage(images, landmarks, labels, columns)
     with atomic_output(path) as tmp:
         _ok, data = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         Path(tmp).write_bytes(data.tobytes())

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.datasets.layouts import DATASETS, dataset_format
+from pipeline.datasets.layouts import DATASETS, FORMATS, dataset_format
 from pipeline.errors import MerError
 
 _EVERY_DATASET = object()
@@ -168,6 +168,23 @@ def label_names_for(spec: str | Mapping[str, Any], dataset: str = "casme2") -> l
     for every dataset.
     """
     return list(class_scheme(spec, dataset if dataset in DATASETS else "generic").labels)
+
+
+def default_label_names(datasets: Iterable[str], labels: Iterable[str]) -> list[str]:
+    """The label order of a samples table annotated without a class spec, as annotate chose it.
+
+    The default preset of the first dataset format (in `datasets` order) that has one and holds
+    every label (CASME II: casme2-5, SAMM: samm-5), all its labels in preset order; otherwise the
+    labels sorted, as the `emotions` scheme of a sheet without a default preset orders them.
+    """
+    labels = set(labels)
+    for dataset in dict.fromkeys(datasets):
+        preset = FORMATS[dataset].default_classes if dataset in FORMATS else None
+        if preset is not None:
+            order = label_names_for(preset, dataset)
+            if labels <= set(order):
+                return order
+    return sorted(labels)
 
 
 def emotions_scheme(emotions: Iterable[str]) -> ClassScheme:

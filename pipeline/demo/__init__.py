@@ -1,7 +1,7 @@
 """Synthetic CASME II and SAMM copies made from one public-domain portrait (`mer demo-data`).
 
 The real datasets cannot be redistributed, so the demo pipeline, the tests and the benchmarks run on
-copies that have the real folder layouts and coding spreadsheets (DESIGN.md section 4) and that hold
+copies that have the real folder layouts and coding spreadsheets and that hold
 learnable micro-expressions:
 
 - several "subjects" are made from the bundled portrait (NASA, public domain): the head is cut out

@@ -10,6 +10,7 @@ stays flat whatever the number of clips and the file is the same whatever the nu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -21,54 +22,52 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_output
+from pipeline.config import DynimgSection, section_problems
 from pipeline.datasets.composite import aligned_caches
-from pipeline.datasets.presets import label_names_for
-from pipeline.dynimg.phases import apply_overrides, parse_phases, phase_frames
-from pipeline.dynimg.rank_pooling import VARIANTS, clip_dynamic_images
-from pipeline.errors import InputProblems, MerError
-from pipeline.io.aligned_cache import ALIGNED_SCHEMA
+from pipeline.datasets.presets import default_label_names, label_names_for
+from pipeline.dynimg.phases import PhaseBound, apply_overrides, outside_clip, phase_frames
+from pipeline.dynimg.rank_pooling import FRAME_BLOCK, clip_dynamic_images
+from pipeline.errors import InputProblems, MerError, SettingsError
+from pipeline.io.aligned_cache import ALIGNED_SCHEMA, VerifiedFrames
 from pipeline.io.dynamic_image_cache import DynamicImageWriter
-from pipeline.io.hdf5 import open_cache
+from pipeline.io.hdf5 import array_sha256, open_cache
 from pipeline.io.provenance import dynamic_images_fingerprint
 from pipeline.io.samples import IMPUTED_APEX_SOURCES, read_samples, sample_ids
 from pipeline.motion import estimate_apex
 from pipeline.parallel import Progress, limit_native_threads, no_progress, ordered_map
 
-APEX_SOURCES = ("annotated_or_estimated", "annotated", "estimated")
-
 
 @dataclass(frozen=True)
 class DynamicImageSettings:
-    """The dynimg section of params.yaml, validated."""
+    """The settings of the DIs themselves, from the validated dynimg section (`DynimgSection`)."""
 
-    phases: dict
-    variant: str = "harmonic"
-    normalize: str = "global"  # global | per_channel
-    size: int = 112
-    apex: str = "annotated_or_estimated"
-    min_phase_frames: int = 2
+    phases: dict[str, tuple[PhaseBound, PhaseBound]]
+    variant: str
+    normalize: str  # global | per_channel
+    size: int
+    apex: str  # one of APEX_SOURCES
+    min_phase_frames: int
+    outside_clip: str  # error | drop: samples whose phase anchors fall outside the clip
+
+    @classmethod
+    def from_section(cls, section: DynimgSection) -> DynamicImageSettings:
+        return cls(
+            phases=section.parsed_phases(),
+            variant=section.variant,
+            normalize=section.normalize,
+            size=section.size,
+            apex=section.apex,
+            min_phase_frames=section.min_phase_frames,
+            outside_clip=section.outside_clip,
+        )
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> DynamicImageSettings:
-        settings = cls(
-            phases=parse_phases(params.get("phases")),  # type: ignore[arg-type]
-            variant=str(params.get("variant", "harmonic")),
-            normalize=str(params.get("normalize", "global")),
-            size=int(params.get("size", 112)),  # type: ignore[arg-type]
-            apex=str(params.get("apex", "annotated_or_estimated")),
-            min_phase_frames=int(params.get("min_phase_frames", 2)),  # type: ignore[arg-type]
-        )
-        if settings.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {settings.variant!r}")
-        if settings.normalize not in ("global", "per_channel"):
-            raise ValueError(f"normalize must be global or per_channel, got {settings.normalize!r}")
-        if settings.apex not in APEX_SOURCES:
-            raise ValueError(f"apex must be one of {APEX_SOURCES}, got {settings.apex!r}")
-        if settings.size < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {settings.size}")
-        if settings.min_phase_frames < 1:
-            raise ValueError(f"min_phase_frames must be at least 1, got {settings.min_phase_frames}")
-        return settings
+        """From a dynimg params section; SettingsError (a ValueError) names every bad key."""
+        section, problems = section_problems("dynimg", params)
+        if problems:
+            raise SettingsError("invalid dynimg settings", problems)
+        return cls.from_section(section)
 
     def estimates_apex(self, sample: Mapping[str, Any]) -> bool:
         """Whether the sample's apex is estimated on the aligned frames (an override always stands)."""
@@ -91,6 +90,7 @@ class DynamicImagesResult:
     skipped: list[str]  # subject/clip (/onset) of the samples left out by the apex policy
     widened: Counter  # phase -> clips whose phase was widened to min_phase_frames
     single_frame: Counter  # phase -> clips whose phase still spans one frame
+    outside: list[str] = dataclasses.field(default_factory=list)  # clips dropped (outside_clip: drop)
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,24 +107,38 @@ def estimate_aligned_apex(frames: Any, numbers: np.ndarray, onset: int, offset: 
     return int(numbers[inside[estimate_apex(frames[inside[0] : inside[-1] + 1])]])
 
 
+def _clip_apex(aligned_path: str, sample: dict) -> int | str:
+    """The apex estimated on the clip's aligned frames, or a message naming the clip (the whole
+    clip is read, hashed and checked against its stored sha256 first)."""
+    limit_native_threads()
+    key = f"{sample['subject']}/{sample['clip']}"
+    frames = VerifiedFrames(_aligned_handle(aligned_path), sample["subject"], sample["clip"], FRAME_BLOCK)
+    try:
+        apex = estimate_aligned_apex(frames, frames.frame_numbers, sample["onset"], sample["offset"])
+    except ValueError as exc:
+        return f"{key}: {exc}"
+    return frames.problem() or apex
+
+
 def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings):
-    """DIs of one clip, the frames each phase spans and the apex used, or a message naming the clip."""
+    """DIs of one clip and the frames each phase spans, or a message naming the clip.
+
+    The clip's frames are read block by block and hashed as they are read; the DIs are returned
+    only when the digest equals the stored sha256 of the frames (`VerifiedFrames`).
+    """
     limit_native_threads()
     key = f"{sample['subject']}/{sample['clip']}"
     handle = _aligned_handle(aligned_path)
     if key not in handle:
         return f"{key}: not in the aligned cache {aligned_path} (was the clip aligned?)"
-    frames, numbers = handle[key]["frames"], handle[key]["frame_numbers"][()]  # frames are read block by block
-    onset, apex, offset = sample["onset"], sample["apex"], sample["offset"]
+    frames = VerifiedFrames(handle, sample["subject"], sample["clip"], FRAME_BLOCK)
     try:
-        if settings.estimates_apex(sample):
-            apex = estimate_aligned_apex(frames, numbers, onset, offset)
         images, lengths = clip_dynamic_images(
             frames,
-            numbers,
-            onset,
-            apex,
-            offset,
+            frames.frame_numbers,
+            sample["onset"],
+            sample["apex"],
+            sample["offset"],
             settings.phases,
             settings.variant,
             settings.size,
@@ -133,7 +147,52 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
         )
     except ValueError as exc:
         return f"{key}: {exc}"
-    return images, lengths, apex
+    return frames.problem() or (images, lengths)
+
+
+def table_problems(rows: list[dict], samples: str | Path) -> list[str]:
+    """The samples table's own invariants, one message per broken row naming the file, line and clip:
+    onset <= apex <= offset, n_frames = offset - onset + 1, no sample twice (same dataset, subject,
+    clip and onset: several samples may share a clip folder, never an onset)."""
+    problems, seen = [], {}
+    for row in rows:
+        where = f"{samples} line {row['_line']} ({row['subject']}/{row['clip']})"
+        onset, apex, offset = row["onset"], row["apex"], row["offset"]
+        if not onset <= apex <= offset:
+            problems.append(
+                f"{where}: onset {onset}, apex {apex}, offset {offset}: onset <= apex <= offset does not hold"
+            )
+        if row["n_frames"] != offset - onset + 1:
+            problems.append(f"{where}: n_frames {row['n_frames']} but onset..offset spans {offset - onset + 1} frames")
+        key = (row["dataset"], row["subject"], row["clip"], onset)
+        if key in seen:
+            problems.append(f"{where}: the same sample (clip and onset {onset}) as line {seen[key]}")
+        seen.setdefault(key, row["_line"])
+    return problems
+
+
+def aligned_problems(rows: list[dict], samples: str | Path, caches: Mapping[str, str]) -> list[str]:
+    """Rows whose clip or frames onset..offset are not in their aligned cache (or whose frame numbers
+    do not match their stored checksum), naming the samples file, line and clip."""
+    problems = []
+    for row in rows:
+        where = f"{samples} line {row['_line']} ({row['subject']}/{row['clip']})"
+        handle, key = _aligned_handle(caches[row["dataset"]]), f"{row['subject']}/{row['clip']}"
+        if key not in handle or "frame_numbers" not in handle[key]:
+            problems.append(f"{where}: the clip is not in the aligned cache {caches[row['dataset']]} (was it aligned?)")
+            continue
+        dataset = handle[key]["frame_numbers"]
+        numbers = dataset[()]
+        if dataset.attrs.get("sha256") != array_sha256(numbers):
+            problems.append(f"{caches[row['dataset']]}, clip {key}: frame_numbers do not match their stored sha256")
+            continue
+        missing = sorted(set(range(row["onset"], row["offset"] + 1)) - set(numbers.tolist()))
+        if missing:
+            problems.append(
+                f"{where}: frames {missing[:5]}{'...' if len(missing) > 5 else ''} of onset..offset "
+                f"{row['onset']}..{row['offset']} are not in the aligned cache {caches[row['dataset']]}"
+            )
+    return problems
 
 
 def _frame_checksums(caches: Mapping[str, str], samples: list[dict]):
@@ -172,13 +231,21 @@ def build_dynamic_images(
     `aligned`: one aligned cache, or NAME=FILE per dataset of a composite table; `record`: the
     params stored in the cache and hashed into its fingerprint (those that had an effect:
     `effective_params`); `classes`: the class preset whose
-    label order the cache records (default: the labels present, sorted); `overrides`: per-clip
+    label order the cache records (default: the preset annotate uses for the table's dataset format,
+    e.g. casme2-5, when it holds every label, else the labels sorted); `overrides`: per-clip
     onset / apex / offset corrections (params_file names where they come from in messages).
     Raises InputProblems listing every clip that fails, and writes nothing then.
     """
     rows = read_samples(samples)
     if not rows:
         raise MerError(f"{samples} holds no samples; check the annotate stage's summary")
+    for number, row in enumerate(rows, start=2):
+        row["_line"] = number  # the CSV line, for messages (the header is line 1)
+    problems = table_problems(rows, samples)
+    if problems:
+        raise InputProblems(
+            f"{samples} is not a valid samples table; nothing was written (re-run `mer annotate`)", problems
+        )
     rows, problems = apply_overrides(rows, overrides)
     if problems:
         raise InputProblems(f"{params_file}: dynimg.overrides cannot be applied", problems)
@@ -188,24 +255,58 @@ def build_dynamic_images(
     ids, rows = [i for i, _ in kept], [r for _, r in kept]
     if not rows:
         raise MerError(f"{samples}: every sample's apex was imputed, and dynimg.apex is 'annotated': nothing is left")
-    label_names = label_names_for(classes, rows[0]["dataset"]) if classes else sorted({r["label"] for r in rows})
-    unknown = sorted({r["label"] for r in rows} - set(label_names))
+    datasets = [r["dataset"] for r in rows]
+    labels = [r["label"] for r in rows]
+    label_names = label_names_for(classes, datasets[0]) if classes else default_label_names(datasets, labels)
+    unknown = [r for r in rows if r["label"] not in label_names]
     if unknown:
-        raise MerError(f"{samples}: labels {unknown} are not in class preset {classes!r}")
+        raise InputProblems(
+            f"{samples}: labels not in class preset {classes!r} {label_names}",
+            [f"{samples} line {r['_line']} ({r['subject']}/{r['clip']}): label {r['label']!r}" for r in unknown],
+        )
     caches = {name: str(path) for name, path in aligned_caches(aligned, [r["dataset"] for r in rows]).items()}
     for path in caches.values():
         _aligned_handle(path)  # fail early, in this process, on a missing or wrong cache
+    problems = aligned_problems(rows, samples, caches)
+    if problems:
+        raise InputProblems(f"{samples}: clips or frames missing from the aligned cache; nothing was written", problems)
 
-    problems, short, widened = [], Counter(), Counter()
+    estimated = [r for r in rows if settings.estimates_apex(r)]
+    apexes = ordered_map(_clip_apex, ((caches[r["dataset"]], r) for r in estimated), jobs)
+    for row, apex in zip(estimated, apexes):
+        if isinstance(apex, str):
+            problems.append(apex)
+        else:
+            row["apex"], row["apex_source"] = apex, "estimated"
+    if problems:
+        raise InputProblems(f"apex estimation failed for {len(problems)} clips; nothing was written", problems)
+    outside = {
+        k
+        for k, r in enumerate(rows)
+        if any(outside_clip(b, r["onset"], r["apex"], r["offset"]) for b in settings.phases.values())
+    }
+    dropped = [ids[k].split("/", 1)[1] for k in sorted(outside)]  # subject/clip (/onset)
+    if outside and settings.outside_clip == "error":
+        raise MerError(
+            f"{params_file}: dynimg.phases "
+            + ", ".join(f"{name} [{a}, {b}]" for name, (a, b) in settings.phases.items())
+            + f" reach beyond onset..offset in {len(dropped)} of {len(rows)} clips ({', '.join(dropped[:5])}"
+            + (", ..." if len(dropped) > 5 else "")
+            + "): phases are never clamped; change the anchors, or set dynimg.outside_clip: drop to leave those clips out"
+        )
+    ids = [i for k, i in enumerate(ids) if k not in outside]
+    rows = [r for k, r in enumerate(rows) if k not in outside]
+    if not rows:
+        raise MerError(f"{samples}: no sample left after dropping {len(dropped)} with phases outside the clip")
+
+    widened, short = Counter(), Counter()
     results = ordered_map(_clip_images, ((caches[row["dataset"]], row, settings) for row in rows), jobs)
     with atomic_output(out) as tmp, DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record) as writer:
         for row, result in zip(rows, progress(results, len(rows))):
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            images, lengths, apex = result
-            if settings.estimates_apex(row):
-                row["apex"], row["apex_source"] = apex, "estimated"
+            images, lengths = result
             if not problems:  # after a problem the file is discarded; keep going to report every bad clip
                 writer.add(images)
             for name in images:
@@ -224,7 +325,10 @@ def build_dynamic_images(
         columns["label"] = [label_names.index(r["label"]) for r in rows]
         effective = effective_params(record, widened)
         fingerprint = dynamic_images_fingerprint(samples, effective, _frame_checksums(caches, rows))
-        writer.finish(columns, {"fingerprint": fingerprint}, params=effective)
+        attrs: dict[str, Any] = {"fingerprint": fingerprint}
+        if settings.outside_clip == "drop":  # only then, so that caches made without the setting keep their bytes
+            attrs["outside_clip_dropped"] = len(outside)
+        writer.finish(columns, attrs, params=effective)
     return DynamicImagesResult(
         samples=len(rows),
         label_names=label_names,
@@ -233,4 +337,5 @@ def build_dynamic_images(
         skipped=[i.split("/", 1)[1] for i in skipped],
         widened=widened,
         single_frame=short,
+        outside=dropped,
     )

@@ -1,7 +1,7 @@
 """Phases: frame intervals anchored on a clip's onset, apex and offset, and per-clip corrections.
 
 A phase is `[start, end]` with anchors `onset`, `apex` or `offset`, each optionally shifted by
-`+N` / `-N` frames (DESIGN.md section 5); the apex belongs to both default phases.
+`+N` / `-N` frames; the apex belongs to both default phases.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class PhaseBound:
     def frame(self, onset: int, apex: int, offset: int) -> int:
         return {"onset": onset, "apex": apex, "offset": offset}[self.anchor] + self.shift
 
+    def __str__(self) -> str:
+        return self.anchor + (f"{self.shift:+d}" if self.shift else "")
+
 
 def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBound, PhaseBound]]:
     """Phases from params: {name: [start, end]} with anchors like 'apex' or 'onset+2'."""
@@ -48,18 +51,29 @@ def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBoun
     return phases
 
 
+def outside_clip(bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int) -> bool:
+    """Whether the phase's anchors fall outside the clip's onset..offset (e.g. `apex+999`)."""
+    return any(not onset <= bound.frame(onset, apex, offset) <= offset for bound in bounds)
+
+
 def phase_frames(
     bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, min_frames: int = 1
 ) -> tuple[int, int]:
-    """The phase's first and last frame number, clipped to the clip's onset..offset.
+    """The phase's first and last frame number, within the clip's onset..offset.
 
+    Anchors outside onset..offset are an error, never clamped (DESIGN.md section 9): the stage
+    reports such clips beforehand (`outside_clip`), or drops them with `dynimg.outside_clip: drop`.
     A phase shorter than `min_frames` is widened one frame at a time, alternately at its end and
     at its start, staying within onset..offset, until it is long enough or spans the whole clip:
     an onset-apex phase with the apex on the onset frame becomes [onset, onset + 1] rather than a
     motionless single frame.
     """
-    start = max(onset, min(offset, bounds[0].frame(onset, apex, offset)))
-    end = max(onset, min(offset, bounds[1].frame(onset, apex, offset)))
+    start, end = (bound.frame(onset, apex, offset) for bound in bounds)
+    if outside_clip(bounds, onset, apex, offset):
+        raise ValueError(
+            f"phase [{bounds[0]}, {bounds[1]}] spans frames {start}..{end}, outside the clip's "
+            f"onset..offset {onset}..{offset}"
+        )
     if end < start:
         raise ValueError(f"phase ends (frame {end}) before it starts (frame {start})")
     grow_end = True

@@ -1,4 +1,4 @@
-"""MER metrics over LOSO predictions pooled across all folds (DESIGN.md section 7).
+"""MER metrics over LOSO predictions pooled across all folds.
 
 - accuracy: correct / all predictions;
 - UF1 (unweighted F1): the mean over classes of the per-class F1;
@@ -83,6 +83,12 @@ def load_predictions(
     return Predictions(ids, subjects, datasets, y_true, y_pred, list(label_names))
 
 
+def dataset_name(predictions: Predictions) -> str:
+    """The dataset(s) of the predictions, 'casme2' or 'casme2+samm' for a composite; 'unknown' when unnamed."""
+    names = sorted(set(predictions.datasets.tolist()) - {""})
+    return "+".join(names) if names else "unknown"
+
+
 def present_labels(y_true: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(y_true))
 
@@ -154,17 +160,16 @@ def confusion(predictions: Predictions) -> np.ndarray:
 
 
 def metrics_from_confusion(counts: np.ndarray) -> dict[str, float]:
-    """Accuracy, UF1 and UAR from a (K, K) confusion matrix (rows true), same rules as above."""
+    """Accuracy, UF1 and UAR from a (K, K) confusion matrix (rows true), same rules as above.
+
+    F1 is 2 TP / (true + predicted), one division of integers as scikit-learn computes it, so
+    equal proportions give bit-identical values: an interval without spread is exactly the value.
+    """
     total = counts.sum()
     true_per_class, predicted_per_class, hits = counts.sum(axis=1), counts.sum(axis=0), np.diag(counts)
     present = true_per_class > 0
     recall = hits[present] / true_per_class[present]
-    precision = np.divide(
-        hits[present], predicted_per_class[present], out=np.zeros(present.sum()), where=predicted_per_class[present] > 0
-    )
-    f1 = np.divide(
-        2 * precision * recall, precision + recall, out=np.zeros_like(recall), where=(precision + recall) > 0
-    )
+    f1 = 2 * hits[present] / (true_per_class[present] + predicted_per_class[present])
     return {"accuracy": float(hits.sum() / total), "uf1": float(f1.mean()), "uar": float(recall.mean())}
 
 

@@ -5,18 +5,30 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.atomic import atomic_output
+from pipeline.config import ReportSection
 from pipeline.errors import MerError
-from pipeline.evaluate.metrics import Predictions, bootstrap_intervals, load_predictions, paired_comparison, summary
-from pipeline.io.runs import read_run_info
+from pipeline.evaluate.checks import checked_predictions
+from pipeline.evaluate.metrics import (
+    Predictions,
+    bootstrap_intervals,
+    dataset_name,
+    paired_comparison,
+    present_labels,
+    summary,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRIC_NAMES = ("accuracy", "uf1", "uar")
 _LABELS = {"accuracy": "Acc", "uf1": "UF1", "uar": "UAR"}
@@ -33,11 +45,6 @@ class RunResult:
     predictions: Predictions
 
 
-def dataset_of(predictions: Predictions) -> str:
-    names = sorted(set(predictions.datasets.tolist()) - {""})
-    return "+".join(names) if names else "unknown"
-
-
 def results_table(
     runs: list[RunResult], reference: str, n_resamples: int, level: float, seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -52,6 +59,8 @@ def results_table(
             "dataset": dataset,
             "model": model,
             "n_clips": len(next(iter(by_mode.values())).predictions),
+            # classes in the ground truth, those the metrics average over: chance is 1 / n_classes
+            "n_classes": len(present_labels(next(iter(by_mode.values())).predictions.y_true)),
         }
         base = by_mode.get(reference)
         for mode, run in sorted(by_mode.items(), key=lambda item: (item[0] != reference, item[0])):
@@ -117,39 +126,90 @@ def markdown_table(rows: list[dict[str, Any]], reference: str, level: float) -> 
     return "\n".join(lines + notes) + "\n"
 
 
-def bar_chart(rows: list[dict[str, Any]], reference: str):
-    """Grouped bars: one group per (dataset, model), one bar per mode, error bars = intervals."""
+def _wrap(name: str, width: int = 12) -> str:
+    """`name` on lines of about `width` characters, broken after `_` or `-` (model names have no spaces)."""
+    lines, line = [], ""
+    for piece in re.findall(r"[^_\-]+[_\-]?|[_\-]", name):
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join(lines + [line]) if line else "\n".join(lines)
+
+
+def results_figure(rows: list[dict[str, Any]], reference: str, level: float | None = None) -> Figure:
+    """Grouped bars, one panel per metric stacked vertically: a group per (dataset, model), a bar per
+    mode, error bars = intervals (clipped at the bar: a degenerate interval draws none), a dashed
+    chance line at 1 / number of classes, the legend right of the panels.
+
+    The figure grows with the number of bars; model names are wrapped and the labels rotated when
+    they would not fit under their group. The caller closes the figure (`bar_chart` does).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = modes_in(rows, reference)
-    groups = [f"{row['dataset']}\n{row['model']}" for row in rows]
-    figure, axes = plt.subplots(1, 3, figsize=(4 + 1.6 * len(rows) * max(1, len(modes)) * 0.6, 4), squeeze=False)
-    width = 0.8 / max(1, len(modes))
-    for axis, metric in zip(axes[0], METRIC_NAMES):
+    modes = modes_in(rows, reference) or [reference]
+    n_groups, n_modes = max(1, len(rows)), len(modes)
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    labels = [_wrap(row["model"]) + (f"\n{row['dataset']}" if len(datasets) > 1 else "") for row in rows]
+    group_inches = 0.28 * n_modes + 0.4
+    label_inches = max((len(line) for text in labels for line in text.split("\n")), default=1) * 0.075
+    rotation = 30 if label_inches > 0.9 * group_inches else 0
+    lines = max((text.count("\n") + 1 for text in labels), default=1)
+    legend_inches = 0.2 + 0.075 * max(len(m) for m in [*modes, "chance (1/classes)"]) + 0.5
+    width = max(6.0, 1.0 + n_groups * group_inches + legend_inches)
+    bottom = 0.2 * lines + (0.6 * label_inches if rotation else 0.2)
+    figure, axes = plt.subplots(3, 1, figsize=(width, 3 * 2.2 + bottom + 0.6), sharex=True, squeeze=False)
+    bar = 0.8 / n_modes
+    x = np.arange(len(rows))
+    chances = np.array([100 / row["n_classes"] if row.get("n_classes") else np.nan for row in rows])
+    same = bool(len(rows)) and bool(np.allclose(chances, chances[0]))
+    chance = f"chance (1/{rows[0]['n_classes']})" if same else "chance (1/classes)"
+    for axis, metric in zip(axes[:, 0], METRIC_NAMES):
         for i, mode in enumerate(modes):
-            values = np.array([row.get(f"{mode}_{metric}", np.nan) for row in rows]) * 100
-            low = np.array([row.get(f"{mode}_{metric}_low", np.nan) for row in rows]) * 100
-            high = np.array([row.get(f"{mode}_{metric}_high", np.nan) for row in rows]) * 100
-            errors = np.vstack([values - low, high - values]) if not np.isnan(low).all() else None
-            axis.bar(
-                np.arange(len(rows)) + (i - (len(modes) - 1) / 2) * width,
-                values,
-                width,
-                yerr=errors,
-                capsize=3,
-                label=mode,
-            )
-        axis.set_xticks(np.arange(len(rows)), groups, fontsize=8)
+            values = np.array([row.get(f"{mode}_{metric}", np.nan) for row in rows], float) * 100
+            low = np.array([row.get(f"{mode}_{metric}_low", np.nan) for row in rows], float) * 100
+            high = np.array([row.get(f"{mode}_{metric}_high", np.nan) for row in rows], float) * 100
+            errors = None
+            if not np.isnan(low).all():
+                # a percentile interval need not hold the value (and one without spread can miss it by
+                # a rounding error): the bar shows the part of the interval on each side, at least 0
+                errors = np.clip(np.vstack([values - low, high - values]), 0, None)
+            axis.bar(x + (i - (n_modes - 1) / 2) * bar, values, bar, yerr=errors, capsize=2, label=mode)
+        if len(rows) and not np.isnan(chances).all():
+            if same:
+                axis.axhline(chances[0], color="0.3", linestyle="--", linewidth=1, label=chance)
+            else:
+                axis.hlines(chances, x - 0.45, x + 0.45, colors="0.3", linestyles="--", linewidth=1, label=chance)
         axis.set_ylim(0, 100)
-        axis.set_title(_LABELS[metric] + " (%)")
+        axis.set_ylabel(_LABELS[metric] + " (%)")
         axis.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="upper center", ncol=len(modes), fontsize=9, frameon=False)
-    figure.tight_layout(rect=(0, 0, 1, 0.92))
+        axis.set_xlim(-0.6, len(rows) - 0.4)
+    axes[-1, 0].set_xticks(x, labels, fontsize=8, rotation=rotation, ha="right" if rotation else "center")
+    interval = (
+        f", bars: {int(round(level * 100))} % interval over subjects"
+        if level and any(key.endswith("_low") for row in rows for key in row)
+        else ""
+    )
+    axes[0, 0].set_title(f"{', '.join(datasets) or 'no runs'}: models x modes{interval}", fontsize=10)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    right = 1 - legend_inches / width
+    figure.legend(handles, names, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=9, frameon=False)
+    figure.tight_layout(rect=(0, 0, right, 1))
     return figure
+
+
+def bar_chart(rows: list[dict[str, Any]], reference: str, path: str | Path, level: float | None = None) -> None:
+    """`results_figure` written as a PNG at `path`; the figure is closed whatever happens."""
+    import matplotlib.pyplot as plt
+
+    figure = results_figure(rows, reference, level)
+    try:
+        figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(figure)
 
 
 def experiment_runs(runs_dir: str | Path, experiment: Mapping[str, Any]) -> tuple[str, ...]:
@@ -158,25 +218,34 @@ def experiment_runs(runs_dir: str | Path, experiment: Mapping[str, Any]) -> tupl
     return tuple(str(Path(runs_dir) / f"{d}-{m}-{mode}") for d, m, mode in cells)
 
 
-def build_report(runs: Sequence[str | Path], out: str | Path, settings: Mapping[str, Any]) -> tuple[int, int]:
+def build_report(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    settings: ReportSection,
+    warn: Callable[[str], Any] | None = None,
+) -> tuple[int, int]:
     """Write results.md, results.csv and results.png of `runs` into `out` (replaced as a whole).
 
-    `settings` is the report params section (reference_mode, bootstrap, confidence). Each cell of
-    the experiment must have one run. Returns (number of runs, number of dataset x model rows).
+    `settings` is the validated report section (reference_mode, bootstrap, confidence). Each cell of
+    the experiment must have one run, and every run passes the checks of `mer evaluate`
+    (`checked_predictions`; `warn` receives what could not be checked). Returns (number of runs,
+    number of dataset x model rows).
     """
     if not runs:
         raise MerError(
             "no runs to report: give --run folders, or --runs-dir with an `experiment` section in the params"
         )
-    reference = str(settings.get("reference_mode", "baseline"))
-    resamples, level = int(settings.get("bootstrap", 1000)), float(settings.get("confidence", 0.95))
+    reference, resamples, level = settings.reference_mode, settings.bootstrap, settings.confidence
     results = []
     for run_dir in runs:
-        info = read_run_info(run_dir)
-        predictions = load_predictions(Path(run_dir) / "predictions.csv", info["label_names"])
+        info, predictions = checked_predictions(run_dir, warn)  # what evaluate refuses, report refuses
         results.append(
             RunResult(
-                Path(run_dir).name, dataset_of(predictions), str(info.get("model")), str(info.get("mode")), predictions
+                Path(run_dir).name,
+                dataset_name(predictions),
+                str(info.get("model")),
+                str(info.get("mode")),
+                predictions,
             )
         )
     seen = {}
@@ -198,5 +267,5 @@ def build_report(runs: Sequence[str | Path], out: str | Path, settings: Mapping[
                 writer.writerow(
                     {k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()}
                 )
-        bar_chart(rows, reference).savefig(tmp / "results.png", dpi=100)
+        bar_chart(rows, reference, tmp / "results.png", level)
     return len(results), len(rows)

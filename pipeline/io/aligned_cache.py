@@ -1,4 +1,4 @@
-"""The aligned cache (schema "mer.aligned", DESIGN.md section 6): its one writer and readers.
+"""The aligned cache (schema "mer.aligned", see docs/architecture.md): its one writer and readers.
 
 One group per clip, /<subject>/<clip>, holding frames (T,H,W,3) uint8, chunked one frame per
 chunk; frame_numbers (T,); landmarks (68,2); affine (2,3); frame_affines (T,2,3) when each frame
@@ -9,6 +9,7 @@ attributes: schema, schema_version, params (JSON), tool_version, dataset.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,64 @@ def read_intact_clip(handle: h5py.File, subject: str, clip: str) -> AlignedClip 
         if group[name].attrs.get("sha256") != array_sha256(getattr(aligned, name)):
             return None
     return aligned
+
+
+class VerifiedFrames:
+    """A clip's `frames` dataset read in slices, hashed as it is read, checked by `problem()`.
+
+    Slices are read from the file as asked (block by block, for memory that stays flat); every
+    frame is hashed exactly once, in order: frames skipped over by a slice (not used by any phase)
+    are read and hashed in blocks of `block` frames, and `problem()` hashes the rest of the clip,
+    then compares the digest with the stored sha256 of the frames. Nothing is read twice for the
+    check; a slice already hashed is returned without hashing it again.
+    """
+
+    def __init__(self, handle: h5py.File, subject: str, clip: str, block: int = 32):
+        group = handle[subject][clip]
+        self._dataset: h5py.Dataset = group["frames"]
+        self._where = f"{handle.filename}, clip {subject}/{clip}"
+        self._stored = self._dataset.attrs.get("sha256")
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # frames [0, _hashed) are in the digest
+        self._block = block
+        self.shape: tuple[int, ...] = self._dataset.shape
+        self.frame_numbers: np.ndarray = group["frame_numbers"][()]
+        self._numbers_stored = group["frame_numbers"].attrs.get("sha256")
+
+    def _hash(self, frames: np.ndarray) -> None:
+        self._digest.update(memoryview(np.ascontiguousarray(frames, dtype=np.uint8)).cast("B"))
+
+    def _advance(self, stop: int) -> None:
+        while self._hashed < stop:
+            end = min(self._hashed + self._block, stop)
+            self._hash(self._dataset[self._hashed : end])
+            self._hashed = end
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("VerifiedFrames reads slices of frames only")
+        start, stop, step = key.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("VerifiedFrames reads contiguous slices only")
+        self._advance(start)
+        frames = self._dataset[start:stop]
+        if stop > self._hashed:
+            self._hash(frames[self._hashed - start :])
+            self._hashed = stop
+        return frames
+
+    def problem(self) -> str | None:
+        """None when the frames and frame numbers match their stored checksums, else a message
+        naming the cache file and the clip. Reads (and hashes) the frames not read yet."""
+        if self._numbers_stored != array_sha256(self.frame_numbers):
+            return f"{self._where}: frame_numbers do not match their stored sha256 (the aligned cache is damaged)"
+        self._advance(self.shape[0])
+        if self._stored != self._digest.hexdigest():
+            return f"{self._where}: frames do not match their stored sha256 (the aligned cache is damaged)"
+        return None
 
 
 def aligned_structure_problems(handle: h5py.File) -> list[str]:

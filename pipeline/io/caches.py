@@ -7,10 +7,21 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import MerError
 from pipeline.io.aligned_cache import ALIGNED_SCHEMA, aligned_clip_keys, aligned_structure_problems
 from pipeline.io.dynamic_image_cache import DYNAMIC_IMAGES_SCHEMA, dynamic_image_structure_problems
-from pipeline.io.hdf5 import checksum_problems, open_cache
+from pipeline.io.hdf5 import checksum_problems, open_cache, string_list_attr
+
+
+def cache_schema(path: str | Path) -> str:
+    """The schema of a cache, ALIGNED_SCHEMA or DYNAMIC_IMAGES_SCHEMA; MerError for anything else."""
+    with open_cache(path) as handle:
+        schema = handle.attrs.get("schema")
+    if schema not in (ALIGNED_SCHEMA, DYNAMIC_IMAGES_SCHEMA):
+        raise MerError(f"{path}: unknown schema {schema!r}; expected {ALIGNED_SCHEMA} or {DYNAMIC_IMAGES_SCHEMA}")
+    return str(schema)
 
 
 def describe(path: str | Path) -> Iterator[str]:
@@ -25,6 +36,8 @@ def describe(path: str | Path) -> Iterator[str]:
                 yield "params:"
                 for line in json.dumps(json.loads(value), indent=2, sort_keys=True).splitlines():
                     yield f"  {line}"
+            elif isinstance(value, np.ndarray):  # an array of strings (label_names, phases)
+                yield f"{key}: {', '.join(string_list_attr(handle.attrs, key))}"
             else:
                 yield f"{key}: {value}"
         if handle.attrs["schema"] == ALIGNED_SCHEMA:
@@ -33,7 +46,7 @@ def describe(path: str | Path) -> Iterator[str]:
             shape = handle[keys[0][0]][keys[0][1]]["frames"].shape[1:] if keys else ()
             yield f"clips: {len(keys)} from {len({s for s, _ in keys})} subjects, {frames} frames of {shape}"
             return
-        labels = json.loads(handle.attrs["label_names"])
+        labels = string_list_attr(handle.attrs, "label_names")
         label = handle["label"][()]
         subjects = handle["subject"].asstr()[()]
         yield f"samples: {len(label)} from {len(set(subjects))} subjects"

@@ -1,15 +1,15 @@
-"""The dynamic-image cache (schema "mer.dynamic_images", DESIGN.md section 6): its writer and reader.
+"""The dynamic-image cache (schema "mer.dynamic_images", see docs/architecture.md): its writer and reader.
 
 Per-sample vectors sample_id, dataset, subject, clip, label, onset, apex, offset, apex_source (N,)
 and one (N,H,W,3) uint8 dataset per phase under images/. File attributes: schema,
-schema_version, params (JSON), tool_version, label_names, phases, and the stage's extras (the
-input fingerprint).
+schema_version, params (JSON), tool_version, label_names and phases (arrays of strings; caches
+written before stored them as JSON lists, still read), and the stage's extras (the input
+fingerprint).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,16 @@ import h5py
 import numpy as np
 
 from pipeline.errors import MerError
-from pipeline.io.hdf5 import CacheWriter, open_cache, read_dataset, write_dataset, write_file_attrs
+from pipeline.io.hdf5 import (
+    CacheWriter,
+    array_sha256,
+    frames_sha256,
+    open_cache,
+    read_dataset,
+    string_list_attr,
+    write_dataset,
+    write_file_attrs,
+)
 
 DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
 SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
@@ -126,8 +135,15 @@ class DynamicImageWriter(CacheWriter):
 
 
 def read_dynamic_images(path: str | Path) -> DynamicImageSet:
+    """The whole DI cache, every dataset checked against its stored sha256 as it is read.
+
+    The bytes read are hashed once, in memory (no second read); a dataset whose digest differs
+    from its stored one stops the reader with a MerError naming the file, the dataset and, where
+    the damage can be located (a per-sample value that disagrees with the rest of its row), the clip.
+    """
+    damaged: list[str] = []
     with open_cache(path, DYNAMIC_IMAGES_SCHEMA) as handle:
-        phases = json.loads(handle.attrs.get("phases", "[]"))
+        phases = string_list_attr(handle.attrs, "phases", [])
         missing = [name for name in SAMPLE_FIELDS if name not in handle] + [
             f"images/{p}" for p in phases if f"images/{p}" not in handle
         ]
@@ -136,11 +152,44 @@ def read_dynamic_images(path: str | Path) -> DynamicImageSet:
             raise MerError(
                 f"{path} lacks {', '.join(missing)}: it is damaged or incomplete; regenerate it with `mer dynimg`"
             )
-        samples = {name: read_dataset(handle[name]) for name in SAMPLE_FIELDS}
-        images = {phase: handle["images"][phase][()] for phase in phases}
+        samples = {}
+        for name in SAMPLE_FIELDS:
+            samples[name] = read_dataset(handle[name])
+            if handle[name].attrs.get("sha256") != array_sha256(samples[name]):
+                damaged.append(name)
+        images = {}
+        for phase in phases:
+            dataset = handle["images"][phase]
+            images[phase] = dataset[()]
+            if dataset.attrs.get("sha256") != frames_sha256(images[phase]):
+                damaged.append(f"images/{phase}")
         attrs = {key: handle.attrs[key] for key in handle.attrs}
-    label_names = json.loads(attrs["label_names"])
+    label_names = string_list_attr(attrs, "label_names")
+    if damaged:
+        where = _locate_damage(samples, label_names)
+        raise MerError(
+            f"{path}: dataset(s) {', '.join(damaged)} do not match their stored sha256: the cache is damaged"
+            + (f" ({where})" if where else "")
+            + f"; regenerate it with `mer dynimg` (`mer cache verify {path}` lists every damaged dataset)"
+        )
     return DynamicImageSet(samples=samples, images=images, label_names=label_names, attrs=attrs)
+
+
+def _locate_damage(samples: Mapping[str, np.ndarray], label_names: list[str]) -> str:
+    """The rows whose per-sample values contradict each other (a label out of range, onset > apex,
+    a sample_id that does not start with dataset/subject/clip), as text; empty when none does."""
+    rows = []
+    for i in range(len(samples["sample_id"])):
+        d, s, c = (str(samples[k][i]) for k in ("dataset", "subject", "clip"))
+        if not (
+            0 <= int(samples["label"][i]) < len(label_names)
+            and int(samples["onset"][i]) <= int(samples["apex"][i]) <= int(samples["offset"][i])
+            and str(samples["sample_id"][i]).startswith(f"{d}/{s}/{c}")
+        ):
+            rows.append(f"row {i}, clip {s}/{c}")
+    if not rows:
+        return ""
+    return "at " + "; ".join(rows[:5]) + (f" and {len(rows) - 5} more rows" if len(rows) > 5 else "")
 
 
 def dynamic_image_structure_problems(handle: h5py.File) -> list[str]:
@@ -152,7 +201,7 @@ def dynamic_image_structure_problems(handle: h5py.File) -> list[str]:
             problems.append(f"missing dataset {name}")
         elif handle[name].shape != (n,):
             problems.append(f"{name} has shape {handle[name].shape}, expected ({n},)")
-    for phase in json.loads(handle.attrs.get("phases", "[]")):
+    for phase in string_list_attr(handle.attrs, "phases", []):
         if f"images/{phase}" not in handle:
             problems.append(f"missing dataset images/{phase}")
         elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:

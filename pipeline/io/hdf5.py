@@ -58,12 +58,34 @@ def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
 
 
 def write_file_attrs(handle: h5py.File, schema: str, params: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    """Schema, version, tool version, params (nested: JSON) and `extra`: strings and numbers as they
+    are, a list of strings as an array of UTF-8 strings (plain h5py reads it as a list of str)."""
     handle.attrs["schema"] = schema
     handle.attrs["schema_version"] = SCHEMA_VERSION
     handle.attrs["tool_version"] = __version__
     handle.attrs["params"] = json.dumps(params, sort_keys=True)
     for key, value in extra.items():
-        handle.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            handle.attrs.create(key, np.array(list(value), dtype=object), dtype=_STRING)
+        else:
+            handle.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+
+
+def string_list_attr(
+    attrs: h5py.AttributeManager | Mapping[str, Any], key: str, default: list[str] | None = None
+) -> list[str]:
+    """A list-of-strings attribute: an array of strings, or a JSON list as caches before the array
+    form stored it (both are read). `default` when absent (KeyError when None)."""
+    if key not in attrs:
+        if default is None:
+            raise KeyError(key)
+        return list(default)
+    value = attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        return [str(item) for item in json.loads(value)]
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in np.asarray(value).ravel()]
 
 
 def open_cache(path: str | Path, schema: str | None = None) -> h5py.File:

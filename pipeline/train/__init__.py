@@ -1,4 +1,4 @@
-"""Leave-one-subject-out training (DESIGN.md section 7), one question per module:
+"""Leave-one-subject-out training, one question per module:
 
 settings.py   TrainSettings, modes, validation; `resolve_train_settings` (options > models.NAME > train)
 data.py       the DI cache as training arrays, fold keys, `check_fold_classes`

@@ -21,68 +21,14 @@ Only the `spatial` and `dual_phase_spatial` modes apply it (see pipeline/train/s
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import AugmentSettings  # the train section's `augment`, validated there
 
-@dataclass(frozen=True)
-class AugmentSettings:
-    """Spatial augmentation parameters; the defaults are what the spatial modes use when `augment` is absent."""
-
-    flip: bool = True
-    rotation: float = 10.0
-    scale: tuple[float, float] = (1.0, 1.0)
-    translate: float = 0.0
-    jitter: float = 0.0
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> AugmentSettings:
-        """Build from the `augment` mapping; raise ValueError on unknown keys or bad values."""
-        params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown augment keys {unknown}; known keys: {sorted(known)}")
-        scale = params.get("scale", cls.scale)
-        if isinstance(scale, (int, float)):
-            scale = (float(scale), float(scale))
-        if not isinstance(scale, (list, tuple)) or len(scale) != 2:
-            raise ValueError(f"augment.scale must be [min, max], got {scale!r}")
-        settings = cls(
-            flip=bool(params.get("flip", cls.flip)),
-            rotation=float(params.get("rotation", cls.rotation)),
-            scale=(float(scale[0]), float(scale[1])),
-            translate=float(params.get("translate", cls.translate)),
-            jitter=float(params.get("jitter", cls.jitter)),
-        )
-        if not 0 <= settings.rotation <= 180:
-            raise ValueError(f"augment.rotation must be in [0, 180] degrees, got {settings.rotation}")
-        if not 0 < settings.scale[0] <= settings.scale[1]:
-            raise ValueError(f"augment.scale must satisfy 0 < min <= max, got {list(settings.scale)}")
-        if not 0 <= settings.translate < 1:
-            raise ValueError(f"augment.translate must be in [0, 1), got {settings.translate}")
-        if not 0 <= settings.jitter < 1:
-            raise ValueError(f"augment.jitter must be in [0, 1), got {settings.jitter}")
-        return settings
-
-    @property
-    def geometric(self) -> bool:
-        return self.rotation > 0 or self.scale != (1.0, 1.0) or self.translate > 0
-
-    @property
-    def active(self) -> bool:
-        return self.flip or self.geometric or self.jitter > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["scale"] = list(self.scale)
-        return data
+__all__ = ["AugmentSettings", "affine_matrices", "augment_batch"]
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:

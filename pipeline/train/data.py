@@ -87,6 +87,13 @@ def load_loso_data(
     labels = np.asarray(di.samples["label"], dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(di.label_names)):
         raise MerError(f"{source}: labels outside 0..{len(di.label_names) - 1} ({di.label_names})")
+    present = sorted(set(labels.tolist()))
+    if len(present) == 1:
+        raise MerError(
+            f"{source}: every clip has class {di.label_names[present[0]]!r}: a classifier needs clips of at least two "
+            "classes (a one-class cache scores UF1 1.0 without learning anything); check the class mapping of "
+            "annotate and dynimg, or the samples table"
+        )
     groups = fold_keys(di.samples["dataset"], di.samples["subject"])
     if len(set(groups.tolist())) < 2:
         raise MerError(

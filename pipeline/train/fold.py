@@ -1,5 +1,5 @@
 """One leave-one-subject-out fold: train on every other subject for a fixed number of epochs, and
-predict the held-out subject with the last model (DESIGN.md section 7: nothing is selected on it).
+predict the held-out subject with the last model (nothing is selected on it: that would leak the test set).
 
 Batches are index slices of tensors moved to the training device once; augmentations run on the
 batched tensors there, seeded per fold. `amp: true` trains and predicts under bf16 autocast.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -50,12 +51,33 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def batch_indices(n: int, batch_size: int, order: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Consecutive slices of `order`; a last batch of one sample is dropped."""
-    for start in range(0, n, batch_size):
-        batch = order[start : start + batch_size]
-        if len(batch) == 1 and n > 1:  # batch norm cannot train on a single sample
-            return
-        yield batch
+    """Consecutive slices of `order`; a last batch of one sample joins the batch before it.
+
+    Batch norm cannot take batch statistics of one sample, and dropping it (as this once did)
+    made `batch_size: 1` take no optimizer step at all. With batch_size 1 every batch is one
+    sample: `train_epoch` runs those with batch norm on its running statistics (`single_sample`).
+    """
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()  # the previous batch takes the last sample
+    for i, start in enumerate(starts):
+        yield order[start : starts[i + 1] if i + 1 < len(starts) else n]
+
+
+@contextlib.contextmanager
+def single_sample(model: torch.nn.Module, active: bool) -> Iterator[None]:
+    """Batch-norm layers in eval mode (running statistics, not updated) while `active`: the
+    training step of a batch of one sample, whose batch statistics are undefined."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if active:
+        for module in norms:
+            module.eval()
+    try:
+        yield
+    finally:
+        if active:
+            for module in norms:
+                module.train()
 
 
 @torch.no_grad()
@@ -101,7 +123,7 @@ def train_epoch(
         if settings.augment is not None:
             x = augment_batch(x, generator, settings.augment)
         y = y_train[batch]
-        with autocast(device, settings.amp):
+        with autocast(device, settings.amp), single_sample(model, len(batch) == 1):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -141,6 +163,8 @@ def train_fold(
         test_idx = np.flatnonzero(data.groups == fold)
         if len(test_idx) == 0:
             raise MerError(f"fold {fold!r}: no samples of that subject in the cache")
+        if len(train_idx) == 0:
+            raise MerError(f"fold {fold!r}: no training samples (every clip belongs to the held-out subject)")
         x_train = torch.from_numpy(np.concatenate([data.images[p][train_idx] for p in settings.train_phases]))
         y_train = torch.from_numpy(np.tile(data.labels[train_idx], len(settings.train_phases)))
         x_test = [torch.from_numpy(np.ascontiguousarray(data.images[p][test_idx])) for p in settings.test_phases]
@@ -155,7 +179,17 @@ def train_fold(
         epochs = range(1, settings.epochs + 1)
         for epoch in epoch_progress(epochs, fold) if epoch_progress else epochs:
             loss, accuracy = train_epoch(model, optimizer, x_train, y_train, settings, generator, device)
+            if not math.isfinite(loss):
+                raise MerError(
+                    f"fold {fold}, epoch {epoch}: the training loss is {loss} (diverged): this run cannot learn and "
+                    f"no predictions were written; lower train.lr (now {settings.lr:g}) or check the DI cache"
+                )
             log.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise MerError(
+                f"fold {fold}, epoch {settings.epochs}: the model's weights are not finite after training "
+                f"(diverged): no predictions were written; lower train.lr (now {settings.lr:g})"
+            )
 
         probs = predict_proba(model, x_test, device, max(settings.batch_size, 64), settings.amp)
         preds = probs.argmax(1)

@@ -1,4 +1,4 @@
-"""A whole LOSO run, from a DI cache to a finished run folder, resumable (DESIGN.md section 7).
+"""A whole LOSO run, from a DI cache to a finished run folder, resumable.
 
 Finished or not, every fold is read back from its files, and run.json, predictions.csv,
 training_curve.csv and timings.json are written from those, so a resumed run is byte-identical to

@@ -1,4 +1,4 @@
-"""Models: LEARNet and any timm architecture, through one registry (DESIGN.md sections 7 and 10).
+"""Models: LEARNet and any timm architecture, through one registry.
 
     registry.py     `register_model`, `create_model(name, **kwargs)`, `list_models`, input sizes
     learnet.py      LEARNet, registered as `learnet`

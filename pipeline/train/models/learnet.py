@@ -1,4 +1,4 @@
-"""LEARNet (Verma et al., IEEE TIP 2019), registered as `learnet` (DESIGN.md section 7).
+"""LEARNet (Verma et al., IEEE TIP 2019), registered as `learnet`.
 
 LEARNet follows the authors' Keras code (github.com/MonuVermaCV/LearNet, LEARNet_Model.py):
 every convolution has stride 2, TensorFlow 'same' padding and ReLU. With the 112x112x3 input the
