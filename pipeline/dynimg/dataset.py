@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_output
+from pipeline.atomic import atomic_output, ensure_free_space
 from pipeline.config import DynimgSection, section_problems
 from pipeline.datasets.composite import aligned_caches
 from pipeline.datasets.presets import default_label_names, label_names_for
@@ -299,6 +299,9 @@ def build_dynamic_images(
     if not rows:
         raise MerError(f"{samples}: no sample left after dropping {len(dropped)} with phases outside the clip")
 
+    # uncompressed size: an upper bound of the gzip-compressed images
+    image_bytes = settings.size * settings.size * 3
+    ensure_free_space(out, len(rows) * len(settings.phases) * image_bytes, "the dynamic-image cache")
     widened, short = Counter(), Counter()
     results = ordered_map(_clip_images, ((caches[row["dataset"]], row, settings) for row in rows), jobs)
     with atomic_output(out) as tmp, DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record) as writer:

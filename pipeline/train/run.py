@@ -120,8 +120,8 @@ def train_run(
         (work / "resume.json").unlink()
         if timings is None:
             timing = write_timings(work / "timings.json", results, execution, resumed=finished)
-        # The finished run replaces `out` in two renames (work -> temporary sibling -> out), through the
-        # same helper as every atomic output; the old run is deleted only after the swap.
+        # The finished run replaces `out` through the same helper as every atomic output: one exchange
+        # of the two folders where the system allows it; the old run is deleted only after the swap.
         with atomic_output(out) as tmp:
             os.replace(work, tmp)
         if timings is not None:
