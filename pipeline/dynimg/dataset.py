@@ -203,6 +203,16 @@ def _frame_checksums(caches: Mapping[str, str], samples: list[dict]):
         yield str(handle[key].attrs.get("sha256", "")) if key in handle else "-"
 
 
+def effective_params(record: Mapping[str, Any], widened: Mapping[str, int]) -> dict[str, Any]:
+    """The params recorded in the cache and hashed into its fingerprint: `record` without a
+    `min_phase_frames` that widened no phase of any clip. A setting that changed no byte of the images
+    then leaves the whole file byte-identical, so DVC reruns nothing downstream."""
+    effective = dict(record)
+    if not any(widened.values()):
+        effective.pop("min_phase_frames", None)
+    return effective
+
+
 def build_dynamic_images(
     aligned: Sequence[str],
     samples: str | Path,
@@ -219,7 +229,8 @@ def build_dynamic_images(
     """Compute every sample's phase DIs into the DI cache `out`.
 
     `aligned`: one aligned cache, or NAME=FILE per dataset of a composite table; `record`: the
-    params stored in the cache and hashed into its fingerprint; `classes`: the class preset whose
+    params stored in the cache and hashed into its fingerprint (those that had an effect:
+    `effective_params`); `classes`: the class preset whose
     label order the cache records (default: the preset annotate uses for the table's dataset format,
     e.g. casme2-5, when it holds every label, else the labels sorted); `overrides`: per-clip
     onset / apex / offset corrections (params_file names where they come from in messages).
@@ -315,11 +326,12 @@ def build_dynamic_images(
         }
         columns["sample_id"] = ids
         columns["label"] = [label_names.index(r["label"]) for r in rows]
-        fingerprint = dynamic_images_fingerprint(samples, dict(record), _frame_checksums(caches, rows))
+        effective = effective_params(record, widened)
+        fingerprint = dynamic_images_fingerprint(samples, effective, _frame_checksums(caches, rows))
         attrs: dict[str, Any] = {"fingerprint": fingerprint}
         if settings.outside_clip == "drop":  # only then, so that caches made without the setting keep their bytes
             attrs["outside_clip_dropped"] = len(outside)
-        writer.finish(columns, attrs)
+        writer.finish(columns, attrs, params=effective)
     return DynamicImagesResult(
         samples=len(rows),
         label_names=label_names,

@@ -148,3 +148,11 @@ def resolve_train_settings(params: Params | str | Path, **options: Any) -> Train
         return TrainSettings.from_section(section)
     except ValueError as exc:
         raise MerError(f"{params.source}: invalid train settings: {exc}") from exc
+
+
+def weights_key(params: Params | str | Path, model: str) -> str:
+    """The params key that names `model`'s weights file, for messages: `models.NAME.weights` when set
+    there, else `train.weights`."""
+    if not isinstance(params, Params):
+        params = load_params(params)
+    return f"models.{model}.weights" if model_settings(params, model).get("weights") else "train.weights"
