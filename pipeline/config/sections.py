@@ -42,6 +42,7 @@ MODES: dict[str, Mode] = {
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("loky", "dask")
 MISSING_CLASS = ("error", "warn")
+CPU_KERNELS = ("portable", "native")  # train.cpu_kernels: pipeline/train/kernels.py
 ALIGN_METHODS = ("landmarks", "resize")
 ALIGN_ON_ERROR = ("fail", "skip")
 DI_VARIANTS = ("harmonic", "linear")
@@ -276,8 +277,9 @@ class TrainSection(_Model):
     backend: Literal[BACKENDS] = "loky"  # type: ignore[valid-type]
     scheduler: str | None = Field(None, min_length=1)
     jobs: int = Field(2, ge=1)
-    threads: Annotated[Any, BeforeValidator(_threads)] = "auto"
+    threads: Annotated[Any, BeforeValidator(_threads)] = 1  # a number: bytes independent of the cores
     missing_class: Literal[MISSING_CLASS] = "error"  # type: ignore[valid-type]
+    cpu_kernels: Literal[CPU_KERNELS] = "portable"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSection:

@@ -70,10 +70,8 @@ class DynamicImageWriter(CacheWriter):
         image_shape: tuple[int, int, int] | None = None,
     ):
         self._n, self._phases, self._count = n, list(phases), 0
+        self._params, self._label_names = dict(params), list(label_names)
         self._handle = h5py.File(path, "w", track_order=False)
-        write_file_attrs(
-            self._handle, DYNAMIC_IMAGES_SCHEMA, params, {"label_names": list(label_names), "phases": self._phases}
-        )
         self._group = self._handle.create_group("images")
         self._digests = {phase: hashlib.sha256() for phase in self._phases}
         if image_shape is not None:
@@ -106,8 +104,17 @@ class DynamicImageWriter(CacheWriter):
             self._digests[phase].update(image.tobytes())
         self._count += 1
 
-    def finish(self, samples: Mapping[str, Iterable[Any]], extra_attrs: Mapping[str, Any] | None = None) -> None:
-        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums and extra file attributes."""
+    def finish(
+        self,
+        samples: Mapping[str, Iterable[Any]],
+        extra_attrs: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums and the file attributes.
+
+        `params` replaces the params given at creation: the file attributes are written last, so the
+        settings recorded can be the ones that turned out to shape the images (dynimg leaves out a
+        `min_phase_frames` that widened no phase, and the file stays byte-identical)."""
         if self._count != self._n:
             raise ValueError(f"{self._count} samples were added to a cache created for {self._n}")
         columns = {name: np.asarray(list(samples[name])) for name in SAMPLE_FIELDS}
@@ -117,6 +124,12 @@ class DynamicImageWriter(CacheWriter):
             write_dataset(self._handle, name, column.astype(object if name in _STRING_FIELDS else np.int64))
         for phase, digest in self._digests.items():
             self._group[phase].attrs["sha256"] = digest.hexdigest()
+        write_file_attrs(
+            self._handle,
+            DYNAMIC_IMAGES_SCHEMA,
+            self._params if params is None else params,
+            {"label_names": self._label_names, "phases": self._phases},
+        )
         for key, value in (extra_attrs or {}).items():
             self._handle.attrs[key] = value
 
