@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -117,7 +119,18 @@ def test_dynimg_writes_a_cache_that_info_and_verify_accept(tmp_path, inputs, pro
     )  # motion, not a flat frame
     # the square brightens then fades: the two phase DIs have opposite sign in it
     rise, fall = data.images["onset_apex"][0], data.images["apex_offset"][0]
-    assert rise[56, 56].mean() > rise[5, 5].mean() and fall[56, 56].mean() < fall[5, 5].mean()
+    assert rise[30, 30].mean() > rise[5, 5].mean() and fall[30, 30].mean() < fall[5, 5].mean()  # 64 px: square 20..39
+    # the fourth clip's apex lies on its onset: onset_apex is short, apex_offset duplicates the full clip
+    assert "degenerate onset_apex: 1 clip(s) shorter than min_phase_frames (2)" in result.output
+    assert "degenerate apex_offset: 1 clip(s) equal to the full clip" in result.output
+    with h5py.File(out) as handle:
+        record = json.loads(handle.attrs["degenerate_phases"])
+    assert (
+        record["policy"] == "widen"
+        and record["short"] == {"onset_apex": 1}
+        and record["duplicate"] == {"apex_offset": 1}
+    )
+    assert record["clips"]["short"]["onset_apex"] == ["casme2/sub02/EP08_01"] and record["dropped_rows"] == {}
 
     info = CliRunner().invoke(cli, ["cache", "info", str(out)])
     assert info.exit_code == 0, info.output
@@ -408,7 +421,7 @@ def test_plain_h5py_reads_label_names_and_phases_as_lists_of_str(tmp_path, input
         assert list(f.attrs["label_names"]) == ["happiness", "disgust", "repression", "surprise", "others"]
         assert list(f.attrs["phases"]) == ["full", "onset_apex", "apex_offset"]
         assert all(isinstance(name, str) for name in f.attrs["label_names"])
-        assert f["subject"].asstr()[0] == "sub01" and f["images/full"][0].shape == (112, 112, 3)
+        assert f["subject"].asstr()[0] == "sub01" and f["images/full"][0].shape == (64, 64, 3)
     info = CliRunner().invoke(cli, ["cache", "info", str(out)])
     assert "label_names: happiness, disgust, repression, surprise, others" in info.output
 
@@ -475,3 +488,28 @@ def test_preview_shows_one_clip_per_class_and_subject(tmp_path):
     assert result.exit_code == 0 and "preview of 3 clips" in result.output, result.output
     result = CliRunner().invoke(cli, ["cache", "preview", str(cache), "--out", str(png), "--clips", "sub04/EP00"])
     assert result.exit_code != 0 and "holds no clip sub04/EP00" in result.output
+
+
+@pytest.mark.parametrize(
+    "policy, dropped", [("widen", {}), ("drop", {"onset_apex": [3], "apex_offset": [3]}), ("keep", {})]
+)
+def test_degenerate_phase_policy_widen_drop_keep(tmp_path, inputs, project_params, policy, dropped):
+    from pipeline.train.data import dropped_rows
+
+    project_params["dynimg"]["degenerate"] = policy
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    data = read_dynamic_images(out)
+    record = json.loads(data.attrs["degenerate_phases"])
+    assert (
+        record["policy"] == policy
+        and record["short"] == {"onset_apex": 1}
+        and record["duplicate"] == {"apex_offset": 1}
+    )
+    assert record["dropped"] == {p: len(rows) for p, rows in dropped.items()}
+    assert {p: rows.tolist() for p, rows in dropped_rows(data.attrs).items()} == dropped
+    single = data.images["onset_apex"][3]
+    if policy == "keep":  # one frame, not widened: no motion, a flat DI
+        assert "widened within the clip" not in result.output
+    else:
+        assert not np.array_equal(single, single.min())

@@ -385,8 +385,7 @@ def build_dynamic_images(
         effective = effective_params(record, widened)
         fingerprint = dynamic_images_fingerprint(samples, effective, _frame_checksums(caches, rows))
         record_degenerate = {
-            "policy": settings.degenerate,
-            "min_phase_frames": settings.min_phase_frames,
+            "policy": settings.degenerate,  # min_phase_frames: in the params when it widened a phase
             **{kind: {p: len(v) for p, v in by_phase.items()} for kind, by_phase in degenerate.items()},
             "clips": degenerate,
             "dropped_rows": dropped_rows,
