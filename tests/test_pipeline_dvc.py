@@ -133,23 +133,26 @@ def test_a_dynimg_setting_that_changes_no_image_reruns_no_training(project):
 
 def test_changing_one_phase_retrains_only_the_cells_that_read_it(project):
     assert "up to date" in _dvc(project, "status")
-    baseline = [f"{ds}-learnet-baseline" for ds in DATASETS]
+    # baseline and baseline_steps read only the full DIs
+    baseline = [f"{ds}-learnet-{mode}-s0" for ds in DATASETS for mode in ("baseline", "baseline_steps")]
     before = _stamps(project, baseline)
     _set_params(project, lambda params: params["dynimg"]["phases"].update(onset_apex=["onset", "apex+1"]))
     status = json.loads(_dvc(project, "status", "--json"))
     assert set(status) == {"dynimg@casme2", "dynimg@samm"}
     rerun = _dvc(project, "repro")
-    dual = {f"{stage}@{ds}-learnet-dual_phase" for stage in ("train", "evaluate") for ds in DATASETS}
+    dual = {f"{stage}@{ds}-learnet-dual_phase-0" for stage in ("train", "evaluate") for ds in DATASETS}
     # DVC starts every train cell (its dep is the whole DI cache); the baseline ones find their run
     # trained on the same full DIs and keep it, so their evaluate does not rerun
-    assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS} | dual | {f"train@{run}" for run in baseline} | {"report"}
+    assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS} | dual | {f"train@{run[:-3]}-0" for run in baseline} | {
+        "report"
+    }
     for run in baseline:
         assert f"unchanged: cache/runs/{run} was trained with the same settings, DIs of phases full" in rerun
     assert _stamps(project, baseline) == before
-    assert "unchanged: cache/runs/casme2-learnet-dual_phase" not in rerun
+    assert "unchanged: cache/runs/casme2-learnet-dual_phase-s0" not in rerun
     assert "up to date" in _dvc(project, "status")
     assert not list((project / "cache" / "runs").glob("*/timings.json"))
-    assert {p.name for p in (project / "cache" / "timings").iterdir()} == {f"{run}.json" for run in RUNS}
+    assert {p.name for p in (project / "cache" / "timings").iterdir()} == {f"{run}-s0.json" for run in RUNS}
 
 
 def test_changing_one_models_settings_reruns_only_its_cells(project):

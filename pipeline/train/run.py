@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pipeline.atomic import atomic_output
+from pipeline.config import MODES
 from pipeline.errors import MerError
 from pipeline.io.dynamic_image_cache import read_dynamic_images
 from pipeline.train.data import LosoData, check_fold_classes, check_input_size, load_loso_data
@@ -195,6 +196,13 @@ def train_cache(
     )
     started = time.perf_counter()
     inputs = dynamic_images_digest(di, phases)
+    # Rows whose phase DI is no training sample (dynimg.degenerate: drop) change the samples, and the
+    # step budget of baseline_steps (counted on dual_phase's samples): part of the run key when any.
+    steps_of = MODES[settings.mode].steps_of
+    counted = set(phases) | set(MODES[steps_of].train_phases if steps_of else ())
+    dropped = {p: rows.tolist() for p, rows in sorted(data.dropped.items()) if p in counted and len(rows)}
+    if dropped:
+        inputs["dropped_rows"] = dropped
     extra = {
         "dynamic_images": str(dynamic_images),
         "dynamic_images_sha256": inputs["images_sha256"],  # = the cache's images/PHASE sha256 attributes
