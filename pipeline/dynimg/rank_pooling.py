@@ -10,7 +10,7 @@ form leak the mean image into the DI, which is why it is spelled out here.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -91,16 +91,43 @@ def clip_dynamic_images(
     size: int | None = None,
     per_channel: bool = False,
     min_frames: int = 1,
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    motion: Mapping[str, int] | None = None,
+    extra_windows: Sequence[tuple[int, int]] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, int]] | tuple[dict[str, np.ndarray], dict[str, int], list[np.ndarray]]:
     """uint8 DIs of one clip for every phase, and the number of frames each phase spans.
 
     All phases come from one matrix product over the clip, so its frames are converted to float
     and read once whatever the number of phases. The product runs over blocks of `FRAME_BLOCK`
     frames, so memory stays the same whatever the clip's length; `frames` may be an HDF5 dataset,
     read block by block. Rank pooling and resizing are both linear, so each DI is resized once at
-    the end instead of resizing every frame.
+    the end instead of resizing every frame. `motion`: the clip's motion anchors (`peak`, `mNN`)
+    when the phases use them. With `extra_windows` ((first, last) frame pairs: jittered phases) a
+    third item lists their DIs, in order.
     """
-    windows = {name: phase_frames(bounds, onset, apex, offset, min_frames) for name, bounds in phases.items()}
+    windows = {name: phase_frames(bounds, onset, apex, offset, min_frames, motion) for name, bounds in phases.items()}
+    images = _window_images(frames, frame_numbers, windows, variant, size, per_channel)
+    lengths = {name: end - start + 1 for name, (start, end) in windows.items()}
+    if not extra_windows:
+        return images, lengths
+    # Extra windows (phase jitter): a window equal to a phase's reuses that DI, bit for bit; the
+    # others come from a second product, so the phases' DIs are those computed without them.
+    known = {window: name for name, window in windows.items()}
+    todo = {f"w{k}": w for k, w in enumerate(dict.fromkeys(extra_windows)) if w not in known}
+    computed = _window_images(frames, frame_numbers, todo, variant, size, per_channel) if todo else {}
+    by_window = {w: computed[key] for key, w in todo.items()}
+    extra = [images[known[w]] if w in known else by_window[w] for w in extra_windows]
+    return images, lengths, extra
+
+
+def _window_images(
+    frames: np.ndarray,
+    frame_numbers: np.ndarray,
+    windows: Mapping[str, tuple[int, int]],
+    variant: str,
+    size: int | None,
+    per_channel: bool,
+) -> dict[str, np.ndarray]:
+    """uint8 DIs of the frame windows {name: (first, last frame number)}, one matrix product."""
     weights = phase_weights(frame_numbers, windows, variant)
     used = np.flatnonzero(weights.any(axis=0))  # frames outside every phase are not even read
     shape = frames.shape[1:]
@@ -115,4 +142,4 @@ def clip_dynamic_images(
         if size is not None and image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         images[name] = to_uint8(image, per_channel)
-    return images, {name: end - start + 1 for name, (start, end) in windows.items()}
+    return images

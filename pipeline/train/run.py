@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from pipeline.atomic import atomic_output
+from pipeline.config import MODES
 from pipeline.errors import MerError
 from pipeline.io.dynamic_image_cache import read_dynamic_images
 from pipeline.train.data import LosoData, check_fold_classes, check_input_size, load_loso_data
@@ -125,7 +126,10 @@ def train_cache(
     mean, std = input_normalization(probe)
     del probe
     phases = list(dict.fromkeys([*settings.train_phases, *settings.test_phases]))
-    data = load_loso_data(di, phases, settings.input_size, mean, std, source=str(dynamic_images))
+    jitter_phases = [p for p in settings.train_phases if p != "full"] if MODES[settings.mode].jitter else []
+    data = load_loso_data(
+        di, phases, settings.input_size, mean, std, source=str(dynamic_images), jitter_phases=jitter_phases
+    )
     folds = data.folds
     augment = ", ".join(f"{k} {v}" for k, v in settings.augment.to_dict().items()) if settings.augment else "none"
     where = (
