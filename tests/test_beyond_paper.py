@@ -9,33 +9,15 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.datasets.layouts import find_clip_folders
+from benchmarks.bench_boundaries import boundary_errors
 from pipeline.dynimg.dataset import jitter_windows
 from pipeline.dynimg.phases import parse_phases, phase_frames
 from pipeline.io.caches import describe, verify
 from pipeline.io.dynamic_image_cache import read_dynamic_images
-from pipeline.motion import load_motion_frames, motion_anchors
+from pipeline.motion import motion_anchors
 from pipeline.train.fold import train_fold
 from tests.test_dynimg_stage import _dynimg, inputs  # noqa: F401  (the fixture)
 from tests.test_training_modes import PHASES, settings_for, tiny_data
-
-DEMO_ROOTS = {"casme2": "casme2/CASME2_RAW_selected", "samm": "samm/SAMM"}
-
-
-def boundary_errors(demo, names=("peak", "m50")) -> dict[str, list[int]]:
-    """Per adaptive anchor, |anchor - true apex| in frames over every clip of the demo copy (raw frames)."""
-    errors: dict[str, list[int]] = {name: [] for name in names}
-    for dataset, root in DEMO_ROOTS.items():
-        folders = {(str(s), str(c)): f for (s, c), f in find_clip_folders(dataset, demo / root).items()}
-        with open(demo / dataset / "ground_truth.csv", newline="") as handle:
-            for row in csv.DictReader(handle):
-                folder = next(f for (s, c), f in folders.items() if c == row["clip"] and s.endswith(row["subject"]))
-                onset, apex, offset = int(row["onset"]), int(row["apex"]), int(row["offset"])
-                paths = [p for n, p in folder.frames if onset <= n <= offset]
-                found = motion_anchors(load_motion_frames(paths), names)
-                for name in names:
-                    errors[name].append(abs(onset + found[name] - apex))
-    return errors
 
 
 def test_motion_peak_apex_lands_near_the_demo_truth(tiny_demo):
