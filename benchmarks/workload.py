@@ -31,12 +31,12 @@ def _mer(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "stages", *args], check=True, cwd=PROJECT)
 
 
-def casme2_scale(workdir: Path, jobs: int = 2) -> dict[str, Path]:
-    """Generate (once) the casme2-scale demo copy, its aligned cache and samples table."""
+def casme2_scale(workdir: Path, jobs: int = 2, preset: str = "casme2-scale") -> dict[str, Path]:
+    """Generate (once) the `preset` demo copy (casme2-scale by default), its aligned cache and samples table."""
     workdir.mkdir(parents=True, exist_ok=True)
     params = workdir / "params.yaml"
     settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    settings["demo"].update(preset="casme2-scale", format="casme2")
+    settings["demo"].update(preset=preset, format="casme2")
     params.write_text(yaml.safe_dump(settings, sort_keys=False))
     demo, aligned, samples = workdir / "demo", workdir / "aligned.h5", workdir / "samples.csv"
     root, coding = demo / "casme2" / "CASME2_RAW_selected", demo / "casme2" / "CASME2-coding-20140508.xlsx"

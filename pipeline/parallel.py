@@ -5,6 +5,11 @@ worker allocates them as files of a private folder in shared memory (/dev/shm) a
 place, the writer maps the file it is handed and unlinks it at once. That saves the pickling, the
 two copies through the pipe and the unpickling (about 15 ms of CPU per 10 MB clip, which on two
 cores competes with the workers themselves).
+
+Pool workers exit when the process that started them dies (`exit_with_parent`: a SIGKILLed stage
+would otherwise leave loky workers idle for their 300 s timeout, holding shared memory and the
+caller's pipes), and every pool start first deletes what killed runs left in shared memory: this
+module's `mer-shared-<pid>-...` folders and joblib's `joblib_memmapping_folder_<pid>_...` ones.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,60 @@ from pipeline.atomic import remove_orphans
 SHARED_MEMORY_ROOT = Path("/dev/shm")
 SHARED_PREFIX = "mer-shared-"
 SHARED_MEMORY_SUPPORTED = os.name == "posix"  # mmap with MAP_SHARED; elsewhere results go pickled
+JOBLIB_PREFIX = "joblib_memmapping_folder_"  # joblib's memmapping folders: <prefix><pid>_<id>_<context>
+PARENT_POLL_SECONDS = 0.25
+_watchdog_lock = threading.Lock()
+_watched_parent: int | None = None
+
+
+def exit_with_parent(parent: int | None = None) -> None:
+    """In a pool worker: exit at once when the process `parent` (default: the current parent) is
+    no longer its parent (a daemon thread polls the parent id, which becomes another process's
+    when the parent dies, even by SIGKILL). A worker whose parent died before it got here exits
+    right away.
+
+    Idempotent. The initializer of `process_pool`'s workers; not for the main process: a stage
+    whose own parent (a shell, dvc) dies keeps going.
+    """
+    global _watched_parent
+    with _watchdog_lock:
+        if _watched_parent is not None:
+            return
+        _watched_parent = parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mer-exit-with-parent", daemon=True).start()
+
+
+def process_pool(jobs: int, **options: Any) -> Parallel:
+    """A joblib Parallel of `jobs` loky worker processes, each of which exits when this process
+    dies (`exit_with_parent`, run as the worker initializer: also by workers that never got a
+    task). What killed runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
+    from joblib.parallel import LokyBackend
+
+    remove_stale_pool_files()
+    backend = LokyBackend(initializer=exit_with_parent, initargs=(os.getpid(),))
+    return Parallel(n_jobs=jobs, backend=backend, **options)
+
+
+def remove_stale_pool_files() -> list[Path]:
+    """Delete the shared-memory folders of pools whose process was killed: ours and joblib's
+    memmapping folders (in /dev/shm, or the temporary folder joblib falls back to)."""
+    roots = {SHARED_MEMORY_ROOT, Path(tempfile.gettempdir())}
+    if os.environ.get("JOBLIB_TEMP_FOLDER"):
+        roots.add(Path(os.environ["JOBLIB_TEMP_FOLDER"]))
+    removed = []
+    for root in roots:
+        with contextlib.suppress(OSError):
+            removed += remove_orphans(root, JOBLIB_PREFIX, separator="_")
+    return removed + remove_stale_shared_folders()
 
 
 def limit_native_threads() -> None:
@@ -55,7 +116,7 @@ def ordered_map(function: Callable[..., Any], items: Iterable[tuple], jobs: int)
         for item in items:
             yield function(*item)
         return
-    runner = Parallel(n_jobs=jobs, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
+    runner = process_pool(jobs, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
     yield from runner(delayed(function)(*item) for item in items)
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import errno
 import importlib
+import os
+import sys
 
 import click
 
 from pipeline import __version__
+from pipeline.atomic import WriteError
 from pipeline.errors import MerError
 
 # Commands are imported when used, so `mer align` does not pay for importing torch.
@@ -22,6 +27,10 @@ _COMMANDS = {
     "cache": "stages.cache_tools:cache",
     "doctor": "stages.doctor:doctor",
 }
+
+
+_exit_hard = False  # a write failed: HDF5 may crash closing its files at exit
+_SETUP_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class _Group(click.Group):
@@ -40,7 +49,17 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MerError as exc:
+            if isinstance(exc, WriteError):
+                global _exit_hard
+                _exit_hard = True
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            # A failed write outside the atomic outputs (a lock file, a work folder): the path and
+            # the system's reason in one line, not a traceback.
+            if exc.errno not in _SETUP_ERRNOS or not exc.filename:
+                raise
+            verb = "access" if exc.errno in (errno.EACCES, errno.EPERM) else "write"
+            raise click.ClickException(f"cannot {verb} {exc.filename}: {exc.strerror}") from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,4 +69,12 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except SystemExit as exc:
+        if _exit_hard:  # the message is out; skip the C exit handlers HDF5 can crash in after a full disk
+            atexit._run_exitfuncs()  # Python's (joblib's clean-up) still run
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        raise

@@ -12,15 +12,36 @@ from pipeline.config import DEFAULT_PARAMS_FILE, Params, load_params
 from pipeline.datasets.layouts import DEFAULT_FOLDER_PATTERN, dataset_format
 from pipeline.errors import MerError
 
-params_option = click.option(
-    "--params",
-    "params_file",
-    type=click.Path(dir_okay=False),
-    default=DEFAULT_PARAMS_FILE,
-    show_default=True,
-    help="Params file whose stage section supplies every setting not given as an option "
-    "(none at the default path: the built-in defaults, which equal the project's params.yaml).",
-)
+_SET_VALUES = "mer.set"
+
+
+def _remember_assignments(ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
+    ctx.meta[_SET_VALUES] = list(values)
+
+
+def params_option(command):
+    """`--params FILE` and `--set SECTION.KEY=VALUE` (any params key, validated like the file)."""
+    command = click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        expose_value=False,
+        callback=_remember_assignments,
+        metavar="SECTION.KEY=VALUE",
+        help="Set any params key for this run, e.g. --set train.epochs=5 --set 'dynimg.phases.onset_apex=[onset, apex]' "
+        "(VALUE is read as YAML and validated like the file; repeatable).",
+    )(command)
+    return click.option(
+        "--params",
+        "params_file",
+        type=click.Path(dir_okay=False),
+        default=DEFAULT_PARAMS_FILE,
+        show_default=True,
+        help="Params file whose stage section supplies every setting not given as an option "
+        "(none at the default path: the built-in defaults, which equal the project's params.yaml).",
+    )(command)
+
+
 jobs_option = click.option(
     "--jobs", type=int, default=None, help="Parallel worker processes (default: params, else 1)."
 )
@@ -59,7 +80,7 @@ def stage_params(params_file: str) -> Params:
         click.echo(
             f"note: no {params_file} here: using the built-in defaults (pass --params FILE for others)", err=True
         )
-    return params
+    return params.with_assignments(ctx.meta.get(_SET_VALUES, []) if ctx is not None else [])
 
 
 def stage_settings(params_file: str, section: str, **options: Any) -> Any:

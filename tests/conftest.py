@@ -10,6 +10,11 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never try to download weights in tests
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Training refuses `cpu_kernels: portable` (the default) in a process where torch already chose other
+# CPU kernels: pin them before any test imports torch (pipeline/train/kernels.py).
+from pipeline.train.kernels import PORTABLE_ENV  # torch-free
+
+os.environ.update(PORTABLE_ENV)
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -238,6 +238,18 @@ def test_inline_class_mapping_through_the_cli(tmp_path, casme2_copy, project_par
     assert labels == {("EP02_01f", "positive"), ("EP03_02", "negative"), ("EP09_10", "negative")}
 
 
+def test_a_class_mapping_naming_an_emotion_the_sheet_never_codes_is_refused(tmp_path, casme2_copy, project_params):
+    """A misspelled emotion in a mapping used to drop its clips without a word."""
+    root, rows = casme2_copy
+    sheet = casme2_sheet(tmp_path / "coding.xlsx", rows)
+    result, out = _run(
+        tmp_path, project_params, "casme2", root, sheet, "--classes", "happyness=positive,disgust=negative"
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "'happyness' (did you mean 'happiness'?)" in result.output and "no row of" in result.output
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------------
 # The stage: output table, atomic writes, malformed input
 # --------------------------------------------------------------------------------------------

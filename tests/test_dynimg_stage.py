@@ -133,6 +133,21 @@ def test_same_inputs_give_identical_files_whatever_the_jobs(tmp_path, inputs, pr
     assert second.read_bytes() == copy
 
 
+def test_a_min_phase_frames_that_widens_nothing_leaves_the_file_byte_identical(tmp_path, inputs, project_params):
+    # the shortest phase below spans 6 frames (apex_offset of sub02/EP07_02)
+    project_params["dynimg"]["phases"] = {"full": ["onset", "offset"], "apex_offset": ["apex", "offset"]}
+    files = {}
+    for value in (2, 6, 7):
+        project_params["dynimg"]["min_phase_frames"] = value
+        result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
+        assert result.exit_code == 0, result.output
+        files[value] = out.read_bytes()
+        recorded = __import__("json").loads(read_dynamic_images(out).attrs["params"])
+        assert ("min_phase_frames" in recorded) == (value == 7), recorded  # recorded only when it widened a phase
+    assert files[2] == files[6]
+    assert files[7] != files[6]
+
+
 def test_verify_detects_a_flipped_byte(tmp_path, inputs, project_params):
     _, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
     data = bytearray(out.read_bytes())

@@ -113,31 +113,120 @@ def test_unknown_model_name():
         build_model("no_such_net", 3)
 
 
-def test_pretrained_offline_says_how_to_supply_weights(monkeypatch):
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """An empty Hugging Face cache and no network: any connection attempt fails at once."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path / "hf"
+
+
+def test_pretrained_offline_says_how_to_supply_weights(no_network, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MerError, match=r"weights: /path/to/file\.safetensors"):
+    with pytest.raises(MerError, match=r"weights: /path/to/file\.safetensors") as info:
         build_model("resnet18", 3, pretrained=True)
+    assert "not in the local Hugging Face cache" in str(info.value) and "HF_HUB_OFFLINE is set" in str(info.value)
+    assert "models.resnet18.weights" in str(info.value)
     with pytest.raises(MerError, match="no published pretrained LEARNet weights"):
         build_model("learnet", 3, pretrained=True)
 
 
-def test_pretrained_download_failure_says_how_to_supply_weights(monkeypatch):
-    import timm
+def test_pretrained_without_network_fails_at_once(no_network):
+    import time
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    real = timm.create_model
+    started = time.monotonic()
+    with pytest.raises(MerError) as info:
+        build_model("resnet18", 3, pretrained=True)
+    assert time.monotonic() - started < 5  # no retries
+    message = str(info.value)
+    assert "cannot be reached" in message and "HF_HUB_OFFLINE=1" in message and "pretrained: false" in message
 
-    def no_network(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("We couldn't connect to 'https://huggingface.co'")
-        return real(name, pretrained=False, **kwargs)
 
-    monkeypatch.setattr(timm, "create_model", no_network)
+def test_pretrained_download_failure_says_how_to_supply_weights(no_network, monkeypatch):
+    import pipeline.train.models.timm_models as timm_models
+
+    def failing_download(repo, revision, names):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm_models, "hub_reachable", lambda: True)
+    monkeypatch.setattr(timm_models, "download_hub_file", failing_download)
     with pytest.raises(MerError) as info:
         build_model("resnet18", 3, pretrained=True)
     message = str(info.value)
     assert "could not download" in message and "couldn't connect" in message
     assert "weights: /path/to/file.safetensors" in message and "pretrained: false" in message
+
+
+def fake_hub_cache(hf_home, repo: str, state: dict, revision: str = "0123456789abcdef0123456789abcdef01234567"):
+    """`state` saved where huggingface_hub puts a downloaded model.safetensors of `repo`."""
+    from safetensors.torch import save_file
+
+    folder = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(revision)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "snapshots" / revision / "model.safetensors"))
+
+
+def test_pretrained_weights_from_a_local_hugging_face_cache_offline(no_network, monkeypatch):
+    import subprocess
+    import sys
+
+    import timm
+
+    from pipeline.train.models import weights_report
+
+    torch.manual_seed(3)
+    source = timm.create_model("resnet18", pretrained=False)  # 1000 ImageNet classes
+    fake_hub_cache(no_network, "timm/resnet18.a1_in1k", source.state_dict())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build_model("resnet18", 5, pretrained=True)
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    report = weights_report(model)
+    assert report.reset == ("fc.bias", "fc.weight") and report.loaded == report.total - 2 == 100
+    assert report.line().endswith("loaded 100 of 102 tensors; reset: fc.bias, fc.weight")
+    assert "timm/resnet18.a1_in1k" in report.source and len(report.sha256) == 64
+
+    # the layout is the hub's own: timm itself loads it offline (in a fresh process, which reads HF_HOME)
+    check = (
+        "import timm, torch, sys; m = timm.create_model('resnet18', pretrained=True); "
+        "sys.exit(0 if torch.equal(m.conv1.weight, torch.load(sys.argv[1])) else 1)"
+    )
+    torch.save(source.conv1.weight.detach().clone(), no_network / "conv1.pt")
+    done = subprocess.run([sys.executable, "-c", check, str(no_network / "conv1.pt")], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_weights_that_leave_more_than_the_head_uninitialized_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in build_model("resnet18", 10).state_dict().items() if not k.startswith("layer4.")}
+    path = tmp_path / "partial.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(MerError, match=r"leaves 25 tensor\(s\) outside the classifier head") as info:
+        build_model("resnet18", 3, weights=path, weights_key="models.resnet18.weights")
+    assert "layer4.0.bn1.bias" in str(info.value) and "models.resnet18.weights" in str(info.value)
+
+
+def test_weights_key_names_where_the_file_was_set(tmp_path):
+    import yaml
+
+    from pipeline.train.settings import weights_key
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"weights": "a.pth"}, "models": {"resnet18": {"weights": "r.pth"}}}))
+    assert weights_key(params, "resnet18") == "models.resnet18.weights"
+    assert weights_key(params, "learnet") == "train.weights"
+    with pytest.raises(MerError, match=r"weights file not found: .*missing\.pth \(params models\.resnet18\.weights\)"):
+        build_model("resnet18", 3, weights=tmp_path / "missing.pth", weights_key="models.resnet18.weights")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

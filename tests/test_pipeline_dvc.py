@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -53,6 +54,9 @@ def project(tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(root, "init", "--no-scm", "-q")
     _dvc(root, "config", "core.analytics", "false")
+    config = configparser.ConfigParser()
+    config.read(PROJECT / ".dvc" / "config")
+    _dvc(root, "config", "cache.type", config["cache"]["type"].strip('"'))  # the project's link types
     first = _dvc(root, "repro")
     assert _ran(first) == {f"{stage}@{ds}" for stage in ("align", "annotate", "dynimg") for ds in DATASETS} | CELLS | {
         "demo_data",
@@ -88,15 +92,64 @@ def test_repro_leaves_every_artifact(project):
     assert "cache/metrics/casme2-learnet-dual_phase-s0.json" in shown and "uf1" in shown
 
 
-def test_changing_a_dynimg_param_reruns_only_dynimg_train_and_evaluate(project):
-    assert "up to date" in _dvc(project, "status")
+def _phase_lengths(project: Path) -> list[int]:
+    """Frames spanned by every phase of every sample of both DI caches (before any widening)."""
+    lengths = []
+    for ds in DATASETS:
+        with h5py.File(project / "cache" / "dynamic_images" / f"{ds}.h5") as handle:
+            onset, apex, offset = (handle[name][()] for name in ("onset", "apex", "offset"))
+        lengths += [*(offset - onset + 1), *(apex - onset + 1), *(offset - apex + 1)]
+    return [int(n) for n in lengths]
+
+
+def _stamps(project: Path, runs) -> dict[str, int]:
+    return {
+        str(p): p.stat().st_mtime_ns
+        for run in runs
+        for p in (project / "cache" / "runs" / run).rglob("*")
+        if p.is_file()
+    }
+
+
+def _set_params(project: Path, change) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["dynimg"]["phases"]["onset_apex"] = ["onset", "apex+1"]
+    change(params)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_dynimg_setting_that_changes_no_image_reruns_no_training(project):
+    shortest = min(_phase_lengths(project))
+    assert shortest >= 2, "the tiny demo has a one-frame phase: min_phase_frames 2 widens it"
+    value = shortest if shortest > 2 else 1  # widens nothing, as 2 did not
+    caches = {ds: (project / "cache" / "dynamic_images" / f"{ds}.h5").read_bytes() for ds in DATASETS}
+    _set_params(project, lambda params: params["dynimg"].update(min_phase_frames=value))
+    rerun = _dvc(project, "repro")
+    assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS}
+    assert all((project / "cache" / "dynamic_images" / f"{ds}.h5").read_bytes() == caches[ds] for ds in DATASETS)
+    _set_params(project, lambda params: params["dynimg"].update(min_phase_frames=2))
+    assert _ran(_dvc(project, "repro")) <= {f"dynimg@{ds}" for ds in DATASETS}  # or restored from the run cache
+    assert "up to date" in _dvc(project, "status")
+
+
+def test_changing_one_phase_retrains_only_the_cells_that_read_it(project):
+    assert "up to date" in _dvc(project, "status")
+    baseline = [f"{ds}-learnet-baseline" for ds in DATASETS]
+    before = _stamps(project, baseline)
+    _set_params(project, lambda params: params["dynimg"]["phases"].update(onset_apex=["onset", "apex+1"]))
     status = json.loads(_dvc(project, "status", "--json"))
     assert set(status) == {"dynimg@casme2", "dynimg@samm"}
     rerun = _dvc(project, "repro")
-    assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS} | CELLS | {"report"}
+    dual = {f"{stage}@{ds}-learnet-dual_phase" for stage in ("train", "evaluate") for ds in DATASETS}
+    # DVC starts every train cell (its dep is the whole DI cache); the baseline ones find their run
+    # trained on the same full DIs and keep it, so their evaluate does not rerun
+    assert _ran(rerun) == {f"dynimg@{ds}" for ds in DATASETS} | dual | {f"train@{run}" for run in baseline} | {"report"}
+    for run in baseline:
+        assert f"unchanged: cache/runs/{run} was trained with the same settings, DIs of phases full" in rerun
+    assert _stamps(project, baseline) == before
+    assert "unchanged: cache/runs/casme2-learnet-dual_phase" not in rerun
+    assert "up to date" in _dvc(project, "status")
+    assert not list((project / "cache" / "runs").glob("*/timings.json"))
+    assert {p.name for p in (project / "cache" / "timings").iterdir()} == {f"{run}.json" for run in RUNS}
 
 
 def test_changing_one_models_settings_reruns_only_its_cells(project):

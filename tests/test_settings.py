@@ -20,6 +20,7 @@ from pipeline.config import (
     SECTIONS,
     Params,
     builtin_section,
+    load_params,
     section_problems,
     validate_params,
 )
@@ -223,3 +224,38 @@ def test_an_explicit_params_file_that_does_not_exist_stays_an_error(tmp_path, mo
     result = CliRunner().invoke(cli, ["demo-data", "--out", "X", "--params", "params.yaml"])
     assert result.exit_code == 1 and "params file not found: params.yaml" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_set_lays_any_key_over_the_params_and_reads_values_as_yaml(tmp_path, project_params):
+    params = load_params(write_params(tmp_path, project_params)).with_assignments(
+        ["train.epochs=5", "dynimg.phases.onset_apex=[onset, apex-1]", "models.learnet.input_size=96"]
+    )
+    assert params.section("train").epochs == 5
+    assert params.section("dynimg").phases["onset_apex"] == ["onset", "apex-1"]
+    assert params.section("dynimg").phases["full"] == ["onset", "offset"]  # the rest of the mapping stays
+    assert params.data["models"]["learnet"]["input_size"] == 96
+    assert project_params["train"]["epochs"] != 5  # the file's data is not modified
+    builtin = load_params(tmp_path / "absent.yaml", explicit=False).with_assignments(["demo.preset=tiny"])
+    assert builtin.section("demo").preset == "tiny" and builtin.section("demo").seed == 7
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("align.eye_distanse=0.5", "align.eye_distanse = 0.5: unknown key; did you mean eye_distance?"),
+        ("trian.epochs=5", "unknown section 'trian'; did you mean train?"),
+        ("train.epochs=1.9", "train.epochs = 1.9"),
+        ("train.epochs", "write SECTION.KEY=VALUE"),
+        ("train.test_fusion='false'", "train.test_fusion = 'false'"),
+    ],
+)
+def test_set_is_validated_like_the_file_on_every_stage(tmp_path, project_params, assignment, message):
+    """`--set` of a section the stage does not read is checked too: a typo never passes silently."""
+    result = CliRunner().invoke(
+        cli,
+        ["align", "--dataset", "casme2", "--root", str(tmp_path), "--out", str(tmp_path / "a.h5")]
+        + ["--params", str(write_params(tmp_path, project_params)), "--set", assignment],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output, result.output
+    assert not (tmp_path / "a.h5").exists()

@@ -246,7 +246,7 @@ def test_runs_are_byte_identical_again_and_across_jobs_with_fixed_threads(toy, t
 
 
 def test_threads_setting():
-    assert TrainSettings.from_params({}).threads is None
+    assert TrainSettings.from_params({}).threads == 1  # a number by default: bytes independent of the cores
     assert TrainSettings.from_params({"threads": "auto"}).to_dict()["threads"] == "auto"
     settings = TrainSettings.from_params({"threads": 3, "jobs": 2})
     assert settings.threads == 3 and fold_threads(settings, 10) == 3
@@ -289,3 +289,65 @@ def test_a_second_process_writing_the_same_run_is_refused(toy, tmp_path):
     result = invoke("train", "--dynamic-images", toy["cache"], "--out", out, "--params", toy["params"])
     assert result.exit_code == 0, result.output
     assert_same_run(out, toy["reference"])
+
+
+def test_a_finished_run_is_kept_while_what_it_reads_is_unchanged(toy, tmp_path):
+    """A rerun under the same run key keeps the run folder (no training, no write); a change to a phase
+    the mode does not read keeps it too; a change to a phase it reads, or --fresh, trains again.
+    timings.json can live outside the run folder."""
+    from pipeline.io.dynamic_image_cache import read_dynamic_images
+
+    changed = tmp_path / "changed.h5"  # the same cache with other onset_apex DIs (and other params)
+    di = read_dynamic_images(toy["cache"])
+    images = {**di.images, "onset_apex": 255 - di.images["onset_apex"]}
+    write_dynamic_images(changed, di.samples, images, di.label_names, {"size": 32, "phases": "changed"})
+    for mode, kept_on_change in (("baseline", True), ("dual_phase", False)):
+        params = toy_params(tmp_path, epochs=1, mode=mode)
+        out, timings = tmp_path / mode, tmp_path / "timings" / f"{mode}.json"
+
+        def train(cache, *extra, out=out, params=params, timings=timings):
+            result = invoke(
+                "train", "--dynamic-images", cache, "--out", out, "--params", params, "--timings", timings, *extra
+            )
+            assert result.exit_code == 0, result.output
+            return result.output
+
+        assert "unchanged" not in train(toy["cache"])
+        assert not (out / "timings.json").exists() and json.loads(timings.read_text())["folds"]
+        before, reference = stamps(out, SUBJECTS), files(out)
+        timings.unlink()
+        assert "unchanged" in train(toy["cache"])
+        assert stamps(out, SUBJECTS) == before and files(out) == reference and not timings.exists()
+        output = train(changed)
+        assert ("unchanged" in output) == kept_on_change, output
+        assert (stamps(out, SUBJECTS) == before) == kept_on_change
+    assert "unchanged" not in train(changed, "--fresh") and stamps(out, SUBJECTS) != before
+
+
+def test_pretrained_weights_are_reported_and_their_file_is_in_the_run_key(toy, tmp_path):
+    import torch
+
+    from pipeline.train.models import build_model
+
+    weights = tmp_path / "learnet.pth"
+    torch.manual_seed(5)
+    torch.save(build_model("learnet", 10, input_size=32).state_dict(), weights)  # another number of classes
+    params = yaml.safe_load(toy_params(tmp_path, epochs=1, mode="baseline").read_text())
+    params["models"] = {"learnet": {"weights": str(weights)}}
+    params_file = write_params(tmp_path, params)
+    out = tmp_path / "run"
+
+    def train():
+        result = invoke("train", "--dynamic-images", toy["cache"], "--out", out, "--params", params_file)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    output = train()
+    assert f"pretrained weights {weights}: loaded " in output and "tensors; reset: fc2.bias, fc2.weight" in output
+    recorded = json.loads((out / "run.json").read_text())["pretrained_weights"]
+    assert recorded["reset"] == ["fc2.bias", "fc2.weight"] and recorded["loaded"] == recorded["total"] - 2
+    assert "unchanged" in train()
+    torch.manual_seed(6)
+    torch.save(build_model("learnet", 10, input_size=32).state_dict(), weights)  # a new file, same name
+    assert "unchanged" not in train()
+    assert json.loads((out / "run.json").read_text())["pretrained_weights"]["sha256"] != recorded["sha256"]

@@ -26,7 +26,15 @@ import numpy as np
 from pipeline.align.landmarks import detect_faces, eye_centres, landmarks_in_box
 from pipeline.config import ALIGN_METHODS, AlignSettings  # the align section's clip settings
 from pipeline.datasets.layouts import ClipFolder
-from pipeline.imaging import JPEG_SUFFIXES, FrameError, decode_frame, is_grayscale
+from pipeline.imaging import (
+    JPEG_SUFFIXES,
+    FrameError,
+    content_grayscale,
+    decode_frame,
+    encoded_channels,
+    file_channels,
+    is_grayscale,
+)
 from pipeline.io.aligned_cache import AlignedClip
 from pipeline.io.provenance import frame_files_fingerprint
 
@@ -131,22 +139,59 @@ def detect(image: np.ndarray, settings: AlignSettings, upsample_levels: int | No
 
 
 class _FrameSource:
-    """Decodes a clip's frames on demand (BGR or gray), checking they all have the first frame's size.
+    """Decodes a clip's frames on demand (BGR or gray), checking they all have the first frame's size
+    and its kind: a clip is grayscale when its first frame is a single-channel file (or when all
+    its frames are colour files with three equal channels), and a colour frame in a grayscale clip
+    or a single-channel frame in a colour clip is an AlignmentFailure naming both files (decoding
+    it the clip's way would silently drop or invent colour).
 
     Frames are kept BGR: warping comes first and the small crops are converted to RGB at the end.
     """
 
     def __init__(self, folder: ClipFolder):
+        self.clip = f"{folder.subject}/{folder.clip}"
         self.paths = [path for _, path in folder.frames]
-        self.grayscale = is_grayscale(self.paths[0])
         self.reduction = 1
         self.shape: tuple[int, ...] | None = None  # full-resolution frame shape
+        self._checked = {0}
+        self.grayscale = is_grayscale(self.paths[0])
+        if self.grayscale and file_channels(self.paths[0]) >= 3:
+            # A colour file that looks gray (a blank or fade-in first frame): the clip is grayscale
+            # only if every frame is; probed here, at 1/8 size, for such clips only.
+            self.grayscale = all(is_grayscale(path) for path in self.paths[1:])
+            self._checked = set(range(len(self.paths))) if self.grayscale else {0}
+
+    def _check_kind(self, index: int, data) -> None:
+        """The frame's kind from its header (colour frames of a grayscale clip: also its content)."""
+        if index in self._checked:
+            return
+        path = self.paths[index]
+        channels = encoded_channels(data, path)
+        if self.grayscale:
+            mixed = channels >= 3 and not content_grayscale(data, path)
+            gray, colour = self.paths[0], path
+        else:
+            mixed = channels <= 2
+            gray, colour = path, self.paths[0]
+        if mixed:
+            raise AlignmentFailure(
+                f"clip {self.clip} mixes grayscale and colour frames: {gray} is grayscale, {colour} is colour; "
+                "convert its frames to one kind",
+                path,
+            )
+        self._checked.add(index)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        frame = decode_frame(self.paths[index], self.grayscale, self.reduction, rgb=False)
+        frame = decode_frame(
+            self.paths[index],
+            self.grayscale,
+            self.reduction,
+            rgb=False,
+            check=lambda data: self._check_kind(index, data),
+        )
         height, width = frame.shape[:2]
         if self.shape is None:
             self.shape = frame.shape

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.align.clip import AlignSettings, align_clip, reference_view
 from pipeline.align.montage import save_montage
-from pipeline.atomic import atomic_output
+from pipeline.atomic import atomic_output, ensure_free_space
 from pipeline.datasets.layouts import ClipFolder, scan_clip_folders
 from pipeline.errors import InputProblems, MerError
 from pipeline.imaging import FrameError
@@ -201,6 +201,8 @@ def align_dataset(
     chosen = _preview_indices(len(folders), preview)
     previews: list[tuple[np.ndarray, np.ndarray, str]] = []
     todo = [f for f in folders if (f.subject, f.clip) not in reusable]
+    frame_bytes = settings.size * settings.size * 3  # frames are stored uncompressed
+    ensure_free_space(out, sum(len(f.frames) for f in folders) * frame_bytes, "the aligned cache")
     n_frames = n_written = n_reused = 0
     old = open_cache(out, ALIGNED_SCHEMA) if reusable else contextlib.nullcontext()
     shm = shared_folder() if jobs > 1 and todo and SHARED_MEMORY_SUPPORTED else contextlib.nullcontext(None)

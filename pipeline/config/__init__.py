@@ -210,10 +210,11 @@ class Params:
     path: Path
     data: dict[str, Any]
     builtin: bool = False
+    label: str | None = None  # how messages name these params when they are not just the file
 
     @property
     def source(self) -> str:
-        return "built-in defaults" if self.builtin else str(self.path)
+        return self.label or ("built-in defaults" if self.builtin else str(self.path))
 
     def raw(self, section: str, *, required: bool = True) -> dict[str, Any]:
         """The section as written (the built-in defaults when there is no params file)."""
@@ -227,6 +228,42 @@ class Params:
         if not isinstance(value, dict):
             raise MerError(f"{self.path}: section '{section}' must be a mapping, got {type(value).__name__}")
         return value
+
+    def with_assignments(self, assignments: list[str]) -> "Params":
+        """These params with `SECTION.KEY[.KEY...]=VALUE` assignments (`--set`) laid over them; each
+        VALUE is read as YAML, like the file (`5`, `true`, `[onset, apex]`), and validated with it."""
+        if not assignments:
+            return self
+        data = {name: self.raw(name, required=False) for name in SECTIONS} if self.builtin else dict(self.data)
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            path = [part for part in key.strip().split(".") if part]
+            if not sep or len(path) < 2:
+                raise MerError(f"--set {assignment!r}: write SECTION.KEY=VALUE, e.g. --set train.epochs=5")
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError as exc:
+                raise MerError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
+            if path[0] not in SECTIONS:
+                close = difflib.get_close_matches(path[0], list(SECTIONS), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise MerError(
+                    f"--set {assignment!r}: unknown section {path[0]!r}{hint} (sections: {', '.join(SECTIONS)})"
+                )
+            node = data.setdefault(path[0], {})
+            data[path[0]] = node = dict(node) if isinstance(node, dict) else node
+            for part in path[1:-1]:
+                if not isinstance(node, dict):
+                    raise MerError(f"--set {assignment!r}: {'.'.join(path[:-1])} is not a mapping")
+                node[part] = node = dict(node.get(part) or {})
+            if not isinstance(node, dict):
+                raise MerError(f"--set {assignment!r}: {'.'.join(path[:-1])} is not a mapping")
+            node[path[-1]] = value
+        params = Params(self.path, data, builtin=False, label=f"{self.source} with --set {' '.join(assignments)}")
+        for name in dict.fromkeys(a.partition("=")[0].strip().split(".")[0] for a in assignments):
+            if name not in MAPPING_SECTIONS:  # checked now even where this stage does not read the section
+                params.section(name)
+        return params
 
     def section(self, section: str, *, required: bool = True, **options: Any) -> Any:
         """The validated section with the options the user gave (not None) laid over it.

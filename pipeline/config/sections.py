@@ -57,6 +57,7 @@ WEIGHTING_KEYS = ("phase_weight", "phase_weight_final")  # in run.json only for 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("loky", "dask")
 MISSING_CLASS = ("error", "warn")
+CPU_KERNELS = ("portable", "native")  # train.cpu_kernels: pipeline/train/kernels.py
 ALIGN_METHODS = ("landmarks", "resize")
 ALIGN_ON_ERROR = ("fail", "skip")
 DI_VARIANTS = ("harmonic", "linear")
@@ -302,8 +303,9 @@ class TrainSection(_Model):
     backend: Literal[BACKENDS] = "loky"  # type: ignore[valid-type]
     scheduler: str | None = Field(None, min_length=1)
     jobs: int = Field(2, ge=1)
-    threads: Annotated[Any, BeforeValidator(_threads)] = "auto"
+    threads: Annotated[Any, BeforeValidator(_threads)] = 1  # a number: bytes independent of the cores
     missing_class: Literal[MISSING_CLASS] = "error"  # type: ignore[valid-type]
+    cpu_kernels: Literal[CPU_KERNELS] = "portable"  # type: ignore[valid-type]
     phase_weight: float = Field(0.5, ge=0)  # dual_phase_weighted: the phase samples' weight in the loss (full: 1)
     phase_weight_final: float = Field(0.0, ge=0)  # dual_phase_decay: phase weight from 1 to this at the last epoch
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from pipeline.datasets.layouts import (
     find_clip_folders,
 )
 from pipeline.datasets.overrides import read_overrides
-from pipeline.datasets.presets import EXCLUSIONS, ClassScheme, class_scheme, emotions_scheme
+from pipeline.datasets.presets import EXCLUSIONS, PRESETS, ClassScheme, class_scheme, emotion_key, emotions_scheme
 from pipeline.datasets.sheets import Problem
 from pipeline.errors import InputProblems, MerError
 from pipeline.io.samples import (
@@ -290,6 +291,8 @@ def annotate_samples(
     sheet_read = read_coding(coding, dataset, patch, sheet, apex_outside)
     if scheme is None:
         scheme = emotions_scheme(k.emotion for k in sheet_read.keys)
+    elif not (isinstance(spec, str) and spec in PRESETS):
+        _check_mapping_emotions(scheme, coding, {k.emotion for k in sheet_read.keys})
     problems = list(sheet_read.problems)
     problems += duplicate_problems(sheet_read.keys, fmt.several_per_folder)
     bad_rows = {p.source_row for p in problems}
@@ -462,6 +465,21 @@ def annotate_samples(
         sheet_name=sheet_read.sheet_name,
         apex_column=fmt.apex_column,
     )
+
+
+def _check_mapping_emotions(scheme: ClassScheme, coding: str | Path, emotions: set[str]) -> None:
+    """A user's class mapping naming an emotion the sheet never codes is a typo, not a choice: its
+    clips would be dropped without a word. (Presets may name emotions a dataset lacks.)"""
+    present = {emotion_key(e): e for e in emotions}
+    absent = sorted(e for e in scheme.mapping if e not in present)
+    if absent:
+        hints = [
+            f"{e!r} (did you mean {m[0]!r}?)" if (m := get_close_matches(e, present, 1)) else repr(e) for e in absent
+        ]
+        raise MerError(
+            f"the class mapping {scheme.name!r} names emotion(s) {', '.join(hints)} that no row of {coding} codes; "
+            f"the sheet's emotions are {', '.join(sorted(present))}: fix the mapping"
+        )
 
 
 def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str]:

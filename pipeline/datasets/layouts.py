@@ -23,6 +23,8 @@ number. Subjects are kept as written (stripped), not renumbered.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import MerError
+from pipeline.imaging import FrameError
 
 DEFAULT_FOLDER_PATTERN = "{subject}/{clip}"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -217,15 +220,40 @@ def resolve_root(dataset: str, root: str | Path) -> Path:
 
 
 def list_frames(folder: Path) -> tuple[tuple[int, Path], ...]:
-    """Image files of one clip folder sorted by frame number; other files are ignored."""
-    frames = []
-    for path in folder.iterdir():
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            number = frame_number(path)
-            if number is not None:
-                frames.append((number, path))
-    frames.sort()
-    return tuple(frames)
+    """Image files of one clip folder sorted by frame number; other files are ignored.
+
+    Ambiguous or broken frames raise FrameError instead of being dropped silently: two files with
+    one frame number (img45.jpg beside img045.jpg) and a dangling or looping symbolic link.
+    """
+    frames: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.is_symlink():
+            _check_link(path)
+        if not path.is_file():
+            continue
+        number = frame_number(path)
+        if number is None:
+            continue
+        if number in frames:
+            raise FrameError(
+                f"two files with frame number {number}: {frames[number]} and {path}; remove or rename one", path
+            )
+        frames[number] = path
+    return tuple(sorted(frames.items()))
+
+
+def _check_link(path: Path) -> None:
+    """FrameError for a symbolic link whose target is missing or that loops."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "symbolic link loop (it points back to itself)"
+        else:
+            reason = f"dangling symbolic link: its target {os.readlink(path)} {exc.strerror.lower()}"
+        raise FrameError(f"{reason}; fix or remove the link", path) from None
 
 
 def _clip_folder(dataset: str, subject: str, clip: str, clip_dir: Path) -> ClipFolder:
@@ -233,6 +261,8 @@ def _clip_folder(dataset: str, subject: str, clip: str, clip_dir: Path) -> ClipF
         frames = list_frames(clip_dir)
     except PermissionError as exc:
         raise MerError(f"cannot read clip folder {clip_dir}: {exc.strerror}; check its permissions") from exc
+    except FrameError as exc:
+        raise FrameError(f"clip {subject}/{clip}: {exc.reason}", exc.file) from None
     return ClipFolder(dataset, subject, clip, clip_dir, frames)
 
 
@@ -360,8 +390,16 @@ def scan_clip_folders(
     base = resolve_root(dataset, root)
     clips: dict[tuple[str, str], ClipFolder] = {}
     unreadable: list[UnreadableFolder] = []
+    subject_dirs: dict[str, Path] = {}
     for subject_dir in _subject_dirs(dataset, base):
         subject = normalize_subject(dataset, subject_dir.name)
+        if subject in subject_dirs:
+            raise MerError(
+                f"two subject folders are both subject {subject}: {subject_dirs[subject]} and {subject_dir}; "
+                "merge them or rename one"
+            )
+        subject_dirs[subject] = subject_dir
+    for subject, subject_dir in subject_dirs.items():
         try:
             clip_dirs = sorted(p for p in subject_dir.iterdir() if p.is_dir())
         except PermissionError as exc:
@@ -375,6 +413,9 @@ def scan_clip_folders(
             except PermissionError as exc:
                 reason = f"cannot read clip folder: {exc.strerror or exc}; check its permissions"
                 unreadable.append(UnreadableFolder(subject, clip_dir.name, clip_dir, reason))
+                continue
+            except FrameError as exc:
+                unreadable.append(UnreadableFolder(subject, clip_dir.name, Path(exc.file), exc.reason))
                 continue
             clips[(subject, clip_dir.name)] = ClipFolder(dataset, subject, clip_dir.name, clip_dir, frames)
     return clips, unreadable

@@ -36,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_output
+from pipeline.atomic import atomic_output, ensure_free_space
 from pipeline.config import DynimgSection, section_problems
 from pipeline.datasets.composite import aligned_caches
 from pipeline.datasets.presets import default_label_names, label_names_for
@@ -346,6 +346,16 @@ def _frame_checksums(caches: Mapping[str, str], samples: list[dict]):
         yield str(handle[key].attrs.get("sha256", "")) if key in handle else "-"
 
 
+def effective_params(record: Mapping[str, Any], widened: Mapping[str, int]) -> dict[str, Any]:
+    """The params recorded in the cache and hashed into its fingerprint: `record` without a
+    `min_phase_frames` that widened no phase of any clip. A setting that changed no byte of the images
+    then leaves the whole file byte-identical, so DVC reruns nothing downstream."""
+    effective = dict(record)
+    if not any(widened.values()):
+        effective.pop("min_phase_frames", None)
+    return effective
+
+
 def build_dynamic_images(
     aligned: Sequence[str],
     samples: str | Path,
@@ -362,7 +372,8 @@ def build_dynamic_images(
     """Compute every sample's phase DIs into the DI cache `out`.
 
     `aligned`: one aligned cache, or NAME=FILE per dataset of a composite table; `record`: the
-    params stored in the cache and hashed into its fingerprint; `classes`: the class preset whose
+    params stored in the cache and hashed into its fingerprint (those that had an effect:
+    `effective_params`); `classes`: the class preset whose
     label order the cache records (default: the preset annotate uses for the table's dataset format,
     e.g. casme2-5, when it holds every label, else the labels sorted); `overrides`: per-clip
     onset / apex / offset corrections (params_file names where they come from in messages).
@@ -441,6 +452,9 @@ def build_dynamic_images(
     if not rows:
         raise MerError(f"{samples}: no sample left after dropping {len(dropped)} with phases outside the clip")
 
+    # uncompressed size: an upper bound of the gzip-compressed images
+    image_bytes = settings.size * settings.size * 3
+    ensure_free_space(out, len(rows) * len(settings.phases) * image_bytes, "the dynamic-image cache")
     widened, short = Counter(), Counter()
     degenerate: dict[str, dict[str, list[str]]] = {"short": {}, "duplicate": {}, "dropped": {}}
     dropped_rows: dict[str, list[int]] = {}
@@ -485,7 +499,8 @@ def build_dynamic_images(
         }
         columns["sample_id"] = ids
         columns["label"] = [label_names.index(r["label"]) for r in rows]
-        fingerprint = dynamic_images_fingerprint(samples, dict(record), _frame_checksums(caches, rows))
+        effective = effective_params(record, widened)
+        fingerprint = dynamic_images_fingerprint(samples, effective, _frame_checksums(caches, rows))
         record_degenerate = {
             "policy": settings.degenerate,
             "min_phase_frames": settings.min_phase_frames,
@@ -524,7 +539,7 @@ def build_dynamic_images(
             )
         if settings.outside_clip == "drop":  # only then, so that caches made without the setting keep their bytes
             attrs["outside_clip_dropped"] = len(outside)
-        writer.finish(columns, attrs, arrays)
+        writer.finish(columns, attrs, arrays, params=effective)
     return DynamicImagesResult(
         samples=len(rows),
         label_names=label_names,

@@ -77,11 +77,100 @@ def phase_weights(
     return weights
 
 
-FRAME_BLOCK = 32  # frames converted to float at a time: 19 MB of float32 for 224x224 RGB
+FRAME_BLOCK = 32  # frames read from the cache at a time (4.8 MB of uint8 for 224x224 RGB)
+TILE_BYTES = 256 * 1024  # float32 frames x rows converted and summed at a time: they stay in L2
+
+
+def pool_factors(frame_shape: tuple[int, ...], size: int | None) -> tuple[int, int]:
+    """(ky, kx): the DI is pooled at the smaller size when `size` divides the frames' height and width.
+
+    INTER_AREA to an integer fraction of the frame is the mean of ky x kx blocks of pixels, a linear
+    map: resizing each frame first and then pooling gives the DI resized after pooling, up to
+    float32 rounding. Block sums of uint8 are exact integers, so only the weighted sum rounds.
+    Any other size (larger than the frames, or a fraction that is not an integer) gives (1, 1):
+    pooled at the frames' size and resized at the end.
+    """
+    height, width = frame_shape[:2]
+    if size is None or size >= height or size >= width or height % size or width % size:
+        return 1, 1
+    return height // size, width // size
+
+
+def _weighted_tiles(
+    block: np.ndarray, weights: np.ndarray, total: np.ndarray, ky: int, buffers: dict[str, np.ndarray]
+) -> None:
+    """total (P, H/ky, W*C) += weights (P, n) x block (n, H, W, C) uint8, rows summed by ky first.
+
+    Tiles of rows across the block's frames: each tile is widened (uint8 -> uint16 row sums ->
+    float32) into a small buffer and multiplied by the weights while it is in cache, and the
+    product is added to its rows of `total`, so nothing the size of a float32 block is ever made.
+    """
+    n, height = block.shape[:2]
+    row = int(np.prod(block.shape[2:]))
+    pooled = height // ky
+    rows = min(buffers["float"].size // (n * row), buffers["product"].size // (len(weights) * row))
+    view = block.reshape(n, pooled, ky, row)
+    for y in range(0, pooled, rows):
+        end = min(y + rows, pooled)
+        size = n * (end - y) * row
+        tile = buffers["float"][:size].reshape(n, end - y, row)
+        if ky == 1:
+            np.copyto(tile, view[:, y:end, 0])
+        else:  # exact integer sums of uint8 rows; other inputs (float frames) are summed in float32
+            exact = block.dtype == np.uint8
+            sums = buffers["sum"][:size].reshape(n, end - y, row) if exact else tile
+            np.add(view[:, y:end, 0], view[:, y:end, 1], out=sums, dtype=sums.dtype)
+            for k in range(2, ky):
+                np.add(sums, view[:, y:end, k], out=sums, dtype=sums.dtype)
+            if exact:
+                np.copyto(tile, sums)
+        product = buffers["product"][: len(weights) * (end - y) * row].reshape(len(weights), (end - y) * row)
+        np.matmul(weights, tile.reshape(n, -1), out=product)
+        total[:, y * row : end * row] += product
+
+
+def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | None = None) -> np.ndarray:
+    """(P, h, w, C) float32 DIs of (T,H,W,C) uint8 `frames` (an array, h5py.Dataset or VerifiedFrames)
+    for the (P, T) `weights`, at `size` x `size` (None: the frames' size).
+
+    One pass over the frames: blocks of `FRAME_BLOCK` frames are read (memory stays flat whatever
+    the clip's length) and multiplied by the weights in cache-sized tiles of rows
+    (`_weighted_tiles`); frames no phase uses are not read. Where `size` divides the frames'
+    height and width (224 -> 112) the DIs are pooled at that size (`pool_factors`): rows are summed
+    in uint16 before the product and columns after it, 4x less float work; otherwise each DI is
+    resized once at the end (INTER_AREA), as both steps are linear.
+    """
+    used = np.flatnonzero(weights.any(axis=0))
+    height, width, *channels = frames.shape[1:]
+    phases = len(weights)
+    ky, kx = pool_factors((height, width), size)
+    row = width * int(np.prod(channels))
+    total = np.zeros((phases, (height // ky) * row), np.float32)
+    block_frames = min(FRAME_BLOCK, int(used[-1] - used[0] + 1))
+    tile = max(TILE_BYTES // 4, block_frames * row)  # at least one row of every frame of a block
+    buffers = {
+        "float": np.empty(tile, np.float32),
+        "sum": np.empty(tile, np.uint16 if ky * 255 <= np.iinfo(np.uint16).max else np.uint32),
+        "product": np.empty(phases * (tile // block_frames), np.float32),
+    }
+    for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
+        stop = min(start + FRAME_BLOCK, used[-1] + 1)
+        block = np.asarray(frames[start:stop])
+        _weighted_tiles(block, np.ascontiguousarray(weights[:, start:stop]), total, ky, buffers)
+    stack = total.reshape(phases, height // ky, width, *channels)
+    if kx > 1:  # the column means (INTER_AREA to an integer fraction): far quicker than a numpy sum over kx
+        stack = np.stack(
+            [cv2.resize(image, (width // kx, height // ky), interpolation=cv2.INTER_AREA) for image in stack]
+        )
+    if ky > 1:
+        stack *= np.float32(1 / ky)
+    if size is not None and stack.shape[1:3] != (size, size):
+        stack = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in stack])
+    return stack
 
 
 def clip_dynamic_images(
-    frames: np.ndarray,  # or an h5py.Dataset of (T,H,W,3) uint8
+    frames: np.ndarray,  # or an h5py.Dataset / VerifiedFrames of (T,H,W,C) uint8
     frame_numbers: np.ndarray,
     onset: int,
     apex: int,
@@ -96,13 +185,10 @@ def clip_dynamic_images(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]] | tuple[dict[str, np.ndarray], dict[str, int], list[np.ndarray]]:
     """uint8 DIs of one clip for every phase, and the number of frames each phase spans.
 
-    All phases come from one matrix product over the clip, so its frames are converted to float
-    and read once whatever the number of phases. The product runs over blocks of `FRAME_BLOCK`
-    frames, so memory stays the same whatever the clip's length; `frames` may be an HDF5 dataset,
-    read block by block. Rank pooling and resizing are both linear, so each DI is resized once at
-    the end instead of resizing every frame. `motion`: the clip's motion anchors (`peak`, `mNN`)
-    when the phases use them. With `extra_windows` ((first, last) frame pairs: jittered phases) a
-    third item lists their DIs, in order.
+    All phases come from one pass over the clip's frames (`phase_dynamic_images`), so its frames
+    are read and converted once whatever the number of phases; `frames` may be an HDF5 dataset.
+    `motion`: the clip's motion anchors (`peak`, `mNN`) when the phases use them. With
+    `extra_windows` ((first, last) frame pairs: jittered phases) a third item lists their DIs, in order.
     """
     windows = {name: phase_frames(bounds, onset, apex, offset, min_frames, motion) for name, bounds in phases.items()}
     images = _window_images(frames, frame_numbers, windows, variant, size, per_channel)
@@ -110,7 +196,7 @@ def clip_dynamic_images(
     if not extra_windows:
         return images, lengths
     # Extra windows (phase jitter): a window equal to a phase's reuses that DI, bit for bit; the
-    # others come from a second product, so the phases' DIs are those computed without them.
+    # others come from a second pass, so the phases' DIs are those computed without them.
     known = {window: name for name, window in windows.items()}
     todo = {f"w{k}": w for k, w in enumerate(dict.fromkeys(extra_windows)) if w not in known}
     computed = _window_images(frames, frame_numbers, todo, variant, size, per_channel) if todo else {}
@@ -127,19 +213,6 @@ def _window_images(
     size: int | None,
     per_channel: bool,
 ) -> dict[str, np.ndarray]:
-    """uint8 DIs of the frame windows {name: (first, last frame number)}, one matrix product."""
-    weights = phase_weights(frame_numbers, windows, variant)
-    used = np.flatnonzero(weights.any(axis=0))  # frames outside every phase are not even read
-    shape = frames.shape[1:]
-    total = np.zeros((len(windows), int(np.prod(shape))), np.float32)
-    for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
-        stop = min(start + FRAME_BLOCK, used[-1] + 1)
-        block = np.asarray(frames[start:stop]).reshape(stop - start, -1).astype(np.float32)
-        total += weights[:, start:stop] @ block
-    stack = total.reshape(len(windows), *shape)
-    images = {}
-    for name, image in zip(windows, stack):
-        if size is not None and image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        images[name] = to_uint8(image, per_channel)
-    return images
+    """uint8 DIs of the frame windows {name: (first, last frame number)}, one pass over the frames."""
+    stack = phase_dynamic_images(frames, phase_weights(frame_numbers, windows, variant), size)
+    return {name: to_uint8(image, per_channel) for name, image in zip(windows, stack)}

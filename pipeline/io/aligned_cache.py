@@ -10,7 +10,10 @@ attributes: schema, schema_version, params (JSON), tool_version, dataset.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,26 @@ def read_intact_clip(handle: h5py.File, subject: str, clip: str) -> AlignedClip 
     return aligned
 
 
+_HASHER: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """This process's one hashing thread (hashlib releases the GIL on large buffers)."""
+    global _HASHER
+    if _HASHER is None:
+        _HASHER = ThreadPoolExecutor(1, thread_name_prefix="mer-verify")
+    return _HASHER
+
+
+def _forget_hasher() -> None:
+    global _HASHER
+    _HASHER = None  # a forked child has no thread behind the parent's executor
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_hasher)
+
+
 class VerifiedFrames:
     """A clip's `frames` dataset read in slices, hashed as it is read, checked by `problem()`.
 
@@ -109,22 +132,37 @@ class VerifiedFrames:
     are read and hashed in blocks of `block` frames, and `problem()` hashes the rest of the clip,
     then compares the digest with the stored sha256 of the frames. Nothing is read twice for the
     check; a slice already hashed is returned without hashing it again.
+
+    The sha256 runs in a background thread while the caller computes on the frames (at most
+    `in_flight` slices queued, so memory stays bounded): on a machine with a free core the check
+    costs no wall time, and the stored checksum, hence the aligned cache's bytes, are unchanged.
+    Slices are returned read-only, as the thread may still be hashing them.
     """
 
-    def __init__(self, handle: h5py.File, subject: str, clip: str, block: int = 32):
+    def __init__(self, handle: h5py.File, subject: str, clip: str, block: int = 32, in_flight: int = 2):
         group = handle[subject][clip]
         self._dataset: h5py.Dataset = group["frames"]
         self._where = f"{handle.filename}, clip {subject}/{clip}"
         self._stored = self._dataset.attrs.get("sha256")
         self._digest = hashlib.sha256()
-        self._hashed = 0  # frames [0, _hashed) are in the digest
+        self._hashed = 0  # frames [0, _hashed) are in the digest, or queued for it
         self._block = block
+        self._pending: deque[Future] = deque()
+        self._in_flight = max(1, in_flight)
         self.shape: tuple[int, ...] = self._dataset.shape
         self.frame_numbers: np.ndarray = group["frame_numbers"][()]
         self._numbers_stored = group["frame_numbers"].attrs.get("sha256")
 
     def _hash(self, frames: np.ndarray) -> None:
-        self._digest.update(memoryview(np.ascontiguousarray(frames, dtype=np.uint8)).cast("B"))
+        data = np.ascontiguousarray(frames, dtype=np.uint8)
+        data.flags.writeable = False
+        while len(self._pending) >= self._in_flight:
+            self._pending.popleft().result()
+        self._pending.append(_hasher().submit(self._digest.update, memoryview(data).cast("B")))
+
+    def _wait(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
 
     def _advance(self, stop: int) -> None:
         while self._hashed < stop:
@@ -143,6 +181,7 @@ class VerifiedFrames:
             raise TypeError("VerifiedFrames reads contiguous slices only")
         self._advance(start)
         frames = self._dataset[start:stop]
+        frames.flags.writeable = False
         if stop > self._hashed:
             self._hash(frames[self._hashed - start :])
             self._hashed = stop
@@ -154,6 +193,7 @@ class VerifiedFrames:
         if self._numbers_stored != array_sha256(self.frame_numbers):
             return f"{self._where}: frame_numbers do not match their stored sha256 (the aligned cache is damaged)"
         self._advance(self.shape[0])
+        self._wait()
         if self._stored != self._digest.hexdigest():
             return f"{self._where}: frames do not match their stored sha256 (the aligned cache is damaged)"
         return None

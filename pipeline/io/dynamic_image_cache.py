@@ -87,10 +87,8 @@ class DynamicImageWriter(CacheWriter):
     ):
         self._n, self._phases, self._count = n, list(phases), 0
         self._jitter = {phase: k for phase, k in (jitter or {}).items() if k}  # phase -> K
+        self._params, self._label_names = dict(params), list(label_names)
         self._handle = h5py.File(path, "w", track_order=False)
-        write_file_attrs(
-            self._handle, DYNAMIC_IMAGES_SCHEMA, params, {"label_names": list(label_names), "phases": self._phases}
-        )
         self._group = self._handle.create_group("images")
         self._digests = {phase: hashlib.sha256() for phase in self._phases}
         self._jitter_digests = {phase: hashlib.sha256() for phase in self._jitter}
@@ -146,9 +144,14 @@ class DynamicImageWriter(CacheWriter):
         samples: Mapping[str, Iterable[Any]],
         extra_attrs: Mapping[str, Any] | None = None,
         arrays: Mapping[str, np.ndarray] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums, extra file attributes
-        and `arrays` ("group/name" -> array, each with its checksum: the optional groups' vectors)."""
+        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums, the file attributes and
+        `arrays` ("group/name" -> array, each with its checksum: the optional groups' vectors).
+
+        `params` replaces the params given at creation: the file attributes are written last, so the
+        settings recorded can be the ones that turned out to shape the images (dynimg leaves out a
+        `min_phase_frames` that widened no phase, and the file stays byte-identical)."""
         if self._count != self._n:
             raise ValueError(f"{self._count} samples were added to a cache created for {self._n}")
         columns = {name: np.asarray(list(samples[name])) for name in SAMPLE_FIELDS}
@@ -163,6 +166,12 @@ class DynamicImageWriter(CacheWriter):
         for name, array in (arrays or {}).items():
             group, _, leaf = name.rpartition("/")
             write_dataset(self._handle.require_group(group) if group else self._handle, leaf, np.asarray(array))
+        write_file_attrs(
+            self._handle,
+            DYNAMIC_IMAGES_SCHEMA,
+            self._params if params is None else params,
+            {"label_names": self._label_names, "phases": self._phases},
+        )
         for key, value in (extra_attrs or {}).items():
             self._handle.attrs[key] = value
 

@@ -135,9 +135,11 @@ def run_loso(
         elif jobs == 1:
             results = (train_fold(data, fold, settings, out_dir, threads, timing, epoch_progress) for fold in folds)
         else:
-            from joblib import Parallel, delayed
+            from joblib import delayed
 
-            runner = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
+            from pipeline.parallel import process_pool  # workers exit if this process is killed
+
+            runner = process_pool(jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs")
             results = runner(delayed(train_fold)(data, fold, settings, str(out_dir), threads, timing) for fold in folds)
         if progress is not None:
             results = progress(results, len(folds))

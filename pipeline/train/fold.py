@@ -28,6 +28,7 @@ from pipeline.config import MODES
 from pipeline.errors import MerError
 from pipeline.train.augment import augment_batch
 from pipeline.train.data import LosoData
+from pipeline.train.kernels import apply_cpu_kernels
 from pipeline.train.models import build_model
 from pipeline.train.run_files import FoldResult, fold_directory, write_fold
 from pipeline.train.settings import TrainSettings
@@ -231,6 +232,7 @@ def train_fold(
     taken: that is `FoldResult.seconds`, also written to `timing_dir/<fold>.json` when given.
     """
     start_time = time.perf_counter()
+    apply_cpu_kernels(settings.cpu_kernels)  # in a worker process: checks it started with the kernels pinned
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -5,14 +5,17 @@ exists only while a run is unfinished:
 
     .<name>.partial/resume.json          the run key: a sha256 of everything the numbers depend on
                                          (settings but jobs/backend/scheduler/missing_class, the torch
-                                         threads per fold, the DI cache's fingerprint and a digest of
-                                         its samples, labels and images, code and torch versions)
+                                         threads per fold, a digest of the DI cache's samples, labels
+                                         and the images of the phases the run reads, the sha256 of a
+                                         local weights file, code and torch versions)
     .<name>.partial/folds/<fold>/        one finished fold (written under a temporary name, renamed
                                          when complete: a fold folder that exists is finished)
     .<name>.partial/timings/<fold>.json  that fold's training time
 
 A rerun with the same key trains only the missing folds; a different key (or `fresh`) discards the
-work folder first.
+work folder first. A finished run records its key in run.json (`run_key`): a rerun with the same key
+keeps the run folder as it is instead of training again (`reusable_run`), so a DI cache whose other
+phases changed does not retrain a cell that does not read them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipeline.atomic import atomic_output
 from pipeline.errors import MerError
 from pipeline.io.dynamic_image_cache import DynamicImageSet
 from pipeline.train.data import fold_dir_name
+from pipeline.train.models.pretrained import file_sha256
 from pipeline.train.settings import TrainSettings
 
 
@@ -71,29 +75,43 @@ def exclusive_run(out: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def dynamic_images_digest(di: DynamicImageSet, phases: Sequence[str]) -> dict[str, Any]:
-    """What a run's numbers depend on in the DI cache: its fingerprint attribute, the samples (ids,
-    datasets, subjects, labels), the label names and the images of the phases used."""
+def dynamic_images_digest(
+    di: DynamicImageSet, phases: Sequence[str], jitter_phases: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What a run's numbers depend on in the DI cache: the samples (ids, datasets, subjects, labels),
+    the label names and the images of the phases used (and the jittered DIs of `jitter_phases`, for
+    the jitter mode). Not the cache's fingerprint nor its params: they change with phases the run
+    does not read."""
     samples = hashlib.sha256()
     for name in ("sample_id", "dataset", "subject", "label"):
         samples.update("\x1f".join(map(str, np.asarray(di.samples[name]).tolist())).encode() + b"\x1e")
     return {
-        "fingerprint": str(di.attrs.get("fingerprint", "")),
         "samples_sha256": samples.hexdigest(),
         "label_names": list(di.label_names),
         "images_sha256": {
             p: hashlib.sha256(np.ascontiguousarray(di.images[p]).tobytes()).hexdigest() for p in dict.fromkeys(phases)
         },
+        **(
+            {
+                "jitter_sha256": {
+                    p: hashlib.sha256(np.ascontiguousarray(di.jitter(p)).tobytes()).hexdigest() for p in jitter_phases
+                }
+            }
+            if jitter_phases
+            else {}
+        ),
     }
 
 
 def _code_digest() -> str:
-    """sha256 of the training code (every module of `pipeline/train/`, subpackages included): a fix
-    there invalidates finished folds."""
+    """sha256 of the code a run's files depend on: every module of `pipeline/train/` (subpackages
+    included), of `pipeline/io/` (the run files' and the DI cache's formats) and the shared modules
+    of `pipeline/`. A change there invalidates finished folds and finished runs."""
     digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    root = Path(__file__).parents[1]
+    paths = [*root.glob("*.py"), *(root / "io").rglob("*.py"), *Path(__file__).parent.rglob("*.py")]
+    for path in sorted(paths):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -101,16 +119,30 @@ def run_key(settings: TrainSettings, inputs: Mapping[str, Any], threads: int | N
     """Everything a run's numbers depend on, and its sha256 under `key`.
 
     `threads` is the torch threads per fold (None: decided by each Dask worker); predictions differ
-    by about 1e-5 between thread counts, so it is part of the key.
+    by about 1e-5 between thread counts, so it is part of the key. A local weights file enters by its
+    sha256 (`weights_sha256`): a new file under the same name trains again.
     """
+    inputs = dict(inputs)
+    if settings.weights and Path(settings.weights).is_file():
+        inputs["weights_sha256"] = file_sha256(settings.weights)
     content = {
         "settings": {**settings.result_settings(), "threads": "worker" if threads is None else threads},
-        "inputs": dict(inputs),
+        "inputs": inputs,
         "code_sha256": _code_digest(),
         "tool_version": __version__,
         "torch_version": torch.__version__,
     }
     return {"key": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest(), "content": content}
+
+
+def reusable_run(out: str | Path, key: Mapping[str, Any]) -> bool:
+    """Whether the finished run folder `out` was trained under the run key `key` (its run.json
+    `run_key`): then training again would give the same files, and the folder is kept as it is."""
+    try:
+        previous = json.loads((Path(out) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(previous, dict) and previous.get("run_key") == key["key"]
 
 
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -96,6 +96,7 @@ class TrainSettings:
     jobs: int
     threads: int | None  # torch threads per fold; None (params `auto`): cores // jobs
     missing_class: str
+    cpu_kernels: str  # portable: the same bytes on any x86-64 CPU | native (pipeline/train/kernels.py)
     phase_weight: float = 0.5
     phase_weight_final: float = 0.0
 
@@ -182,3 +183,11 @@ def resolve_train_settings(params: Params | str | Path, **options: Any) -> Train
         return TrainSettings.from_section(section)
     except ValueError as exc:
         raise MerError(f"{params.source}: invalid train settings: {exc}") from exc
+
+
+def weights_key(params: Params | str | Path, model: str) -> str:
+    """The params key that names `model`'s weights file, for messages: `models.NAME.weights` when set
+    there, else `train.weights`."""
+    if not isinstance(params, Params):
+        params = load_params(params)
+    return f"models.{model}.weights" if model_settings(params, model).get("weights") else "train.weights"

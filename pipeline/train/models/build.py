@@ -21,19 +21,21 @@ def build_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     input_size: int | None = None,
+    weights_key: str = "train.weights",
 ) -> nn.Module:
     """A classifier with `num_classes` outputs (logits).
 
     `name` is a registered model ('learnet') or any timm model name. `weights` (a local
-    .safetensors/.pth state dict) takes precedence over `pretrained`; `pretrained=True` without
-    `weights` asks timm to download from the Hugging Face hub, which raises MerError with
-    instructions when offline.
+    .safetensors/.pth state dict, named by params `weights_key`) takes precedence over `pretrained`;
+    `pretrained=True` without `weights` takes timm's weights from the local Hugging Face cache or the
+    hub, and raises MerError with instructions at once when neither is available. What was loaded is
+    `weights_report(model)`.
     """
     if num_classes < 2:
         raise MerError(f"need at least 2 classes to train a classifier, got {num_classes}")
     model = create_model(name, num_classes=num_classes, pretrained=pretrained and not weights, input_size=input_size)
     if weights:
-        load_pretrained(model, weights)
+        model.mer_weights_report = load_pretrained(model, weights, key=weights_key)
     return model
 
 
