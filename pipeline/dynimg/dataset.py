@@ -453,8 +453,11 @@ def build_dynamic_images(
         raise MerError(f"{samples}: no sample left after dropping {len(dropped)} with phases outside the clip")
 
     # uncompressed size: an upper bound of the gzip-compressed images
-    image_bytes = settings.size * settings.size * 3
-    ensure_free_space(out, len(rows) * len(settings.phases) * image_bytes, "the dynamic-image cache")
+    first = _aligned_handle(caches[rows[0]["dataset"]])[f"{rows[0]['subject']}/{rows[0]['clip']}/frames"]
+    side = settings.size or max(first.shape[1:3])  # dynimg.size null: the aligned crop size
+    image_bytes = side * side * 3
+    per_clip = len(settings.phases) + settings.jitter_draws * len(settings.jitter_phases)
+    ensure_free_space(out, len(rows) * per_clip * image_bytes, "the dynamic-image cache")
     widened, short = Counter(), Counter()
     degenerate: dict[str, dict[str, list[str]]] = {"short": {}, "duplicate": {}, "dropped": {}}
     dropped_rows: dict[str, list[int]] = {}
@@ -503,7 +506,8 @@ def build_dynamic_images(
         fingerprint = dynamic_images_fingerprint(samples, effective, _frame_checksums(caches, rows))
         record_degenerate = {
             "policy": settings.degenerate,
-            "min_phase_frames": settings.min_phase_frames,
+            # only where it shaped the images (main's effective params): otherwise the file stays byte-identical
+            **({"min_phase_frames": settings.min_phase_frames} if "min_phase_frames" in effective else {}),
             **{kind: {p: len(v) for p, v in by_phase.items()} for kind, by_phase in degenerate.items()},
             "clips": degenerate,
             "dropped_rows": dropped_rows,
