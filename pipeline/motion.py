@@ -59,6 +59,50 @@ def estimate_apex(frames: np.ndarray, onset_index: int = 0, smooth: int = 5) -> 
     return onset_index + int(np.argmax(profile))
 
 
+def frame_motion(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute grey-level difference of each frame to the one before it (0 for the first)."""
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or len(frames) == 0:
+        raise ValueError(f"expected frames of shape (T,H,W) or (T,H,W,C) with T >= 1, got {frames.shape}")
+    motion = np.zeros(len(frames), np.float64)
+    previous = None
+    for i, frame in enumerate(frames):
+        frame = frame.astype(np.float32)
+        if frame.ndim == 3:
+            frame = frame.mean(axis=2)
+        if previous is not None:
+            motion[i] = float(np.abs(frame - previous).mean())
+        previous = frame
+    return motion
+
+
+def cumulative_motion_index(motion: np.ndarray, fraction: float) -> int:
+    """First index by which the cumulative `motion` reaches `fraction` of its total (the middle
+    index when the clip does not move at all)."""
+    total = float(np.sum(motion))
+    if total <= 0:
+        return (len(motion) - 1) // 2
+    cumulative = np.cumsum(motion) / total
+    return int(np.searchsorted(cumulative, fraction - 1e-12))
+
+
+def motion_anchors(frames: np.ndarray, names: Sequence[str], smooth: int = 5) -> dict[str, int]:
+    """Indices (into `frames`, the clip onset..offset) of the adaptive phase anchors `names`:
+    `peak` is `estimate_apex` (peak motion relative to the first frame), `mNN` the first frame by
+    which the cumulative frame-to-frame motion (`frame_motion`) reaches NN % of the clip's total."""
+    anchors: dict[str, int] = {}
+    motion = None
+    for name in names:
+        if name == "peak":
+            anchors[name] = estimate_apex(frames, 0, smooth)
+        elif len(name) > 1 and name[0] == "m" and name[1:].isdigit() and 1 <= int(name[1:]) <= 99:
+            motion = frame_motion(frames) if motion is None else motion
+            anchors[name] = cumulative_motion_index(motion, int(name[1:]) / 100)
+        else:
+            raise ValueError(f"unknown motion anchor {name!r}: expected peak or m1..m99")
+    return anchors
+
+
 def load_motion_frames(paths: Sequence[str | Path], min_side: int = 96) -> np.ndarray:
     """(T,h,w) uint8 grayscale frames decoded at reduced size (JPEG DCT scaling, fast).
 

@@ -6,7 +6,7 @@ import click
 from tqdm import tqdm
 
 from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images
-from stages.common import jobs_option, params_option, recorded_params, stage_settings
+from stages.common import jobs_option, params_option, stage_settings
 
 
 @click.command("dynimg")
@@ -36,7 +36,7 @@ def dynimg(
         samples,
         out,
         settings,
-        recorded_params(params),
+        params.record(),
         classes=params.classes,
         overrides=params.overrides,
         jobs=params.jobs,

@@ -111,7 +111,12 @@ def test_a_misspelled_section_is_named_too(project_params):
         ("train", "lr", "1e-3", "train.lr = '1e-3': must be a number, got a str (YAML reads 1e-3 as text: write it"),
         ("evaluate", "bootstrap", -10, "evaluate.bootstrap = -10: must be greater than or equal to 0"),
         ("report", "bootstrap", -10, "report.bootstrap = -10: must be greater than or equal to 0"),
-        ("report", "reference_mode", "basline", "report.reference_mode = 'basline': allowed: 'baseline', 'baseline_steps', 'spatial'"),
+        (
+            "report",
+            "reference_mode",
+            "basline",
+            "report.reference_mode = 'basline': allowed: 'baseline', 'baseline_steps', 'spatial'",
+        ),
         ("evaluate", "confidence", 95, "evaluate.confidence = 95: must be less than 1"),
         ("dynimg", "variant", "linaer", "dynimg.variant = 'linaer': allowed: 'harmonic' or 'linear'"),
         ("demo", "jobs", 0, "demo.jobs = 0: must be greater than or equal to 1"),
@@ -139,7 +144,7 @@ def test_an_int_is_a_number_but_a_bool_is_not(project_params):
     [
         ({}, "dynimg.phases = {}: is empty: give at least one phase"),
         (None, "dynimg.phases = None: must be a mapping of phase names"),
-        ({"full": ["onset", "peak"]}, "phase bound 'peak' must be onset, apex or offset, optionally followed by +N"),
+        ({"full": ["onset", "top"]}, "phase bound 'top' must be onset, apex or offset"),
         ({"full": ["onset", 3]}, "phase 'full' must be a [start, end] pair of anchors"),
         ({"full": ["onset", "offset", "apex"]}, "must be a [start, end] pair"),
     ],
@@ -162,7 +167,10 @@ def test_sections_are_checked_against_each_other(project_params):
     project_params["report"]["reference_mode"] = "spatial"
     message = problems_with(project_params)
     assert "experiment.datasets = ['smm']: not in the datasets section (casme2, samm)" in message
-    assert "report.reference_mode = 'spatial': not one of experiment.modes (baseline, baseline_steps, dual_phase)" in message
+    assert (
+        "report.reference_mode = 'spatial': not one of experiment.modes (baseline, baseline_steps, dual_phase)"
+        in message
+    )
     assert "dynimg.phases lacks apex_offset, onset_apex, which learnet dual_phase (experiment) trains" in message
 
 

@@ -67,7 +67,8 @@ def test_modes_are_presets_of_phases_and_augmentation(mode, phases, spatial):
         assert settings.augment == AugmentSettings(flip=True, rotation=5, jitter=0.1)
     else:
         assert settings.augment is None  # the augment section only configures the spatial modes
-    assert list(MODES) == ["baseline", "baseline_steps", "spatial", "dual_phase", "dual_phase_spatial"]
+    assert list(MODES)[:5] == ["baseline", "baseline_steps", "spatial", "dual_phase", "dual_phase_spatial"]
+    assert all(MODES[m].variant_of == "dual_phase" for m in list(MODES)[5:])  # beyond the paper
 
 
 def test_spatial_mode_without_an_augment_section_uses_flip_and_rotation():

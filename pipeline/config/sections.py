@@ -30,15 +30,30 @@ class Mode:
     # Train for as many optimizer steps as this mode takes over the same epochs (the equal-budget
     # baseline); None: the epochs set the steps.
     steps_of: str | None = None
+    # Beyond the paper: one phase DI of the cache's K jittered ones per clip and epoch (dynimg.jitter_draws)
+    jitter: bool = False
+    # The phase samples' weight in the loss: None (1, like the full DI), fixed (`phase_weight`) or
+    # decay (from 1 at the first epoch to `phase_weight_final` at the last, linearly)
+    weighting: str | None = None
+    # The mode this one varies (its results-table gain is also shown against it)
+    variant_of: str | None = None
 
 
+PHASES_PEAK = ("full", "onset_peak", "peak_offset")  # dynimg phases [onset, peak], [peak, offset]
+PHASES_MOTION = ("full", "motion_rise", "motion_decay")  # dynimg phases [onset, mNN], [mNN, offset]
 MODES: dict[str, Mode] = {
     "baseline": Mode(PHASES_FULL, False),
     "baseline_steps": Mode(PHASES_FULL, False, steps_of="dual_phase"),
     "spatial": Mode(PHASES_FULL, True),
     "dual_phase": Mode(PHASES_ALL, False),
     "dual_phase_spatial": Mode(PHASES_ALL, True),
+    "dual_phase_peak": Mode(PHASES_PEAK, False, variant_of="dual_phase"),
+    "dual_phase_motion": Mode(PHASES_MOTION, False, variant_of="dual_phase"),
+    "dual_phase_jitter": Mode(PHASES_ALL, False, jitter=True, variant_of="dual_phase"),
+    "dual_phase_weighted": Mode(PHASES_ALL, False, weighting="fixed", variant_of="dual_phase"),
+    "dual_phase_decay": Mode(PHASES_ALL, False, weighting="decay", variant_of="dual_phase"),
 }
+WEIGHTING_KEYS = ("phase_weight", "phase_weight_final")  # in run.json only for the modes that use them
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("loky", "dask")
 MISSING_CLASS = ("error", "warn")
@@ -185,6 +200,11 @@ class DynimgSection(_Model):
     overrides: dict[str, Override] = Field(default_factory=dict)
     classes: str | None = Field(None, min_length=1)
     jobs: int = Field(2, ge=1)
+    # Phase jitter (mode dual_phase_jitter): per clip and phase other than the full one, this many
+    # DIs of windows whose bounds are drawn within jitter_frames of the phase's, inside onset..offset
+    jitter_draws: int = Field(0, ge=0, le=64)  # 0: none (the cache holds no jitter group)
+    jitter_frames: int = Field(2, ge=0)
+    jitter_seed: int = Field(0, ge=0)
 
     @field_validator("phases", mode="before")
     @classmethod
@@ -194,6 +214,12 @@ class DynimgSection(_Model):
 
     def parsed_phases(self) -> dict[str, tuple[PhaseBound, PhaseBound]]:
         return parse_phase_spec(self.phases)
+
+    def record(self) -> dict[str, Any]:
+        """The settings stored in the DI cache (and hashed into its fingerprint): all but `jobs`, and
+        the jitter keys only when jitter is on, so caches without jitter keep their bytes."""
+        exclude = {"jobs"} | ({"jitter_draws", "jitter_frames", "jitter_seed"} if not self.jitter_draws else set())
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +306,8 @@ class TrainSection(_Model):
     threads: Annotated[Any, BeforeValidator(_threads)] = 1  # a number: bytes independent of the cores
     missing_class: Literal[MISSING_CLASS] = "error"  # type: ignore[valid-type]
     cpu_kernels: Literal[CPU_KERNELS] = "portable"  # type: ignore[valid-type]
+    phase_weight: float = Field(0.5, ge=0)  # dual_phase_weighted: the phase samples' weight in the loss (full: 1)
+    phase_weight_final: float = Field(0.0, ge=0)  # dual_phase_decay: phase weight from 1 to this at the last epoch
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSection:

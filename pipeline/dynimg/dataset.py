@@ -10,6 +10,14 @@ the whole clip, so its DI duplicates the full DI). `degenerate` chooses: `widen`
 within the clip; duplicates stay), `drop` (the DI is stored but is no training sample: the cache's
 `degenerate_phases` attribute lists its rows, which `mer train` leaves out), or `keep` (short phases
 as they are). The summary and that attribute count and name the clips of each kind.
+Adaptive anchors (`peak`, `mNN` in `phases`, pipeline/dynimg/phases.py) are placed per clip from
+its aligned frames onset..offset (`motion_anchors`); the cache then records, per sample, each
+anchor's frame (`motion_anchors/<name>`) and the frames every phase spans (`phase_windows/<phase>`).
+Phase jitter (`jitter_draws` K > 0): per clip and phase other than the full one, K windows whose
+start and end lie within `jitter_frames` of the phase's own, inside onset..offset and at least
+min_phase_frames long, distinct while the range allows, drawn from (jitter_seed, sample id, phase)
+(`jitter_windows`); their DIs go to `jitter/<phase>` (N,K,H,W,3), the windows to
+`jitter/<phase>_frames` (N,K,2).
 Workers compute each clip's DIs; this process writes them in table order as they arrive, so memory
 stays flat whatever the number of clips and the file is the same whatever the number of jobs.
 """
@@ -32,7 +40,14 @@ from pipeline.atomic import atomic_output, ensure_free_space
 from pipeline.config import DynimgSection, section_problems
 from pipeline.datasets.composite import aligned_caches
 from pipeline.datasets.presets import default_label_names, label_names_for
-from pipeline.dynimg.phases import PhaseBound, apply_overrides, outside_clip, phase_frames
+from pipeline.dynimg.phases import (
+    PhaseBound,
+    apply_overrides,
+    motion_anchor_names,
+    outside_clip,
+    phase_frames,
+    widen_window,
+)
 from pipeline.dynimg.rank_pooling import FRAME_BLOCK, clip_dynamic_images
 from pipeline.errors import InputProblems, MerError, SettingsError
 from pipeline.io.aligned_cache import ALIGNED_SCHEMA, VerifiedFrames
@@ -40,7 +55,7 @@ from pipeline.io.dynamic_image_cache import DynamicImageWriter
 from pipeline.io.hdf5 import array_sha256, open_cache
 from pipeline.io.provenance import dynamic_images_fingerprint
 from pipeline.io.samples import IMPUTED_APEX_SOURCES, read_samples, sample_ids
-from pipeline.motion import estimate_apex
+from pipeline.motion import estimate_apex, motion_anchors
 from pipeline.parallel import Progress, limit_native_threads, no_progress, ordered_map
 
 
@@ -56,10 +71,27 @@ class DynamicImageSettings:
     min_phase_frames: int
     outside_clip: str  # error | drop: samples whose phase anchors fall outside the clip
     degenerate: str = "widen"  # widen | drop | keep
+    jitter_draws: int = 0  # K jittered DIs per clip and non-full phase (0: none)
+    jitter_frames: int = 2  # bounds drawn within this many frames of the phase's
+    jitter_seed: int = 0
+
+    @property
+    def min_frames(self) -> int:
+        """The length phases are widened to (1 with `degenerate: keep`)."""
+        return 1 if self.degenerate == "keep" else self.min_phase_frames
+
+    @property
+    def jitter_phases(self) -> list[str]:
+        """The phases jittered: every phase but the full one, when jitter_draws > 0."""
+        full = full_phase(self.phases)
+        return [name for name in self.phases if name != full] if self.jitter_draws else []
 
     @classmethod
     def from_section(cls, section: DynimgSection) -> DynamicImageSettings:
         return cls(
+            jitter_draws=section.jitter_draws,
+            jitter_frames=section.jitter_frames,
+            jitter_seed=section.jitter_seed,
             phases=section.parsed_phases(),
             variant=section.variant,
             normalize=section.normalize,
@@ -112,19 +144,26 @@ def full_phase(phases: Mapping[str, tuple[PhaseBound, PhaseBound]]) -> str | Non
     return next((name for name, bounds in phases.items() if bounds == whole), None)
 
 
-def degenerate_phase(settings: DynamicImageSettings, name: str, onset: int, apex: int, offset: int) -> str | None:
+def degenerate_phase(
+    settings: DynamicImageSettings,
+    name: str,
+    onset: int,
+    apex: int,
+    offset: int,
+    motion: Mapping[str, int] | None = None,
+) -> str | None:
     """`short` (fewer than min_phase_frames frames before widening), `duplicate` (its frames, as
     computed, are the full clip's, so its DI is the full DI), or None."""
     full = full_phase(settings.phases)
     if name == full:
         return None
-    start, end = phase_frames(settings.phases[name], onset, apex, offset)
+    start, end = phase_frames(settings.phases[name], onset, apex, offset, motion=motion)
     if end - start + 1 < settings.min_phase_frames:
         return "short"
     if full is not None:
-        min_frames = 1 if settings.degenerate == "keep" else settings.min_phase_frames
-        window = phase_frames(settings.phases[name], onset, apex, offset, min_frames)
-        if window == phase_frames(settings.phases[full], onset, apex, offset, min_frames):
+        min_frames = settings.min_frames
+        window = phase_frames(settings.phases[name], onset, apex, offset, min_frames, motion)
+        if window == phase_frames(settings.phases[full], onset, apex, offset, min_frames, motion):
             return "duplicate"
     return None
 
@@ -156,7 +195,67 @@ def _clip_apex(aligned_path: str, sample: dict) -> int | str:
     return frames.problem() or apex
 
 
-def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings):
+def _clip_motion(aligned_path: str, sample: dict, names: tuple[str, ...]) -> dict[str, int] | str:
+    """The clip's motion anchors (frame numbers) on its aligned frames onset..offset, or a message
+    naming the clip (the whole clip is read, hashed and checked against its stored sha256 first)."""
+    limit_native_threads()
+    key = f"{sample['subject']}/{sample['clip']}"
+    frames = VerifiedFrames(_aligned_handle(aligned_path), sample["subject"], sample["clip"], FRAME_BLOCK)
+    numbers = frames.frame_numbers
+    inside = np.flatnonzero((numbers >= sample["onset"]) & (numbers <= sample["offset"]))
+    if len(inside) == 0:
+        return f"{key}: no aligned frame between onset {sample['onset']} and offset {sample['offset']}"
+    found = motion_anchors(frames[inside[0] : inside[-1] + 1], names)
+    return frames.problem() or {name: int(numbers[inside[0] + index]) for name, index in found.items()}
+
+
+def _stable_seed(*parts: object) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def jitter_windows(
+    window: tuple[int, int], onset: int, offset: int, draws: int, frames: int, min_frames: int, seed: int
+) -> list[tuple[int, int]]:
+    """`draws` windows (first, last frame) around `window`: each bound within `frames` frames of its
+    own, inside onset..offset, at least `min_frames` long (or the whole clip when shorter); distinct
+    from one another while the range holds enough windows (then repeated), drawn with `seed`."""
+    start, end = window
+    candidates = [
+        (s, e)
+        for s in range(max(onset, start - frames), min(offset, start + frames) + 1)
+        for e in range(max(onset, end - frames), min(offset, end + frames) + 1)
+        if e - s + 1 >= min(min_frames, offset - onset + 1)
+    ] or [widen_window(start, end, onset, offset, min_frames)]
+    rng = np.random.default_rng(seed)
+    picked = list(rng.permutation(len(candidates))[:draws])
+    while len(picked) < draws:
+        picked.append(int(rng.integers(len(candidates))))
+    return [candidates[int(i)] for i in picked]
+
+
+def clip_jitter_windows(
+    settings: DynamicImageSettings, sample_id: str, row: Mapping[str, Any]
+) -> dict[str, list[tuple[int, int]]]:
+    """Per jittered phase, the clip's `jitter_draws` windows (`jitter_windows`), seeded by
+    (jitter_seed, sample id, phase): the same whatever the jobs or the other clips."""
+    onset, apex, offset, motion = row["onset"], row["apex"], row["offset"], row.get("_motion")
+    return {
+        name: jitter_windows(
+            phase_frames(settings.phases[name], onset, apex, offset, settings.min_frames, motion),
+            onset,
+            offset,
+            settings.jitter_draws,
+            settings.jitter_frames,
+            settings.min_frames,
+            _stable_seed(settings.jitter_seed, sample_id, name),
+        )
+        for name in settings.jitter_phases
+    }
+
+
+def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings, extra_windows=()):
     """DIs of one clip and the frames each phase spans, or a message naming the clip.
 
     The clip's frames are read block by block and hashed as they are read; the DIs are returned
@@ -175,7 +274,7 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
         )
     frames = VerifiedFrames(handle, sample["subject"], sample["clip"], FRAME_BLOCK)
     try:
-        images, lengths = clip_dynamic_images(
+        images = clip_dynamic_images(
             frames,
             frames.frame_numbers,
             sample["onset"],
@@ -185,11 +284,13 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
             settings.variant,
             settings.size,
             settings.normalize == "per_channel",
-            1 if settings.degenerate == "keep" else settings.min_phase_frames,
+            settings.min_frames,
+            sample.get("_motion"),
+            extra_windows,
         )
     except ValueError as exc:
         return f"{key}: {exc}"
-    return frames.problem() or (images, lengths)
+    return frames.problem() or images
 
 
 def table_problems(rows: list[dict], samples: str | Path) -> list[str]:
@@ -322,10 +423,20 @@ def build_dynamic_images(
             row["apex"], row["apex_source"] = apex, "estimated"
     if problems:
         raise InputProblems(f"apex estimation failed for {len(problems)} clips; nothing was written", problems)
+    anchor_names = tuple(motion_anchor_names(settings.phases))
+    if anchor_names:
+        found = ordered_map(_clip_motion, ((caches[r["dataset"]], r, anchor_names) for r in rows), jobs)
+        for row, anchors in zip(rows, found):
+            if isinstance(anchors, str):
+                problems.append(anchors)
+            else:
+                row["_motion"] = anchors
+        if problems:
+            raise InputProblems(f"motion anchors failed for {len(problems)} clips; nothing was written", problems)
     outside = {
         k
         for k, r in enumerate(rows)
-        if any(outside_clip(b, r["onset"], r["apex"], r["offset"]) for b in settings.phases.values())
+        if any(outside_clip(b, r["onset"], r["apex"], r["offset"], r.get("_motion")) for b in settings.phases.values())
     }
     dropped = [ids[k].split("/", 1)[1] for k in sorted(outside)]  # subject/clip (/onset)
     if outside and settings.outside_clip == "error":
@@ -342,31 +453,40 @@ def build_dynamic_images(
         raise MerError(f"{samples}: no sample left after dropping {len(dropped)} with phases outside the clip")
 
     # uncompressed size: an upper bound of the gzip-compressed images
-    side = settings.size
-    if side is None:  # the aligned frames' size (DIs are stored at it)
-        first = rows[0]
-        side = max(
-            _aligned_handle(caches[first["dataset"]])[f"{first['subject']}/{first['clip']}"]["frames"].shape[1:3]
-        )
+    first = _aligned_handle(caches[rows[0]["dataset"]])[f"{rows[0]['subject']}/{rows[0]['clip']}/frames"]
+    side = settings.size or max(first.shape[1:3])  # dynimg.size null: the aligned crop size
     image_bytes = side * side * 3
-    ensure_free_space(out, len(rows) * len(settings.phases) * image_bytes, "the dynamic-image cache")
+    per_clip = len(settings.phases) + settings.jitter_draws * len(settings.jitter_phases)
+    ensure_free_space(out, len(rows) * per_clip * image_bytes, "the dynamic-image cache")
     widened, short = Counter(), Counter()
     degenerate: dict[str, dict[str, list[str]]] = {"short": {}, "duplicate": {}, "dropped": {}}
     dropped_rows: dict[str, list[int]] = {}
-    results = ordered_map(_clip_images, ((caches[row["dataset"]], row, settings) for row in rows), jobs)
-    with atomic_output(out) as tmp, DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record) as writer:
+    jitter = [clip_jitter_windows(settings, i, r) for i, r in zip(ids, rows)]
+    flat = [[w for name in settings.jitter_phases for w in windows[name]] for windows in jitter]
+    results = ordered_map(
+        _clip_images, ((caches[row["dataset"]], row, settings, f) for row, f in zip(rows, flat)), jobs
+    )
+    jitter_draws = {name: settings.jitter_draws for name in settings.jitter_phases}
+    with (
+        atomic_output(out) as tmp,
+        DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record, jitter=jitter_draws) as writer,
+    ):
         for index, (row, result) in enumerate(zip(rows, progress(results, len(rows)))):
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            images, lengths = result
+            images, lengths, *extra = result
             if not problems:  # after a problem the file is discarded; keep going to report every bad clip
-                writer.add(images)
+                draws = iter(extra[0] if extra else ())
+                writer.add(images, {n: [next(draws) for _ in range(k)] for n, k in jitter_draws.items()})
+            motion = row.get("_motion")
             for name in images:
-                start, end = phase_frames(settings.phases[name], row["onset"], row["apex"], row["offset"])
+                start, end = phase_frames(
+                    settings.phases[name], row["onset"], row["apex"], row["offset"], motion=motion
+                )
                 widened[name] += lengths[name] > end - start + 1
                 short[name] += lengths[name] == 1
-                kind = degenerate_phase(settings, name, row["onset"], row["apex"], row["offset"])
+                kind = degenerate_phase(settings, name, row["onset"], row["apex"], row["offset"], motion)
                 if kind:
                     degenerate[kind].setdefault(name, []).append(ids[index])
                     if settings.degenerate == "drop":
@@ -391,9 +511,37 @@ def build_dynamic_images(
             "dropped_rows": dropped_rows,
         }
         attrs: dict[str, Any] = {"fingerprint": fingerprint, "degenerate_phases": json.dumps(record_degenerate)}
+        arrays: dict[str, np.ndarray] = {}
+        if anchor_names:  # only then, so that caches of annotated phases keep their bytes
+            for name in anchor_names:
+                arrays[f"motion_anchors/{name}"] = np.array([r["_motion"][name] for r in rows], np.int64)
+            for name, bounds in settings.phases.items():
+                arrays[f"phase_windows/{name}"] = np.array(
+                    [
+                        phase_frames(bounds, r["onset"], r["apex"], r["offset"], settings.min_frames, r["_motion"])
+                        for r in rows
+                    ],
+                    np.int64,
+                ).reshape(len(rows), 2)
+            attrs["motion_anchors"] = json.dumps(
+                {"anchors": list(anchor_names), "source": "aligned frames onset..offset (pipeline/motion.py)"}
+            )
+        if jitter_draws:
+            for name in settings.jitter_phases:
+                arrays[f"jitter/{name}_frames"] = np.array([j[name] for j in jitter], np.int64).reshape(
+                    len(rows), settings.jitter_draws, 2
+                )
+            attrs["jitter"] = json.dumps(
+                {
+                    "draws": settings.jitter_draws,
+                    "frames": settings.jitter_frames,
+                    "seed": settings.jitter_seed,
+                    "phases": settings.jitter_phases,
+                }
+            )
         if settings.outside_clip == "drop":  # only then, so that caches made without the setting keep their bytes
             attrs["outside_clip_dropped"] = len(outside)
-        writer.finish(columns, attrs, params=effective)
+        writer.finish(columns, attrs, arrays, params=effective)
     return DynamicImagesResult(
         samples=len(rows),
         label_names=label_names,

@@ -2,6 +2,12 @@
 
 A phase is `[start, end]` with anchors `onset`, `apex` or `offset`, each optionally shifted by
 `+N` / `-N` frames; the apex belongs to both default phases.
+
+Adaptive anchors come from each clip's own motion (pipeline/motion.py `motion_anchors`, on the
+aligned frames onset..offset), whatever the annotated apex: `peak` is the frame of peak motion
+relative to the onset, `mNN` (m1..m99) the first frame by which the clip's cumulative
+frame-to-frame motion reaches NN % of its total (`m50`: half the motion lies before it; `m33` and
+`m67` cut it in thirds). They are always within onset..offset.
 """
 
 from __future__ import annotations
@@ -12,10 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ANCHORS = ("onset", "apex", "offset")
+ANCHORS = ("onset", "apex", "offset")  # the annotated anchors (the ones overrides may set)
 DEFAULT_PHASES = {"full": ("onset", "offset"), "onset_apex": ("onset", "apex"), "apex_offset": ("apex", "offset")}
 
-_ANCHOR = re.compile(r"^\s*(onset|apex|offset)\s*(?:([+-])\s*(\d+))?\s*$")
+_ANCHOR = re.compile(r"^\s*(onset|apex|offset|peak|m[1-9][0-9]?)\s*(?:([+-])\s*(\d+))?\s*$")
+
+
+def is_motion_anchor(anchor: str) -> bool:
+    """`peak` or `mNN`: an anchor placed from the clip's motion profile, not from the annotation."""
+    return anchor not in ANCHORS
 
 
 @dataclass(frozen=True)
@@ -27,11 +38,19 @@ class PhaseBound:
     def parse(cls, text: object) -> PhaseBound:
         match = _ANCHOR.match(str(text))
         if not match:
-            raise ValueError(f"phase bound {text!r} must be onset, apex or offset, optionally followed by +N or -N")
+            raise ValueError(
+                f"phase bound {text!r} must be onset, apex or offset (annotated), or peak (motion peak) or mNN "
+                "(NN % of the cumulative motion, m1..m99), optionally followed by +N or -N"
+            )
         shift = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
         return cls(match.group(1), shift)
 
-    def frame(self, onset: int, apex: int, offset: int) -> int:
+    def frame(self, onset: int, apex: int, offset: int, motion: Mapping[str, int] | None = None) -> int:
+        """The bound's frame number; `motion` holds the clip's motion anchors (`peak`, `mNN`)."""
+        if is_motion_anchor(self.anchor):
+            if not motion or self.anchor not in motion:
+                raise ValueError(f"phase bound {self} needs the clip's motion anchor {self.anchor!r}")
+            return int(motion[self.anchor]) + self.shift
         return {"onset": onset, "apex": apex, "offset": offset}[self.anchor] + self.shift
 
     def __str__(self) -> str:
@@ -51,13 +70,25 @@ def parse_phases(spec: Mapping[str, object] | None) -> dict[str, tuple[PhaseBoun
     return phases
 
 
-def outside_clip(bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int) -> bool:
+def motion_anchor_names(phases: Mapping[str, tuple[PhaseBound, PhaseBound]]) -> list[str]:
+    """The motion anchors (`peak`, `mNN`) the phases use, sorted; empty for annotated phases only."""
+    return sorted({b.anchor for bounds in phases.values() for b in bounds if is_motion_anchor(b.anchor)})
+
+
+def outside_clip(
+    bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, motion: Mapping[str, int] | None = None
+) -> bool:
     """Whether the phase's anchors fall outside the clip's onset..offset (e.g. `apex+999`)."""
-    return any(not onset <= bound.frame(onset, apex, offset) <= offset for bound in bounds)
+    return any(not onset <= bound.frame(onset, apex, offset, motion) <= offset for bound in bounds)
 
 
 def phase_frames(
-    bounds: tuple[PhaseBound, PhaseBound], onset: int, apex: int, offset: int, min_frames: int = 1
+    bounds: tuple[PhaseBound, PhaseBound],
+    onset: int,
+    apex: int,
+    offset: int,
+    min_frames: int = 1,
+    motion: Mapping[str, int] | None = None,
 ) -> tuple[int, int]:
     """The phase's first and last frame number, within the clip's onset..offset.
 
@@ -68,14 +99,19 @@ def phase_frames(
     an onset-apex phase with the apex on the onset frame becomes [onset, onset + 1] rather than a
     motionless single frame.
     """
-    start, end = (bound.frame(onset, apex, offset) for bound in bounds)
-    if outside_clip(bounds, onset, apex, offset):
+    start, end = (bound.frame(onset, apex, offset, motion) for bound in bounds)
+    if outside_clip(bounds, onset, apex, offset, motion):
         raise ValueError(
             f"phase [{bounds[0]}, {bounds[1]}] spans frames {start}..{end}, outside the clip's "
             f"onset..offset {onset}..{offset}"
         )
     if end < start:
         raise ValueError(f"phase ends (frame {end}) before it starts (frame {start})")
+    return widen_window(start, end, onset, offset, min_frames)
+
+
+def widen_window(start: int, end: int, onset: int, offset: int, min_frames: int) -> tuple[int, int]:
+    """[start, end] widened within onset..offset to at least `min_frames` frames (see `phase_frames`)."""
     grow_end = True
     while end - start + 1 < min_frames and (start > onset or end < offset):
         if (grow_end and end < offset) or start == onset:

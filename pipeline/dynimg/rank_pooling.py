@@ -10,7 +10,7 @@ form leak the mean image into the DI, which is why it is spelled out here.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -180,13 +180,39 @@ def clip_dynamic_images(
     size: int | None = None,
     per_channel: bool = False,
     min_frames: int = 1,
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    motion: Mapping[str, int] | None = None,
+    extra_windows: Sequence[tuple[int, int]] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, int]] | tuple[dict[str, np.ndarray], dict[str, int], list[np.ndarray]]:
     """uint8 DIs of one clip for every phase, and the number of frames each phase spans.
 
     All phases come from one pass over the clip's frames (`phase_dynamic_images`), so its frames
     are read and converted once whatever the number of phases; `frames` may be an HDF5 dataset.
+    `motion`: the clip's motion anchors (`peak`, `mNN`) when the phases use them. With
+    `extra_windows` ((first, last) frame pairs: jittered phases) a third item lists their DIs, in order.
     """
-    windows = {name: phase_frames(bounds, onset, apex, offset, min_frames) for name, bounds in phases.items()}
+    windows = {name: phase_frames(bounds, onset, apex, offset, min_frames, motion) for name, bounds in phases.items()}
+    images = _window_images(frames, frame_numbers, windows, variant, size, per_channel)
+    lengths = {name: end - start + 1 for name, (start, end) in windows.items()}
+    if not extra_windows:
+        return images, lengths
+    # Extra windows (phase jitter): a window equal to a phase's reuses that DI, bit for bit; the
+    # others come from a second pass, so the phases' DIs are those computed without them.
+    known = {window: name for name, window in windows.items()}
+    todo = {f"w{k}": w for k, w in enumerate(dict.fromkeys(extra_windows)) if w not in known}
+    computed = _window_images(frames, frame_numbers, todo, variant, size, per_channel) if todo else {}
+    by_window = {w: computed[key] for key, w in todo.items()}
+    extra = [images[known[w]] if w in known else by_window[w] for w in extra_windows]
+    return images, lengths, extra
+
+
+def _window_images(
+    frames: np.ndarray,
+    frame_numbers: np.ndarray,
+    windows: Mapping[str, tuple[int, int]],
+    variant: str,
+    size: int | None,
+    per_channel: bool,
+) -> dict[str, np.ndarray]:
+    """uint8 DIs of the frame windows {name: (first, last frame number)}, one pass over the frames."""
     stack = phase_dynamic_images(frames, phase_weights(frame_numbers, windows, variant), size)
-    images = {name: to_uint8(image, per_channel) for name, image in zip(windows, stack)}
-    return images, {name: end - start + 1 for name, (start, end) in windows.items()}
+    return {name: to_uint8(image, per_channel) for name, image in zip(windows, stack)}

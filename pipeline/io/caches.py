@@ -11,7 +11,11 @@ import numpy as np
 
 from pipeline.errors import MerError
 from pipeline.io.aligned_cache import ALIGNED_SCHEMA, aligned_clip_keys, aligned_structure_problems
-from pipeline.io.dynamic_image_cache import DYNAMIC_IMAGES_SCHEMA, dynamic_image_structure_problems
+from pipeline.io.dynamic_image_cache import (
+    DYNAMIC_IMAGES_SCHEMA,
+    OPTIONAL_GROUPS,
+    dynamic_image_structure_problems,
+)
 from pipeline.io.hdf5 import checksum_problems, open_cache, string_list_attr
 
 
@@ -56,6 +60,9 @@ def describe(path: str | Path) -> Iterator[str]:
         yield "per subject: " + ", ".join(f"{s} {n}" for s, n in sorted(per_subject.items()))
         for phase in handle["images"]:
             yield f"images/{phase}: {handle['images'][phase].shape} {handle['images'][phase].dtype}"
+        for group in OPTIONAL_GROUPS:
+            for name, dataset in handle[group].items() if group in handle else ():
+                yield f"{group}/{name}: {dataset.shape} {dataset.dtype}"
         sources = Counter(handle["apex_source"].asstr()[()].tolist())
         yield "apex source: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items()))
 

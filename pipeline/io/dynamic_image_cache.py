@@ -5,10 +5,17 @@ and one (N,H,W,3) uint8 dataset per phase under images/. File attributes: schema
 schema_version, params (JSON), tool_version, label_names and phases (arrays of strings; caches
 written before stored them as JSON lists, still read), and the stage's extras (the input
 fingerprint).
+
+Optional groups (only in caches made with the settings that need them, so others keep their
+bytes): `jitter/<phase>` (N,K,H,W,3) uint8, K jittered DIs per clip, with `jitter/<phase>_frames`
+(N,K,2) int64, the first and last frame of each window (file attribute `jitter`, JSON: draws,
+frames, seed, phases); `motion_anchors/<name>` (N,) int64, the frame of each adaptive anchor, and
+`phase_windows/<phase>` (N,2) int64, the frames each phase spans (file attribute `motion_anchors`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from pipeline.io.hdf5 import (
 )
 
 DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
+OPTIONAL_GROUPS = ("jitter", "motion_anchors", "phase_windows")
 SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
 _STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
 
@@ -43,6 +51,13 @@ class DynamicImageSet:
     images: dict[str, np.ndarray]  # phase name -> (N,H,W,3) uint8
     label_names: list[str]
     attrs: dict[str, Any]
+    # "group/name" -> array of the optional groups (OPTIONAL_GROUPS): jitter/<phase> (N,K,H,W,3),
+    # jitter/<phase>_frames (N,K,2), motion_anchors/<name> (N,), phase_windows/<phase> (N,2)
+    extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def jitter(self, phase: str) -> np.ndarray | None:
+        """The (N,K,H,W,3) jittered DIs of `phase`, None when the cache holds none."""
+        return self.extra.get(f"jitter/{phase}")
 
     def __len__(self) -> int:
         return len(self.samples["sample_id"])
@@ -68,12 +83,15 @@ class DynamicImageWriter(CacheWriter):
         label_names: list[str],
         params: Mapping[str, Any],
         image_shape: tuple[int, int, int] | None = None,
+        jitter: Mapping[str, int] | None = None,
     ):
         self._n, self._phases, self._count = n, list(phases), 0
+        self._jitter = {phase: k for phase, k in (jitter or {}).items() if k}  # phase -> K
         self._params, self._label_names = dict(params), list(label_names)
         self._handle = h5py.File(path, "w", track_order=False)
         self._group = self._handle.create_group("images")
         self._digests = {phase: hashlib.sha256() for phase in self._phases}
+        self._jitter_digests = {phase: hashlib.sha256() for phase in self._jitter}
         if image_shape is not None:
             for phase in self._phases:
                 self._create(phase, image_shape)
@@ -91,8 +109,9 @@ class DynamicImageWriter(CacheWriter):
             track_times=False,
         )
 
-    def add(self, images: Mapping[str, np.ndarray]) -> None:
-        """The next sample's DIs, one (H,W,3) uint8 image per phase."""
+    def add(self, images: Mapping[str, np.ndarray], jitter: Mapping[str, Any] | None = None) -> None:
+        """The next sample's DIs, one (H,W,3) uint8 image per phase, and with jitter its K jittered
+        DIs per jittered phase."""
         if self._count >= self._n:
             raise ValueError(f"more than the {self._n} samples this cache was created for")
         for phase in self._phases:
@@ -102,15 +121,33 @@ class DynamicImageWriter(CacheWriter):
                 raise ValueError(f"images/{phase}: an image of shape {image.shape}, expected {dataset.shape[1:]}")
             dataset[self._count] = image
             self._digests[phase].update(image.tobytes())
+        for phase, k in self._jitter.items():
+            stack = np.ascontiguousarray(np.stack(list((jitter or {})[phase])), dtype=np.uint8)
+            if stack.shape[0] != k:
+                raise ValueError(f"jitter/{phase}: {stack.shape[0]} images, expected {k}")
+            if "jitter" not in self._handle or phase not in self._handle["jitter"]:
+                self._handle.require_group("jitter").create_dataset(
+                    phase,
+                    shape=(self._n, *stack.shape),
+                    dtype=np.uint8,
+                    chunks=(1, 1, *stack.shape[1:]),
+                    compression="gzip",
+                    compression_opts=4,
+                    track_times=False,
+                )
+            self._handle["jitter"][phase][self._count] = stack
+            self._jitter_digests[phase].update(stack.tobytes())
         self._count += 1
 
     def finish(
         self,
         samples: Mapping[str, Iterable[Any]],
         extra_attrs: Mapping[str, Any] | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums and the file attributes.
+        """Write the per-sample columns (SAMPLE_FIELDS), the images' checksums, the file attributes and
+        `arrays` ("group/name" -> array, each with its checksum: the optional groups' vectors).
 
         `params` replaces the params given at creation: the file attributes are written last, so the
         settings recorded can be the ones that turned out to shape the images (dynimg leaves out a
@@ -124,6 +161,11 @@ class DynamicImageWriter(CacheWriter):
             write_dataset(self._handle, name, column.astype(object if name in _STRING_FIELDS else np.int64))
         for phase, digest in self._digests.items():
             self._group[phase].attrs["sha256"] = digest.hexdigest()
+        for phase, digest in self._jitter_digests.items():
+            self._handle["jitter"][phase].attrs["sha256"] = digest.hexdigest()
+        for name, array in (arrays or {}).items():
+            group, _, leaf = name.rpartition("/")
+            write_dataset(self._handle.require_group(group) if group else self._handle, leaf, np.asarray(array))
         write_file_attrs(
             self._handle,
             DYNAMIC_IMAGES_SCHEMA,
@@ -163,6 +205,12 @@ def read_dynamic_images(path: str | Path) -> DynamicImageSet:
             images[phase] = dataset[()]
             if dataset.attrs.get("sha256") != frames_sha256(images[phase]):
                 damaged.append(f"images/{phase}")
+        extra = {}
+        for group in OPTIONAL_GROUPS:
+            for name, dataset in handle[group].items() if group in handle else ():
+                extra[f"{group}/{name}"] = dataset[()]
+                if dataset.attrs.get("sha256") != array_sha256(extra[f"{group}/{name}"]):
+                    damaged.append(f"{group}/{name}")
         attrs = {key: handle.attrs[key] for key in handle.attrs}
     label_names = string_list_attr(attrs, "label_names")
     if damaged:
@@ -172,7 +220,7 @@ def read_dynamic_images(path: str | Path) -> DynamicImageSet:
             + (f" ({where})" if where else "")
             + f"; regenerate it with `mer dynimg` (`mer cache verify {path}` lists every damaged dataset)"
         )
-    return DynamicImageSet(samples=samples, images=images, label_names=label_names, attrs=attrs)
+    return DynamicImageSet(samples=samples, images=images, label_names=label_names, attrs=attrs, extra=extra)
 
 
 def _locate_damage(samples: Mapping[str, np.ndarray], label_names: list[str]) -> str:
@@ -206,4 +254,8 @@ def dynamic_image_structure_problems(handle: h5py.File) -> list[str]:
             problems.append(f"missing dataset images/{phase}")
         elif handle["images"][phase].shape[0] != n or handle["images"][phase].shape[-1] != 3:
             problems.append(f"images/{phase} has shape {handle['images'][phase].shape}, expected ({n}, H, W, 3)")
+    for group in OPTIONAL_GROUPS:
+        for name, dataset in handle[group].items() if group in handle else ():
+            if dataset.shape[:1] != (n,):
+                problems.append(f"{group}/{name} has shape {dataset.shape}, expected {n} rows (one per sample)")
     return problems

@@ -62,18 +62,29 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+WEIGHT_COLUMNS = ("full_weight", "phase_weight")  # the loss weights of the weighting modes, per epoch
+
+
 def write_train_log(path: str | Path, log: Sequence[Mapping[str, float]]) -> None:
+    """`epoch,loss,train_accuracy`, plus `full_weight,phase_weight` when the entries hold them."""
+    weighted = bool(log) and all(column in log[0] for column in WEIGHT_COLUMNS)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(LOG_COLUMNS)
+        writer.writerow(LOG_COLUMNS + (WEIGHT_COLUMNS if weighted else ()))
         for entry in log:
-            writer.writerow([entry["epoch"], f"{entry['loss']:.6f}", f"{entry['train_accuracy']:.6f}"])
+            weights = [f"{entry[c]:.6f}" for c in WEIGHT_COLUMNS] if weighted else []
+            writer.writerow([entry["epoch"], f"{entry['loss']:.6f}", f"{entry['train_accuracy']:.6f}", *weights])
 
 
 def read_train_log(path: str | Path) -> list[dict[str, float]]:
     with open(path, newline="") as handle:
         return [
-            {"epoch": int(r["epoch"]), "loss": float(r["loss"]), "train_accuracy": float(r["train_accuracy"])}
+            {
+                "epoch": int(r["epoch"]),
+                "loss": float(r["loss"]),
+                "train_accuracy": float(r["train_accuracy"]),
+                **{c: float(r[c]) for c in WEIGHT_COLUMNS if r.get(c) not in (None, "")},
+            }
             for r in csv.DictReader(handle)
         ]
 

@@ -40,6 +40,8 @@ class LosoData:
     datasets: np.ndarray  # (N,) str
     label_names: list[str]
     dropped: dict[str, np.ndarray] = field(default_factory=dict)  # phase -> rows without a sample of it
+    # phase -> (N, K, 3, S, S) float32: K jittered DIs per clip (dual_phase_jitter; dynimg.jitter_draws)
+    jitter: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def folds(self) -> list[str]:
@@ -99,7 +101,10 @@ def load_loso_data(
     mean: Sequence[float],
     std: Sequence[float],
     source: str = "the DI cache",
+    jitter_phases: Sequence[str] = (),
 ) -> LosoData:
+    """The cache's DIs of `phases` as training arrays; with `jitter_phases`, also the K jittered DIs
+    of each of those phases (MerError when the cache holds none: dynimg.jitter_draws is 0)."""
     missing = [p for p in phases if p not in di.images]
     if missing:
         raise MerError(
@@ -125,6 +130,17 @@ def load_loso_data(
     for side in stored:
         check_input_size(side, size, source)
     images = {p: prepare_images(di.images[p], size, mean, std) for p in dict.fromkeys(phases)}
+    lacking = [p for p in jitter_phases if di.jitter(p) is None]
+    if lacking:
+        raise MerError(
+            f"{source} holds no jittered DIs of phase(s) {lacking}: the jitter mode draws them from the cache; set "
+            "dynimg.jitter_draws (e.g. 4) and dynimg.jitter_frames (e.g. 2) and recompute the DIs (`dvc repro` or `mer dynimg`)"
+        )
+    jitter = {}
+    for p in jitter_phases:
+        stack = di.jitter(p)
+        n, k = stack.shape[:2]
+        jitter[p] = prepare_images(stack.reshape(n * k, *stack.shape[2:]), size, mean, std).reshape(n, k, 3, size, size)
     return LosoData(
         images=images,
         labels=labels,
@@ -133,6 +149,7 @@ def load_loso_data(
         datasets=np.asarray(di.samples["dataset"]).astype(str),
         label_names=list(di.label_names),
         dropped=dropped_rows(di.attrs),
+        jitter=jitter,
     )
 
 

@@ -172,11 +172,14 @@ def train_epoch(
     device: torch.device,
     max_steps: int | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
     """One epoch over the training tensors (already on `device`) in a random order drawn from
     `generator`; batches are index slices, augmented on the device. It stops after `max_steps`
     optimizer steps when given (the last epoch of an equal-budget run); `scheduler` steps after each
-    optimizer step. Returns (mean loss, accuracy, optimizer steps).
+    optimizer step. `weights` (per training sample, on `device`): the loss of a batch is the
+    weighted mean of its samples' losses (None: the plain mean). Returns (mean loss, accuracy,
+    optimizer steps).
 
     The running sums stay on the device, so a GPU is synchronized once per epoch, not per step.
     """
@@ -195,7 +198,12 @@ def train_epoch(
         y = y_train[batch]
         with autocast(device, settings.amp), single_sample(model, len(batch) == 1):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            if weights is None:
+                loss = F.cross_entropy(logits.float(), y)
+            else:
+                w = weights[batch]
+                losses = F.cross_entropy(logits.float(), y, reduction="none")
+                loss = (w * losses).sum() / w.sum().clamp_min(1e-12)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,6 +250,12 @@ def train_fold(
         rows = training_rows(data, settings.train_phases, train_idx)
         x_train = torch.from_numpy(np.concatenate([data.images[p][rows[p]] for p in settings.train_phases]))
         y_train = torch.from_numpy(np.concatenate([data.labels[rows[p]] for p in settings.train_phases]))
+        # Where each phase's samples lie in the training tensors (jitter replaces them, weighting scales them)
+        bounds = np.cumsum([0] + [len(rows[p]) for p in settings.train_phases])
+        segments = {p: (int(bounds[i]), int(bounds[i + 1])) for i, p in enumerate(settings.train_phases)}
+        phase_rows = [p for p in settings.train_phases if p != "full"]
+        # The jitter draws have their own generator: the batches are those of dual_phase
+        jitter_generator = torch.Generator().manual_seed(fold_seed(settings.seed, f"{fold}\x1fjitter"))
         x_test = [torch.from_numpy(np.ascontiguousarray(data.images[p][test_idx])) for p in settings.test_phases]
         # A test view whose phase was dropped for a clip does not vote for that clip (test_fusion).
         votes = np.array([~np.isin(test_idx, data.dropped.get(p, ())) for p in settings.test_phases])
@@ -267,9 +281,20 @@ def train_fold(
         log: list[dict[str, float]] = []
         epochs = range(1, -(-total // own) + 1)  # = settings.epochs unless the budget is another mode's
         done = 0
+        weighting = MODES[settings.mode].weighting
         for epoch in epoch_progress(epochs, fold) if epoch_progress else epochs:
+            for phase, stack in data.jitter.items():  # one of the clip's K jittered DIs per epoch
+                start, stop = segments[phase]
+                draws = torch.randint(stack.shape[1], (stop - start,), generator=jitter_generator).numpy()
+                x_train[start:stop] = torch.from_numpy(stack[rows[phase], draws]).to(device)
+            weights, phase_weight = None, settings.phase_weight_at(epoch, len(epochs))
+            if weighting and phase_weight != 1.0:
+                weights = torch.ones(len(y_train), dtype=torch.float32)
+                for phase in phase_rows:
+                    weights[segments[phase][0] : segments[phase][1]] = phase_weight
+                weights = weights.to(device)
             loss, accuracy, steps = train_epoch(
-                model, optimizer, x_train, y_train, settings, generator, device, total - done, scheduler
+                model, optimizer, x_train, y_train, settings, generator, device, total - done, scheduler, weights
             )
             done += steps
             if not math.isfinite(loss):
@@ -277,7 +302,10 @@ def train_fold(
                     f"fold {fold}, epoch {epoch}: the training loss is {loss} (diverged): this run cannot learn and "
                     f"no predictions were written; lower train.lr (now {settings.lr:g}) or check the DI cache"
                 )
-            log.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
+            entry = {"epoch": epoch, "loss": loss, "train_accuracy": accuracy}
+            if weighting:  # the weights used, in train_log.csv and the manifest
+                entry.update(full_weight=1.0, phase_weight=phase_weight)
+            log.append(entry)
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise MerError(
                 f"fold {fold}, epoch {settings.epochs}: the model's weights are not finite after training "
@@ -312,6 +340,8 @@ def train_fold(
             "final_train_loss": log[-1]["loss"] if log else None,
             "final_train_accuracy": log[-1]["train_accuracy"] if log else None,
             "augment": settings.augment.to_dict() if settings.augment else None,
+            **({"phase_weights": [e["phase_weight"] for e in log]} if weighting else {}),
+            **({"jitter_draws": {p: int(v.shape[1]) for p, v in data.jitter.items()}} if data.jitter else {}),
             "amp": settings.amp,
             "device": str(device),
             "threads": torch.get_num_threads(),

@@ -75,10 +75,13 @@ def exclusive_run(out: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def dynamic_images_digest(di: DynamicImageSet, phases: Sequence[str]) -> dict[str, Any]:
+def dynamic_images_digest(
+    di: DynamicImageSet, phases: Sequence[str], jitter_phases: Sequence[str] = ()
+) -> dict[str, Any]:
     """What a run's numbers depend on in the DI cache: the samples (ids, datasets, subjects, labels),
-    the label names and the images of the phases used. Not the cache's fingerprint nor its params:
-    they change with phases the run does not read."""
+    the label names and the images of the phases used (and the jittered DIs of `jitter_phases`, for
+    the jitter mode). Not the cache's fingerprint nor its params: they change with phases the run
+    does not read."""
     samples = hashlib.sha256()
     for name in ("sample_id", "dataset", "subject", "label"):
         samples.update("\x1f".join(map(str, np.asarray(di.samples[name]).tolist())).encode() + b"\x1e")
@@ -88,6 +91,15 @@ def dynamic_images_digest(di: DynamicImageSet, phases: Sequence[str]) -> dict[st
         "images_sha256": {
             p: hashlib.sha256(np.ascontiguousarray(di.images[p]).tobytes()).hexdigest() for p in dict.fromkeys(phases)
         },
+        **(
+            {
+                "jitter_sha256": {
+                    p: hashlib.sha256(np.ascontiguousarray(di.jitter(p)).tobytes()).hexdigest() for p in jitter_phases
+                }
+            }
+            if jitter_phases
+            else {}
+        ),
     }
 
 

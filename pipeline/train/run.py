@@ -181,7 +181,10 @@ def train_cache(
     if report is not None:
         echo(report.line())
     phases = list(dict.fromkeys([*settings.train_phases, *settings.test_phases]))
-    data = load_loso_data(di, phases, settings.input_size, mean, std, source=str(dynamic_images))
+    jitter_phases = [p for p in settings.train_phases if p != "full"] if MODES[settings.mode].jitter else []
+    data = load_loso_data(
+        di, phases, settings.input_size, mean, std, source=str(dynamic_images), jitter_phases=jitter_phases
+    )
     folds = data.folds
     augment = ", ".join(f"{k} {v}" for k, v in settings.augment.to_dict().items()) if settings.augment else "none"
     where = (
@@ -195,7 +198,7 @@ def train_cache(
         f"device {device}{' (bf16 autocast)' if settings.amp else ''}, {where}"
     )
     started = time.perf_counter()
-    inputs = dynamic_images_digest(di, phases)
+    inputs = dynamic_images_digest(di, phases, jitter_phases)
     # Rows whose phase DI is no training sample (dynimg.degenerate: drop) change the samples, and the
     # step budget of baseline_steps (counted on dual_phase's samples): part of the run key when any.
     steps_of = MODES[settings.mode].steps_of

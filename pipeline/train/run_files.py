@@ -158,6 +158,9 @@ def write_run(
         },
         **(extra or {}),
     }
+    weights = [r.manifest["phase_weights"] for r in results if "phase_weights" in r.manifest]
+    if weights:  # the weighting modes: the phase samples' loss weight per epoch (the full DI's is 1)
+        run["phase_weights"] = weights[0]
     (out_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     return run
 

@@ -10,6 +10,19 @@ Modes are presets of the paper's comparison (`MODES`):
                         sample with the clip's label (3 samples per training clip)
     dual_phase_spatial  both
 
+Beyond the paper (its future work; README "Beyond the paper"), each a variant of dual_phase with
+three samples per training clip, so baseline_steps is their equal-budget baseline too:
+
+    dual_phase_peak     full + onset_peak + peak_offset: the split at each clip's motion peak
+                        (dynimg phases [onset, peak], [peak, offset]; the annotated apex ignored)
+    dual_phase_motion   full + motion_rise + motion_decay: split where the clip's cumulative motion
+                        reaches a fraction (dynimg phases [onset, mNN], [mNN, offset])
+    dual_phase_jitter   dual_phase with each phase DI drawn per clip and epoch from the cache's K
+                        jittered ones (dynimg.jitter_draws), seeded per fold
+    dual_phase_weighted dual_phase with the phase samples weighted `phase_weight` in the loss
+    dual_phase_decay    the phase samples' weight moves linearly from 1 (first epoch) to
+                        `phase_weight_final` (last epoch); the full DI keeps weight 1
+
 All test on `full`; `test_fusion: true` tests on the three DIs and averages a clip's class
 probabilities over them. `train_phases` / `test_phases` override the mode's phases explicitly.
 
@@ -32,6 +45,7 @@ from pipeline.config import (
     MODES,
     PHASES_ALL,
     PHASES_FULL,
+    WEIGHTING_KEYS,
     Mode,
     Params,
     TrainSection,
@@ -83,6 +97,8 @@ class TrainSettings:
     threads: int | None  # torch threads per fold; None (params `auto`): cores // jobs
     missing_class: str
     cpu_kernels: str  # portable: the same bytes on any x86-64 CPU | native (pipeline/train/kernels.py)
+    phase_weight: float = 0.5
+    phase_weight_final: float = 0.0
 
     @classmethod
     def from_section(cls, section: TrainSection) -> TrainSettings:
@@ -114,8 +130,22 @@ class TrainSettings:
         return data
 
     def result_settings(self) -> dict[str, Any]:
-        """The settings the numbers depend on (run.json `params`): `to_dict` without EXECUTION_KEYS."""
-        return {key: value for key, value in self.to_dict().items() if key not in EXECUTION_KEYS}
+        """The settings the numbers depend on (run.json `params`): `to_dict` without EXECUTION_KEYS,
+        and without the phase-weighting keys in modes that do not weight (their run.json is unchanged)."""
+        weighting = MODES[self.mode].weighting
+        used = {"fixed": "phase_weight", "decay": "phase_weight_final"}.get(weighting or "")
+        skip = set(EXECUTION_KEYS) | {key for key in WEIGHTING_KEYS if key != used}
+        return {key: value for key, value in self.to_dict().items() if key not in skip}
+
+    def phase_weight_at(self, epoch: int, epochs: int) -> float:
+        """The phase samples' loss weight in `epoch` (1-based) of `epochs` (the full DI's is 1)."""
+        weighting = MODES[self.mode].weighting
+        if weighting == "fixed":
+            return self.phase_weight
+        if weighting == "decay":
+            t = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
+            return (1.0 - t) + self.phase_weight_final * t
+        return 1.0
 
 
 def model_settings(params: Params, model: str) -> dict[str, Any]:
