@@ -101,13 +101,13 @@ def annotate(
         dataset,
         coding,
         root,
-        params.classes,  # None: the dataset's default classes
-        params.on_problem,
-        params.overrides,
-        resolve_folder_pattern(dataset, folder_pattern, params.folder_pattern),
-        params.sheet,
-        params.apex_outside,  # None: the format's rule
-        params.frame_order,
+        classes=params.classes,  # None: the dataset's default classes
+        on_problem=params.on_problem,
+        overrides=params.overrides,
+        folder_pattern=resolve_folder_pattern(dataset, folder_pattern, params.folder_pattern),
+        sheet=params.sheet,
+        apex_outside=params.apex_outside,  # None: the format's rule
+        frame_order=params.frame_order,
     )
     for line in summary_lines(result, out):
         click.echo(line)

@@ -467,9 +467,9 @@ def test_a_composite_keeps_the_samples_of_one_video_apart(casme3_copy, samm_outs
     from pipeline.datasets.composite import combine_samples
 
     root, sheet, _ = casme3_copy
-    annotate_to_file(tmp_path / "casme3.csv", "casme3", sheet, root, "megc-3")
+    annotate_to_file(tmp_path / "casme3.csv", "casme3", sheet, root, classes="megc-3")
     samm_root, samm = samm_outside
-    annotate_to_file(tmp_path / "samm.csv", "samm", samm, samm_root, "megc-3")
+    annotate_to_file(tmp_path / "samm.csv", "samm", samm, samm_root, classes="megc-3")
     result = combine_samples([tmp_path / "casme3.csv", tmp_path / "samm.csv"], "megc-3")
     assert sample_ids(result.rows) == [
         "casme3/spNO.1/a/10",

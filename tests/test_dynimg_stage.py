@@ -12,23 +12,9 @@ from click.testing import CliRunner
 
 from pipeline.io.aligned_cache import AlignedCacheWriter, AlignedClip
 from pipeline.io.dynamic_image_cache import read_dynamic_images
+from pipeline.io.samples import SAMPLE_COLUMNS
 from stages.cli import cli
 from tests.conftest import write_params
-
-SAMPLE_COLUMNS = [
-    "dataset",
-    "subject",
-    "clip",
-    "onset",
-    "apex",
-    "offset",
-    "apex_source",
-    "n_frames",
-    "emotion",
-    "label",
-    "action_units",
-    "source_row",
-]
 
 
 def _blob_clip(subject: str, clip: str, first: int, n: int, apex: int, seed: int) -> AlignedClip:

@@ -529,27 +529,13 @@ def summary_lines(result: Annotation, out: str | Path | None = None) -> list[str
     return lines
 
 
-def annotate_to_file(
-    out: str | Path,
-    dataset: str,
-    coding: str | Path,
-    root: str | Path,
-    classes: str | Mapping[str, Any] | None = None,
-    on_problem: str = "fail",
-    overrides: str | Path | None = None,
-    folder_pattern: str | None = None,
-    sheet: str | None = None,
-    apex_outside: str | None = None,
-    frame_order: str | None = None,
-) -> Annotation:
-    """`annotate_samples`, then the samples table `out`, its dropped-rows report and its warnings
-    (NAME.dropped.csv, NAME.warnings.csv), all atomically.
+def annotate_to_file(out: str | Path, dataset: str, coding: str | Path, root: str | Path, **options: Any) -> Annotation:
+    """`annotate_samples` (`options` are its keyword arguments), then the samples table `out`, its
+    dropped-rows report and its warnings (NAME.dropped.csv, NAME.warnings.csv), all atomically.
 
     Raises MerError, and writes nothing, when the class scheme keeps no clip.
     """
-    result = annotate_samples(
-        dataset, coding, root, classes, on_problem, overrides, folder_pattern, sheet, apex_outside, frame_order
-    )
+    result = annotate_samples(dataset, coding, root, **options)
     if not result.samples:
         raise MerError(
             f"no clip of {coding} is kept with classes {result.scheme.name}: " + "; ".join(summary_lines(result)[1:3])

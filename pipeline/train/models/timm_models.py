@@ -74,11 +74,15 @@ def create_timm_model(
         except MerError:
             raise
         except Exception as exc:
-            raise MerError(
-                f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}); {weights_hint(name)}"
-            ) from exc
+            raise _download_failed(name, exc) from exc
     model.mer_weights_report = load_pretrained(model, path, key="pretrained", source=f"{repo} ({path})")
     return model
+
+
+def _download_failed(name: str, exc: Exception) -> MerError:
+    return MerError(
+        f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}); {weights_hint(name)}"
+    )
 
 
 def _download_through_timm(name: str, num_classes: int, input_size: int | None) -> nn.Module:
@@ -87,6 +91,4 @@ def _download_through_timm(name: str, num_classes: int, input_size: int | None) 
     except MerError:
         raise
     except Exception as exc:
-        raise MerError(
-            f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}); {weights_hint(name)}"
-        ) from exc
+        raise _download_failed(name, exc) from exc
