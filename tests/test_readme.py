@@ -124,8 +124,8 @@ def test_every_python_module_and_script_in_the_readme_exists(kind):
 
 
 def test_paths_the_readme_names_in_the_project_exist():
-    """Files of the project the README points at (code, docs), not outputs a run makes."""
-    text = README.read_text()
+    """Files of the project the README and docs/ point at (code, docs), not outputs a run makes."""
+    text = "\n".join(path.read_text() for path in [README, *sorted((PROJECT / "docs").glob("*.md"))])
     named = set(re.findall(r"`((?:pipeline|stages|tests|benchmarks|docs)/[\w/.-]+\.(?:py|md|jpg))`", text))
     named |= set(re.findall(r"\]\(((?:docs)/[\w/.-]+)\)", text))
     missing = sorted(p for p in named if not (PROJECT / Path(p.split("::")[0])).exists())
