@@ -86,6 +86,13 @@ def kernel_clip(frames, numbers: np.ndarray, s: dict, settings: DynamicImageSett
     )[0]
 
 
+def resized(image: np.ndarray, size: int | None) -> np.ndarray:
+    """The DI at `size` x `size` (INTER_AREA), or as it is when size is None (the aligned size)."""
+    if size is None or image.shape[:2] == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
 def loop_clip(frames: np.ndarray, numbers: np.ndarray, s: dict, settings: DynamicImageSettings) -> dict:
     """The naive per-frame float32 loop: per phase, frame by frame, acc += a_t * frame; resized at the end."""
     position = {int(n): i for i, n in enumerate(numbers)}
@@ -98,7 +105,7 @@ def loop_clip(frames: np.ndarray, numbers: np.ndarray, s: dict, settings: Dynami
             np.copyto(frame, frames[position[number]])
             frame *= a_t
             acc += frame
-        images[name] = to_uint8(cv2.resize(acc, (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+        images[name] = to_uint8(resized(acc, settings.size))
     return images
 
 
@@ -117,7 +124,7 @@ def port_clip(frames: np.ndarray, numbers: np.ndarray, s: dict, settings: Dynami
             stack = clip[..., c : c + 1].astype(np.float64)
             channels.append((stack * coefficients.reshape(T, 1, 1, 1)).sum(axis=0).squeeze())
         image = cv2.merge(channels).astype(np.float32)
-        images[name] = to_uint8(cv2.resize(image, (settings.size, settings.size), interpolation=cv2.INTER_AREA))
+        images[name] = to_uint8(resized(image, settings.size))
     return images
 
 

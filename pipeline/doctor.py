@@ -44,6 +44,12 @@ def _timm() -> str:
     return f"timm {timm.__version__} (pretrained weights need the hub online or a local `train.weights` file)"
 
 
+def _cpu_dispatch() -> str:
+    from pipeline.cpu_dispatch import dispatch_state
+
+    return dispatch_state()
+
+
 def _dvc() -> str:
     version = importlib.metadata.version("dvc")
     if shutil.which("git") is None:
@@ -88,7 +94,8 @@ def _params(path: Path, explicit: bool) -> Callable[[], str]:
 
 
 def installation_checks(cache_dir: str | Path, params_file: str | Path, explicit_params: bool = True) -> list[Check]:
-    """Landmark model, torch device, timm, DVC with git, a writable cache folder, a valid params file.
+    """Landmark model, torch device, timm, pinned CPU dispatch, DVC with git, a writable cache folder,
+    a valid params file.
 
     With `explicit_params` False a missing params file passes: the stages use their built-in defaults.
     """
@@ -96,6 +103,11 @@ def installation_checks(cache_dir: str | Path, params_file: str | Path, explicit
         Check("landmark model", _landmark_model, "pip install --force-reinstall face-recognition-models dlib-bin"),
         Check("torch", _torch, "pip install -e . (installs torch with torchvision and timm)"),
         Check("timm", _timm, "pip install -e ."),
+        Check(
+            "CPU dispatch",
+            _cpu_dispatch,
+            "run through `mer` (it pins numpy, OpenCV and OpenBLAS before loading them); see pipeline/cpu_dispatch.py",
+        ),
         Check("dvc", _dvc, "pip install -e . and install git"),
         Check("cache folder", _writable(Path(cache_dir)), f"make {cache_dir} writable or pass --cache DIR"),
         Check(

@@ -12,6 +12,7 @@ import click
 
 from pipeline import __version__
 from pipeline.atomic import WriteError
+from pipeline.cpu_dispatch import pin_cpu_dispatch
 from pipeline.errors import MerError
 
 # Commands are imported when used, so `mer align` does not pay for importing torch.
@@ -69,6 +70,10 @@ def cli() -> None:
 
 
 def main() -> None:
+    try:  # before any command imports numpy or cv2: outputs that do not depend on the processor
+        pin_cpu_dispatch()
+    except MerError as exc:
+        raise SystemExit(f"Error: {exc}") from None
     try:
         cli()
     except SystemExit as exc:

@@ -6,10 +6,18 @@ with the committed params.yaml), and compares the md5 of every output of those s
 records it in the new dvc.lock, with the committed dvc.lock. Both lock files are read with DVC's own
 lock-file loader. Exits non-zero and names each output that differs.
 
-    python -m tests.check_data_stages [--keep]
+    python -m tests.check_data_stages [--keep] [--processor x86-64-v2] [--train CELL ...]
 
-CI (`.ci/run`) runs it after the tests; on the demo preset it takes about 3 minutes on 2 cores
-(README "Reproducibility"). Training is not checked here: see `train.cpu_kernels`.
+`--processor` runs the stages as on an older x86-64 processor: the libraries that pick instruction
+sets at run time are told this machine lacks the newer ones (numpy's, OpenCV's and IPP's SIMD
+dispatch, OpenBLAS's kernel, glibc's math-function variants). `mer` pins the first four itself
+(pipeline/cpu_dispatch.py) and torch's in training (`train.cpu_kernels`), so this checks that every
+process applies those pins and that what stays unpinned (glibc) leaves the bytes alone. `--train
+CELL` (e.g. `casme2-learnet-baseline-0`) also trains that cell of the experiment and compares its
+run folder and curve.
+
+CI (`.ci/run`) runs it after the tests; on the demo preset the data stages take about 3 minutes on
+2 cores (README "Reproducibility").
 """
 
 from __future__ import annotations
@@ -26,9 +34,33 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("demo_data", "align@", "annotate@", "dynimg@")
 
+# What each library would find on an older processor, set through the switches each documents:
+# numpy's SIMD dispatch (NPY_DISABLE_CPU_FEATURES), OpenCV's (OPENCV_CPU_DISABLE) and IPP's
+# (OPENCV_IPP), OpenBLAS's kernel (OPENBLAS_CORETYPE) and glibc's choice of libm variants
+# (GLIBC_TUNABLES glibc.cpu.hwcaps, read by the loader: only processes started with it see it).
+_NO_AVX512 = "-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL"
+PROCESSORS = {
+    "native": {},
+    "x86-64-v3": {  # AVX2 and FMA, no AVX-512 (Haswell to Coffee Lake, Zen 1-3)
+        "OPENBLAS_CORETYPE": "Haswell",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+        "OPENCV_CPU_DISABLE": "AVX512-SKX",
+        "OPENCV_IPP": "avx2",
+        "GLIBC_TUNABLES": f"glibc.cpu.hwcaps={_NO_AVX512}",
+    },
+    "x86-64-v2": {  # SSE4.2, no AVX (Nehalem to Westmere)
+        "OPENBLAS_CORETYPE": "Nehalem",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+        "OPENCV_CPU_DISABLE": "AVX,FP16,AVX2,AVX512-SKX",
+        "OPENCV_IPP": "sse42",
+        "GLIBC_TUNABLES": f"glibc.cpu.hwcaps=-AVX,-AVX2,-FMA,-FMA4,-F16C,{_NO_AVX512}",
+    },
+}
 
-def lock_outs(root: Path) -> dict[str, dict[str, str]]:
-    """{stage: {out path: md5}} of the data stages in root/dvc.lock, through DVC's loader."""
+
+def lock_outs(root: Path, train: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """{stage: {out path: md5}} of the data stages (and the `train@CELL` stages) in root/dvc.lock,
+    through DVC's loader."""
     from dvc.dvcfile import Lockfile
     from dvc.repo import Repo
 
@@ -37,7 +69,7 @@ def lock_outs(root: Path) -> dict[str, dict[str, str]]:
     return {
         name: {out["path"]: out["md5"] for out in stage.get("outs", [])}
         for name, stage in stages.items()
-        if name == DATA_STAGES[0] or name.startswith(DATA_STAGES[1:])
+        if name == DATA_STAGES[0] or name.startswith(DATA_STAGES[1:]) or name in {f"train@{c}" for c in train}
     }
 
 
@@ -59,16 +91,24 @@ def copy_project(target: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy and print where it is")
+    parser.add_argument(
+        "--processor", choices=sorted(PROCESSORS), default="native", help="run as on this processor level"
+    )
+    parser.add_argument("--train", nargs="*", default=[], metavar="CELL", help="also train these cells and compare")
     args = parser.parse_args()
-    expected = lock_outs(PROJECT)
-    targets = sorted(name for name in expected if name.startswith("dynimg@"))
+    expected = lock_outs(PROJECT, tuple(args.train))
+    missing = [cell for cell in args.train if f"train@{cell}" not in expected]
+    if missing:
+        print(f"{PROJECT / 'dvc.lock'} records no train@{missing[0]}", file=sys.stderr)
+        return 1
+    targets = sorted(name for name in expected if name.startswith(("dynimg@", "train@")))
     if not targets:
         print(f"{PROJECT / 'dvc.lock'} records no dynimg stage", file=sys.stderr)
         return 1
     folder = Path(tempfile.mkdtemp(prefix="mer-data-stages-"))
     try:
         copy_project(folder)
-        env = {**os.environ, "PYTHONPATH": str(folder)}  # `mer` runs the copy's code
+        env = {**os.environ, **PROCESSORS[args.processor], "PYTHONPATH": str(folder)}  # `mer` runs the copy's code
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         started = time.perf_counter()
         # --no-commit: DVC hashes the outputs into dvc.lock without copying them into its cache
@@ -83,13 +123,18 @@ def main() -> int:
             for path, md5 in sorted(outs.items()):
                 got = found.get(stage, {}).get(path)
                 if got != md5:
-                    problems.append(f"{stage}: {path}: md5 {got} here, {md5} in the committed dvc.lock")
+                    problems.append(
+                        f"{stage}: {path}: md5 {got} here ({args.processor}), {md5} in the committed dvc.lock"
+                    )
         checked = sum(len(outs) for outs in expected.values())
         if problems:
-            print(f"{len(problems)} of {checked} data-stage outputs differ from dvc.lock:", file=sys.stderr)
+            print(f"{len(problems)} of {checked} outputs differ from dvc.lock:", file=sys.stderr)
             print("\n".join(problems), file=sys.stderr)
             return 1
-        print(f"the {checked} outputs of {len(expected)} data stages match dvc.lock ({seconds:.0f} s of dvc repro)")
+        print(
+            f"the {checked} outputs of {len(expected)} stages match dvc.lock, run as {args.processor} "
+            f"({seconds:.0f} s of dvc repro)"
+        )
         return 0
     finally:
         if args.keep:

@@ -57,8 +57,10 @@ def to_uint8(image: np.ndarray, per_channel: bool = False) -> np.ndarray:
     axes = (0, 1) if per_channel else None
     low = image.min(axis=axes, keepdims=True)
     span = image.max(axis=axes, keepdims=True) - low
-    scaled = np.divide(image - low, span, out=np.zeros_like(image, dtype=np.float32), where=span > 0)
-    return np.round(scaled * 255).astype(np.uint8)
+    scale = np.divide(np.float32(255), span, out=np.zeros_like(span, dtype=np.float32), where=span > 0)
+    scaled = np.subtract(image, low, dtype=np.float32)  # one temporary, scaled and rounded in place
+    scaled *= scale
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def phase_weights(
@@ -78,7 +80,7 @@ def phase_weights(
 
 
 FRAME_BLOCK = 32  # frames read from the cache at a time (4.8 MB of uint8 for 224x224 RGB)
-TILE_BYTES = 256 * 1024  # float32 frames x rows converted and summed at a time: they stay in L2
+TILE_BYTES = 1024 * 1024  # float32 frames x rows converted and summed at a time: they stay in L2
 
 
 def pool_factors(frame_shape: tuple[int, ...], size: int | None) -> tuple[int, int]:
@@ -125,7 +127,9 @@ def _weighted_tiles(
             if exact:
                 np.copyto(tile, sums)
         product = buffers["product"][: len(weights) * (end - y) * row].reshape(len(weights), (end - y) * row)
-        np.matmul(weights, tile.reshape(n, -1), out=product)
+        # einsum, not matmul: BLAS picks its kernel (FMA or not, summation order) per processor, which
+        # changed the DIs' bytes between machines; numpy's own sum of products does not (cpu_dispatch).
+        np.einsum("pt,tx->px", weights, tile.reshape(n, -1), out=product, optimize=False)
         total[:, y * row : end * row] += product
 
 
