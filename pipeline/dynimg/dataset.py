@@ -51,7 +51,7 @@ from pipeline.dynimg.phases import (
 from pipeline.dynimg.rank_pooling import FRAME_BLOCK, clip_dynamic_images
 from pipeline.errors import InputProblems, MerError, SettingsError
 from pipeline.io.aligned_cache import ALIGNED_SCHEMA, VerifiedFrames
-from pipeline.io.dynamic_image_cache import DynamicImageWriter
+from pipeline.io.dynamic_image_cache import DynamicImageWriter, encode_image
 from pipeline.io.hdf5 import array_sha256, open_cache
 from pipeline.io.provenance import dynamic_images_fingerprint
 from pipeline.io.samples import IMPUTED_APEX_SOURCES, read_samples, sample_ids
@@ -256,7 +256,8 @@ def clip_jitter_windows(
 
 
 def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings, extra_windows=()):
-    """DIs of one clip and the frames each phase spans, or a message naming the clip.
+    """DIs of one clip, the frames each phase spans, (with extra windows their DIs,) and each DI
+    compressed as the cache stores it; or a message naming the clip.
 
     The clip's frames are read block by block and hashed as they are read; the DIs are returned
     only when the digest equals the stored sha256 of the frames (`VerifiedFrames`).
@@ -274,7 +275,7 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
         )
     frames = VerifiedFrames(handle, sample["subject"], sample["clip"], FRAME_BLOCK)
     try:
-        images = clip_dynamic_images(
+        computed = clip_dynamic_images(
             frames,
             frames.frame_numbers,
             sample["onset"],
@@ -290,7 +291,11 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
         )
     except ValueError as exc:
         return f"{key}: {exc}"
-    return frames.problem() or images
+    problem = frames.problem()
+    if problem:
+        return problem
+    # compressed here, in the worker: the writer then only copies each image's stored chunk
+    return (*computed, {phase: encode_image(image) for phase, image in computed[0].items()})
 
 
 def table_problems(rows: list[dict], samples: str | Path) -> list[str]:
@@ -475,10 +480,10 @@ def build_dynamic_images(
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            images, lengths, *extra = result
+            images, lengths, *extra, encoded = result
             if not problems:  # after a problem the file is discarded; keep going to report every bad clip
                 draws = iter(extra[0] if extra else ())
-                writer.add(images, {n: [next(draws) for _ in range(k)] for n, k in jitter_draws.items()})
+                writer.add(images, {n: [next(draws) for _ in range(k)] for n, k in jitter_draws.items()}, encoded)
             motion = row.get("_motion")
             for name in images:
                 start, end = phase_frames(

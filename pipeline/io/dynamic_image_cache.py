@@ -16,7 +16,9 @@ frames, seed, phases); `motion_anchors/<name>` (N,) int64, the frame of each ada
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,23 @@ DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
 OPTIONAL_GROUPS = ("jitter", "motion_anchors", "phase_windows")
 SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
 _STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
+IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 4}  # one chunk per image
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(shape: tuple[int, ...]) -> h5py.Dataset:
+    """A one-image dataset stored as the cache's images are, in an in-memory file of this process."""
+    handle = h5py.File(io.BytesIO(), "w")
+    return handle.create_dataset("image", shape=(1, *shape), dtype=np.uint8, chunks=(1, *shape), **IMAGE_STORAGE)
+
+
+def encode_image(image: np.ndarray) -> bytes:
+    """The stored (gzip-compressed) chunk of one DI, made by HDF5's own filter, so that workers can
+    compress and the writer only copies (`DynamicImageWriter.add(..., encoded=...)`): the file has
+    the bytes it would have had, with the compression spread over the workers."""
+    dataset = _encoder(image.shape)
+    dataset[0] = image
+    return dataset.id.read_direct_chunk((0,) * dataset.ndim)[1]
 
 
 @dataclass
@@ -104,14 +123,19 @@ class DynamicImageWriter(CacheWriter):
             shape=(self._n, *shape),
             dtype=np.uint8,
             chunks=(1, *shape),
-            compression="gzip",
-            compression_opts=4,
             track_times=False,
+            **IMAGE_STORAGE,
         )
 
-    def add(self, images: Mapping[str, np.ndarray], jitter: Mapping[str, Any] | None = None) -> None:
+    def add(
+        self,
+        images: Mapping[str, np.ndarray],
+        jitter: Mapping[str, Any] | None = None,
+        encoded: Mapping[str, bytes] | None = None,
+    ) -> None:
         """The next sample's DIs, one (H,W,3) uint8 image per phase, and with jitter its K jittered
-        DIs per jittered phase."""
+        DIs per jittered phase. `encoded`: each phase's image already compressed (`encode_image`),
+        written as it is."""
         if self._count >= self._n:
             raise ValueError(f"more than the {self._n} samples this cache was created for")
         for phase in self._phases:
@@ -119,7 +143,10 @@ class DynamicImageWriter(CacheWriter):
             dataset = self._group[phase] if phase in self._group else self._create(phase, image.shape)
             if dataset.shape[1:] != image.shape:
                 raise ValueError(f"images/{phase}: an image of shape {image.shape}, expected {dataset.shape[1:]}")
-            dataset[self._count] = image
+            if encoded is None:
+                dataset[self._count] = image
+            else:
+                dataset.id.write_direct_chunk((self._count, 0, 0, 0), encoded[phase])
             self._digests[phase].update(image.tobytes())
         for phase, k in self._jitter.items():
             stack = np.ascontiguousarray(np.stack(list((jitter or {})[phase])), dtype=np.uint8)
@@ -131,9 +158,8 @@ class DynamicImageWriter(CacheWriter):
                     shape=(self._n, *stack.shape),
                     dtype=np.uint8,
                     chunks=(1, 1, *stack.shape[1:]),
-                    compression="gzip",
-                    compression_opts=4,
                     track_times=False,
+                    **IMAGE_STORAGE,
                 )
             self._handle["jitter"][phase][self._count] = stack
             self._jitter_digests[phase].update(stack.tobytes())
