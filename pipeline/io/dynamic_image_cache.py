@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,9 @@ IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 4}  # one chunk per 
 @functools.lru_cache(maxsize=4)
 def _encoder(shape: tuple[int, ...]) -> h5py.Dataset:
     """A one-image dataset stored as the cache's images are, in an in-memory file of this process."""
-    handle = h5py.File(io.BytesIO(), "w")
+    # HDF5's in-memory driver: no file, and no Python file object for HDF5 to call back at exit
+    name = f"mer-encoder-{os.getpid()}-{'x'.join(map(str, shape))}"
+    handle = h5py.File(name, "w", driver="core", backing_store=False)
     return handle.create_dataset("image", shape=(1, *shape), dtype=np.uint8, chunks=(1, *shape), **IMAGE_STORAGE)
 
 
