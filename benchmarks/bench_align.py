@@ -4,20 +4,22 @@ Measures, in one run on the same clip folders:
   decode - only decoding every JPEG frame (cv2.imread) with the same number of processes (joblib);
   align  - the align stage itself (decode, detect, warp, write the HDF5 cache to a temporary file)
            with --jobs 2, then with --jobs 1, then with --jobs 2 on half the clips;
-and prints align/decode (target <= 1.5 against the warm-allocator decode), jobs1/jobs2 (target >= 1.85) and the peak resident memory of
-this process plus its worker processes during each align run (it must not grow with the clip count).
+and prints align/decode (target <= 1.5 against the warm-allocator decode), jobs1/jobs2 (target >= 1.85)
+and the peak resident memory of this process plus its worker processes during each align run (it
+must not grow with the clip count).
 
 Start-up is kept out of every timing, equally for each side: the worker pool is started by a short
 decode, and a 4-clip align with --jobs N and a 2-clip one with --jobs 1 first import the stage and
 load the dlib models in the pool's workers and in this process (about 1 s of CPU per process; once
 per run of `mer align`, whatever the number of clips).
 
-The decode-only baseline is measured twice. First in fresh pool workers: there glibc's malloc, at its default thresholds, returns
-each decoded frame's memory to the kernel and faults it in again for the next frame (about 425
-page faults, ~0.55 ms of a ~1.4 ms decode). Then after the align warm-up, once one large array has
-been freed in those workers and malloc keeps its memory: decoding alone is then ~40 % faster. The
-align workers are always in that second state (dlib's and the stage's large arrays), so
-align / warm decode is the ratio that compares like with like, and the one the target is for.
+The decode-only baseline is measured twice. First in fresh pool workers: there glibc's malloc, at
+its default thresholds, returns each decoded frame's memory to the kernel and faults it in again
+for the next frame (about 425 page faults, ~0.55 ms of a ~1.4 ms decode). Then after the align
+warm-up, once one large array has been freed in those workers and malloc keeps its memory:
+decoding alone is then ~40 % faster. The align workers are always in that second state (dlib's
+and the stage's large arrays), so align / warm decode is the ratio that compares like with like,
+and the one the target is for.
 
 Wall times on a shared machine are noisy, so each align run also reports the CPU time (user + sys)
 of this process (the writer) and of the pool's workers: with N jobs on N cores the wall time cannot

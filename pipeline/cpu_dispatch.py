@@ -81,12 +81,9 @@ def dispatch_state() -> str:
     )
     mode = os.environ.get("MER_CPU_DISPATCH", "portable")
     if mode == "portable" and platform.machine().lower() in ("x86_64", "amd64"):
-        beyond = numpy_paths + [p for p in opencv_paths if p.split("-")[0] in DISABLED_FEATURES["OPENCV_CPU_DISABLE"]]
-        if (
-            beyond
-            or "SSE4.2" not in ipp
-            and ipp != "off"
-            or any(b.lower() != CAPS["OPENBLAS_CORETYPE"].lower() for b in blas)
-        ):
+        opencv_beyond = [p for p in opencv_paths if p.split("-")[0] in DISABLED_FEATURES["OPENCV_CPU_DISABLE"]]
+        ipp_beyond = ipp != "off" and "SSE4.2" not in ipp
+        blas_beyond = any(b.lower() != CAPS["OPENBLAS_CORETYPE"].lower() for b in blas)
+        if numpy_paths or opencv_beyond or ipp_beyond or blas_beyond:
             raise RuntimeError(f"not pinned ({state}): numpy or cv2 was loaded before pin_cpu_dispatch ran")
     return f"{mode}: {state}"

@@ -56,9 +56,9 @@ def _encoder(shape: tuple[int, ...]) -> h5py.Dataset:
 
 
 def encode_image(image: np.ndarray) -> bytes:
-    """The stored (gzip-compressed) chunk of one DI, made by HDF5's own filter, so that workers can
-    compress and the writer only copies (`DynamicImageWriter.add(..., encoded=...)`): the file has
-    the bytes it would have had, with the compression spread over the workers."""
+    """The stored (gzip-compressed) chunk of one DI, made by HDF5's own filter, so that workers
+    compress and the writer only copies (`DynamicImageWriter.add(..., encoded=...)`): each chunk is
+    the one the filter makes in the writer, and the file is the same whatever the number of workers."""
     dataset = _encoder(image.shape)
     dataset[0] = image
     return dataset.id.read_direct_chunk((0,) * dataset.ndim)[1]
