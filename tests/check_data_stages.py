@@ -35,9 +35,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("demo_data", "align@", "annotate@", "dynimg@")
 
 # What each library would find on an older processor, set through the switches each documents:
-# numpy's SIMD dispatch (NPY_DISABLE_CPU_FEATURES), OpenCV's (OPENCV_CPU_DISABLE) and IPP's
-# (OPENCV_IPP), OpenBLAS's kernel (OPENBLAS_CORETYPE) and glibc's choice of libm variants
-# (GLIBC_TUNABLES glibc.cpu.hwcaps, read by the loader: only processes started with it see it).
+# numpy's SIMD dispatch (NPY_DISABLE_CPU_FEATURES), OpenCV's (OPENCV_CPU_DISABLE), IPP's
+# (OPENCV_IPP) and libjpeg-turbo's (JSIMD_FORCESSE2), OpenBLAS's kernel (OPENBLAS_CORETYPE) and
+# glibc's choice of libm variants (GLIBC_TUNABLES glibc.cpu.hwcaps, read by the loader: only
+# processes started with it see it).
 _NO_AVX512 = "-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL"
 PROCESSORS = {
     "native": {},
@@ -53,6 +54,7 @@ PROCESSORS = {
         "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
         "OPENCV_CPU_DISABLE": "AVX,FP16,AVX2,AVX512-SKX",
         "OPENCV_IPP": "sse42",
+        "JSIMD_FORCESSE2": "1",  # libjpeg-turbo (inside OpenCV) without its AVX2 paths
         "GLIBC_TUNABLES": f"glibc.cpu.hwcaps=-AVX,-AVX2,-FMA,-FMA4,-F16C,{_NO_AVX512}",
     },
 }
