@@ -119,7 +119,7 @@ def main() -> int:
         if done.returncode != 0:
             print(f"dvc repro {' '.join(targets)} failed (exit {done.returncode})", file=sys.stderr)
             return 1
-        found = lock_outs(folder)
+        found = lock_outs(folder, tuple(args.train))
         problems = []
         for stage, outs in sorted(expected.items()):
             for path, md5 in sorted(outs.items()):
