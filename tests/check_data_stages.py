@@ -75,6 +75,17 @@ def lock_outs(root: Path, train: tuple[str, ...] = ()) -> dict[str, dict[str, st
     }
 
 
+def differences(expected: dict[str, dict[str, str]], root: Path, train: tuple[str, ...], processor: str) -> list[str]:
+    """One line per output of `expected` ({stage: {out path: md5}}) whose md5 in root/dvc.lock differs."""
+    found = lock_outs(root, train)
+    return [
+        f"{stage}: {path}: md5 {found.get(stage, {}).get(path)} here ({processor}), {md5} in the committed dvc.lock"
+        for stage, outs in sorted(expected.items())
+        for path, md5 in sorted(outs.items())
+        if found.get(stage, {}).get(path) != md5
+    ]
+
+
 def copy_project(target: Path) -> None:
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -119,15 +130,7 @@ def main() -> int:
         if done.returncode != 0:
             print(f"dvc repro {' '.join(targets)} failed (exit {done.returncode})", file=sys.stderr)
             return 1
-        found = lock_outs(folder, tuple(args.train))
-        problems = []
-        for stage, outs in sorted(expected.items()):
-            for path, md5 in sorted(outs.items()):
-                got = found.get(stage, {}).get(path)
-                if got != md5:
-                    problems.append(
-                        f"{stage}: {path}: md5 {got} here ({args.processor}), {md5} in the committed dvc.lock"
-                    )
+        problems = differences(expected, folder, tuple(args.train), args.processor)
         checked = sum(len(outs) for outs in expected.values())
         if problems:
             print(f"{len(problems)} of {checked} outputs differ from dvc.lock:", file=sys.stderr)

@@ -120,3 +120,31 @@ def test_the_check_fails_where_numpy_was_loaded_before_the_pins():
     if has_avx2:  # numpy and OpenCV then run AVX2 code unless pinned
         assert done.stdout.startswith("not pinned (numpy"), done.stdout + done.stderr
         assert "loaded before pin_cpu_dispatch ran" in done.stdout
+
+
+def test_the_stage_check_compares_the_cells_it_trains(tmp_path):
+    """`check_data_stages --train CELL` compares the cell's outputs too (it once looked them up in the
+    data stages only and reported every one as missing): a run folder whose md5 differs is named."""
+    import shutil
+    from pathlib import Path
+
+    from dvc.repo import Repo
+
+    from tests.check_data_stages import differences, lock_outs
+
+    cell = "casme2-learnet-baseline-0"
+    expected = lock_outs(Path(PROJECT), (cell,))
+    assert set(expected["train@" + cell]) == {
+        "cache/runs/casme2-learnet-baseline-s0",
+        "cache/plots/casme2-learnet-baseline-s0.csv",
+    }
+    Repo.init(str(tmp_path), no_scm=True)
+    shutil.copy(Path(PROJECT) / "dvc.lock", tmp_path / "dvc.lock")
+    assert differences(expected, tmp_path, (cell,), "native") == []
+    run_md5 = expected["train@" + cell]["cache/runs/casme2-learnet-baseline-s0"]
+    text = (tmp_path / "dvc.lock").read_text()
+    (tmp_path / "dvc.lock").write_text(text.replace(run_md5, "0" * 32 + ".dir"))
+    assert differences(expected, tmp_path, (cell,), "x86-64-v2") == [
+        f"train@{cell}: cache/runs/casme2-learnet-baseline-s0: md5 {'0' * 32}.dir here (x86-64-v2), "
+        f"{run_md5} in the committed dvc.lock"
+    ]
