@@ -93,6 +93,11 @@ class DroppedRow:
     reason: str
     detail: str
 
+    @classmethod
+    def of(cls, row: CodingRow, reason: str, detail: str) -> DroppedRow:
+        """The sheet row `row`, left out for `reason`."""
+        return cls(row.source_row, row.subject, row.clip, row.emotion, reason, detail)
+
     def as_row(self) -> dict[str, Any]:
         return {
             "source_row": self.source_row,
@@ -313,14 +318,7 @@ def annotate_samples(
         label = scheme.label_of(row.emotion)
         if label is None:
             excluded.append(
-                DroppedRow(
-                    row.source_row,
-                    row.subject,
-                    row.clip,
-                    row.emotion,
-                    "not in class preset",
-                    f"emotion '{row.emotion}' is in no class of {scheme.name}",
-                )
+                DroppedRow.of(row, "not in class preset", f"emotion '{row.emotion}' is in no class of {scheme.name}")
             )
             continue
         rule = next(
@@ -333,16 +331,7 @@ def annotate_samples(
             None,
         )
         if rule is not None:
-            excluded.append(
-                DroppedRow(
-                    row.source_row,
-                    row.subject,
-                    row.clip,
-                    row.emotion,
-                    rule,
-                    f"{scheme.name} leaves it out: {EXCLUSIONS[rule]}",
-                )
-            )
+            excluded.append(DroppedRow.of(row, rule, f"{scheme.name} leaves it out: {EXCLUSIONS[rule]}"))
             continue
         if clips is not None:
             problem = _folder_problem(row, clips, Path(root), fmt, pattern)
