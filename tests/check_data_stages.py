@@ -36,7 +36,8 @@ DATA_STAGES = ("demo_data", "align@", "annotate@", "dynimg@")
 
 # What each library would find on an older processor, set through the switches each documents:
 # numpy's SIMD dispatch (NPY_DISABLE_CPU_FEATURES), OpenCV's (OPENCV_CPU_DISABLE), IPP's
-# (OPENCV_IPP) and libjpeg-turbo's (JSIMD_FORCESSE2), OpenBLAS's kernel (OPENBLAS_CORETYPE) and
+# (OPENCV_IPP) and libjpeg-turbo's (JSIMD_FORCESSE2), OpenBLAS's kernel (OPENBLAS_CORETYPE), the
+# processor numba compiles the DI kernel for (NUMBA_CPU_NAME; its cache is kept per processor) and
 # glibc's choice of libm variants (GLIBC_TUNABLES glibc.cpu.hwcaps, read by the loader: only
 # processes started with it see it).
 _NO_AVX512 = "-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL"
@@ -44,6 +45,8 @@ PROCESSORS = {
     "native": {},
     "x86-64-v3": {  # AVX2 and FMA, no AVX-512 (Haswell to Coffee Lake, Zen 1-3)
         "OPENBLAS_CORETYPE": "Haswell",
+        "NUMBA_CPU_NAME": "haswell",
+        "NUMBA_CPU_FEATURES": "",  # the named processor's own features, not this machine's
         "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
         "OPENCV_CPU_DISABLE": "AVX512-SKX",
         "OPENCV_IPP": "avx2",
@@ -51,6 +54,8 @@ PROCESSORS = {
     },
     "x86-64-v2": {  # SSE4.2, no AVX (Nehalem to Westmere)
         "OPENBLAS_CORETYPE": "Nehalem",
+        "NUMBA_CPU_NAME": "nehalem",
+        "NUMBA_CPU_FEATURES": "",
         "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
         "OPENCV_CPU_DISABLE": "AVX,FP16,AVX2,AVX512-SKX",
         "OPENCV_IPP": "sse42",

@@ -1,4 +1,4 @@
-"""The tiled DI kernel against the float64 formula: ragged blocks and tiles, several phases, pooled sizes."""
+"""The compiled DI kernel against the float64 formula: ragged blocks, several phases, pooled sizes."""
 
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ def _clip(T: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return base + ramp.reshape(T, 1, 1, *([1] * (len(shape) - 2)))
 
 
-@pytest.mark.parametrize("tile_bytes", [3000, 4 * 32 * 87 * 3 + 100, rank_pooling.TILE_BYTES])
+@pytest.mark.parametrize("frame_block", [5, 7, rank_pooling.FRAME_BLOCK])
 @pytest.mark.parametrize(("T", "shape"), [(75, (37, 29, 3)), (33, (23, 31, 3)), (70, (19, 17))])
-def test_tiled_kernel_equals_the_float64_formula(monkeypatch, tile_bytes, T, shape):
-    """Frame counts that are not multiples of FRAME_BLOCK, rows and pixels that are not multiples of
-    the tile: every phase stays within the reference test's tolerance of the float64 formula."""
-    monkeypatch.setattr(rank_pooling, "TILE_BYTES", tile_bytes)
+def test_kernel_equals_the_float64_formula(monkeypatch, frame_block, T, shape):
+    """Frame counts that are not multiples of the block, phases whose frames start and end inside a
+    block, grey frames: every phase stays within the reference test's tolerance of the float64 formula."""
+    monkeypatch.setattr(rank_pooling, "FRAME_BLOCK", frame_block)
     frames = _clip(T, shape, T)
     first = 1000
     numbers = np.arange(first, first + T)
@@ -63,7 +63,7 @@ def test_tiled_kernel_equals_the_float64_formula(monkeypatch, tile_bytes, T, sha
 def test_pooling_at_the_smaller_size_equals_resizing_after_pooling(monkeypatch, shape, size):
     """Area-resizing every frame first (block sums of uint8) and resizing the DI afterwards agree
     within the float64 tolerance, and their uint8 images by at most one grey level."""
-    monkeypatch.setattr(rank_pooling, "TILE_BYTES", 3000)  # many ragged tiles
+    monkeypatch.setattr(rank_pooling, "FRAME_BLOCK", 6)  # ragged blocks
     T = 41
     frames = _clip(T, shape, size)
     numbers = np.arange(T)

@@ -159,6 +159,20 @@ def test_verify_detects_a_flipped_byte(tmp_path, inputs, project_params):
     assert "images/full" in result.output
 
 
+def test_verify_checks_the_fast_checksum_of_aligned_frames(tmp_path, inputs):
+    """`mer cache verify` reports an aligned clip whose xxh3_128 no longer matches its frames (which
+    every read-time check would refuse), and passes the cache before that."""
+    import h5py
+
+    aligned, _ = inputs
+    assert CliRunner().invoke(cli, ["cache", "verify", str(aligned)]).exit_code == 0
+    with h5py.File(aligned, "a") as handle:
+        handle["sub02/EP07_02/frames"].attrs["xxh3_128"] = "0" * 32
+    result = CliRunner().invoke(cli, ["cache", "verify", str(aligned)])
+    assert result.exit_code != 0
+    assert "sub02/EP07_02/frames: xxh3_128 checksum damaged (the data match their sha256)" in result.output
+
+
 def test_bad_phase_setting_is_rejected_before_anything_is_written(tmp_path, inputs, project_params):
     project_params["dynimg"]["phases"] = {"full": ["onset", "middle"]}
     result, out = _dynimg(tmp_path, inputs, project_params)
@@ -254,12 +268,20 @@ def test_train_refuses_an_incomplete_or_foreign_cache(tmp_path, inputs, project_
     assert expected in result.output and not (tmp_path / "run").exists()
 
 
-def test_dynimg_refuses_overwritten_aligned_frames_and_writes_nothing(tmp_path, inputs, project_params):
+@pytest.mark.parametrize("checksum", ["xxh3_128", "sha256"])
+def test_dynimg_refuses_overwritten_aligned_frames_and_writes_nothing(tmp_path, inputs, project_params, checksum):
+    """Frames are checked against their fast checksum as they are read; caches written before it
+    was stored (no xxh3_128 attribute) against their sha256."""
     import h5py
 
     aligned, _ = inputs
-    with h5py.File(aligned) as handle:
+    with h5py.File(aligned, "a") as handle:
         frames = handle["sub02/EP07_02/frames"]
+        assert "xxh3_128" in frames.attrs
+        if checksum == "sha256":
+            for subject in handle:
+                for clip in handle[subject]:
+                    del handle[subject][clip]["frames"].attrs["xxh3_128"]
         offsets = [frames.id.get_chunk_info(k).byte_offset for k in range(4)]
         stored = frames.attrs["sha256"]
     data = bytearray(aligned.read_bytes())
@@ -270,7 +292,7 @@ def test_dynimg_refuses_overwritten_aligned_frames_and_writes_nothing(tmp_path, 
         assert handle["sub02/EP07_02/frames"].attrs["sha256"] == stored  # the fingerprint does not see it
     result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", "1")
     assert result.exit_code != 0
-    assert f"{aligned}, clip sub02/EP07_02: frames do not match their stored sha256" in result.output
+    assert f"{aligned}, clip sub02/EP07_02: frames do not match their stored {checksum}" in result.output
     assert "1 of 4 clips; nothing was written" in result.output and "Traceback" not in result.output
     assert not out.exists()
 

@@ -34,7 +34,7 @@ from pipeline.datasets.layouts import ClipFolder, scan_clip_folders
 from pipeline.errors import InputProblems, MerError
 from pipeline.imaging import FrameError
 from pipeline.io.aligned_cache import ALIGNED_SCHEMA, AlignedCacheWriter, AlignedClip, read_intact_clip
-from pipeline.io.hdf5 import frames_sha256, open_cache
+from pipeline.io.hdf5 import FAST_CHECKSUM, frames_sha256, frames_xxh3, open_cache
 from pipeline.io.provenance import frame_files_fingerprint
 from pipeline.parallel import (
     SHARED_MEMORY_SUPPORTED,
@@ -115,6 +115,7 @@ def _align_one(
     try:
         clip = align_clip(folder, settings, allocator)
         clip.checksums["frames"] = frames_sha256(clip.frames)  # here, in parallel, not in the single writer
+        clip.checksums[f"frames_{FAST_CHECKSUM}"] = frames_xxh3(clip.frames)
         handle = allocator.ship(clip.frames) if allocator else None
         if handle is None:
             return clip

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import cv2
+import numba
 import numpy as np
 
 from pipeline.dynimg.phases import PhaseBound, phase_frames
@@ -55,12 +56,27 @@ def dynamic_image(frames: np.ndarray, variant: str = "harmonic") -> np.ndarray:
 def to_uint8(image: np.ndarray, per_channel: bool = False) -> np.ndarray:
     """Min-max map to 0..255, over the whole image or each channel; a flat image maps to 0."""
     axes = (0, 1) if per_channel else None
-    low = image.min(axis=axes, keepdims=True)
+    low = image.min(axis=axes, keepdims=True).astype(np.float32)
     span = image.max(axis=axes, keepdims=True) - low
     scale = np.divide(np.float32(255), span, out=np.zeros_like(span, dtype=np.float32), where=span > 0)
-    scaled = np.subtract(image, low, dtype=np.float32)  # one temporary, scaled and rounded in place
-    scaled *= scale
-    return np.rint(scaled, out=scaled).astype(np.uint8)
+    if per_channel and image.ndim == 3:
+        return np.stack([to_uint8_with(image[..., c], low.flat[c], scale.flat[c]) for c in range(image.shape[2])], -1)
+    return to_uint8_with(image, low.flat[0], scale.flat[0])
+
+
+def to_uint8_with(image: np.ndarray, low: np.float32, scale: np.float32) -> np.ndarray:
+    """rint((image - low) * scale) as uint8, float32 throughout (as numpy would round it), in one
+    compiled pass instead of numpy's four (subtract, multiply, round, convert)."""
+    values = np.ascontiguousarray(image, dtype=np.float32)
+    out = np.empty(values.shape, np.uint8)
+    _scale_to_uint8(values.reshape(-1), np.float32(low), np.float32(scale), out.reshape(-1))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _scale_to_uint8(values: np.ndarray, low: np.float32, scale: np.float32, out: np.ndarray) -> None:
+    for i in range(len(values)):
+        out[i] = np.uint8(np.rint((values[i] - low) * scale))
 
 
 def phase_weights(
@@ -80,7 +96,6 @@ def phase_weights(
 
 
 FRAME_BLOCK = 32  # frames read from the cache at a time (4.8 MB of uint8 for 224x224 RGB)
-TILE_BYTES = 1024 * 1024  # float32 frames x rows converted and summed at a time: they stay in L2
 
 
 def pool_factors(frame_shape: tuple[int, ...], size: int | None) -> tuple[int, int]:
@@ -98,39 +113,53 @@ def pool_factors(frame_shape: tuple[int, ...], size: int | None) -> tuple[int, i
     return height // size, width // size
 
 
-def _weighted_tiles(
-    block: np.ndarray, weights: np.ndarray, total: np.ndarray, ky: int, buffers: dict[str, np.ndarray]
-) -> None:
-    """total (P, H/ky, W*C) += weights (P, n) x block (n, H, W, C) uint8, rows summed by ky first.
+@numba.njit(cache=True, nogil=True)
+def _add_weighted_rows(acc: np.ndarray, weights: np.ndarray, used: np.ndarray, frames: np.ndarray, y: int) -> None:
+    """acc += sum over t in `used` (in order) of weights[t] * frames[t, y], four rows per pass over acc.
 
-    Tiles of rows across the block's frames: each tile is widened (uint8 -> uint16 row sums ->
-    float32) into a small buffer and multiplied by the weights while it is in cache, and the
-    product is added to its rows of `total`, so nothing the size of a float32 block is ever made.
+    One rounded multiply and one rounded add per term, in frame order: numba without fastmath
+    neither reorders nor fuses them (no FMA), so the vector width does not change a bit and every
+    processor gives the same DIs (tests/test_cpu_dispatch.py plays older ones).
     """
-    n, height = block.shape[:2]
-    row = int(np.prod(block.shape[2:]))
-    pooled = height // ky
-    rows = min(buffers["float"].size // (n * row), buffers["product"].size // (len(weights) * row))
-    view = block.reshape(n, pooled, ky, row)
-    for y in range(0, pooled, rows):
-        end = min(y + rows, pooled)
-        size = n * (end - y) * row
-        tile = buffers["float"][:size].reshape(n, end - y, row)
+    j = 0
+    while j + 4 <= len(used):
+        w0, w1, w2, w3 = weights[used[j]], weights[used[j + 1]], weights[used[j + 2]], weights[used[j + 3]]
+        r0, r1, r2, r3 = frames[used[j], y], frames[used[j + 1], y], frames[used[j + 2], y], frames[used[j + 3], y]
+        for i in range(len(acc)):
+            term0, term1 = w0 * np.float32(r0[i]), w1 * np.float32(r1[i])
+            term2, term3 = w2 * np.float32(r2[i]), w3 * np.float32(r3[i])
+            acc[i] = (((acc[i] + term0) + term1) + term2) + term3
+        j += 4
+    for t in used[j:]:
+        w, r = weights[t], frames[t, y]
+        for i in range(len(acc)):
+            acc[i] = acc[i] + w * np.float32(r[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_block(block: np.ndarray, weights: np.ndarray, total: np.ndarray, ky: int) -> None:
+    """total (P, H/ky, R) += weights (P, n) x block (n, H, R), each output row the sum of ky rows.
+
+    Row by row of the output, so the rows in use stay in L1 whatever the frame size: each phase
+    adds its frames' weighted rows (`_add_weighted_rows`), read as they are stored or, pooled
+    (ky > 1), from the sum of their ky rows widened to float32 (sums of uint8 are exact integers).
+    """
+    n, _, width = block.shape
+    used = [np.flatnonzero(weights[p]) for p in range(len(weights))]  # each phase's frames in the block
+    pooled = np.empty((n, 1, width), np.float32)
+    for y in range(total.shape[1]):
         if ky == 1:
-            np.copyto(tile, view[:, y:end, 0])
-        else:  # exact integer sums of uint8 rows; other inputs (float frames) are summed in float32
-            exact = block.dtype == np.uint8
-            sums = buffers["sum"][:size].reshape(n, end - y, row) if exact else tile
-            np.add(view[:, y:end, 0], view[:, y:end, 1], out=sums, dtype=sums.dtype)
-            for k in range(2, ky):
-                np.add(sums, view[:, y:end, k], out=sums, dtype=sums.dtype)
-            if exact:
-                np.copyto(tile, sums)
-        product = buffers["product"][: len(weights) * (end - y) * row].reshape(len(weights), (end - y) * row)
-        # einsum, not matmul: BLAS picks its kernel (FMA or not, summation order) per processor, which
-        # changed the DIs' bytes between machines; numpy's own sum of products does not (cpu_dispatch).
-        np.einsum("pt,tx->px", weights, tile.reshape(n, -1), out=product, optimize=False)
-        total[:, y * row : end * row] += product
+            for p in range(len(weights)):
+                _add_weighted_rows(total[p, y], weights[p], used[p], block, y)
+            continue
+        for t in range(n):
+            for i in range(width):
+                pooled[t, 0, i] = np.float32(block[t, y * ky, i])
+            for k in range(1, ky):
+                for i in range(width):
+                    pooled[t, 0, i] += np.float32(block[t, y * ky + k, i])
+        for p in range(len(weights)):
+            _add_weighted_rows(total[p, y], weights[p], used[p], pooled, 0)
 
 
 def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | None = None) -> np.ndarray:
@@ -138,29 +167,22 @@ def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | No
     for the (P, T) `weights`, at `size` x `size` (None: the frames' size).
 
     One pass over the frames: blocks of `FRAME_BLOCK` frames are read (memory stays flat whatever
-    the clip's length) and multiplied by the weights in cache-sized tiles of rows
-    (`_weighted_tiles`); frames no phase uses are not read. Where `size` divides the frames'
-    height and width (224 -> 112) the DIs are pooled at that size (`pool_factors`): rows are summed
-    in uint16 before the product and columns after it, 4x less float work; otherwise each DI is
-    resized once at the end (INTER_AREA), as both steps are linear.
+    the clip's length) and added into every phase by a compiled kernel (`_accumulate_block`); frames
+    no phase uses are not read. Where `size` divides the frames' height and width (224 -> 112) the
+    DIs are pooled at that size (`pool_factors`): rows are summed before the product and columns
+    after it, 4x less float work; otherwise each DI is resized once at the end (INTER_AREA), as
+    both steps are linear.
     """
     used = np.flatnonzero(weights.any(axis=0))
     height, width, *channels = frames.shape[1:]
     phases = len(weights)
     ky, kx = pool_factors((height, width), size)
     row = width * int(np.prod(channels))
-    total = np.zeros((phases, (height // ky) * row), np.float32)
-    block_frames = min(FRAME_BLOCK, int(used[-1] - used[0] + 1))
-    tile = max(TILE_BYTES // 4, block_frames * row)  # at least one row of every frame of a block
-    buffers = {
-        "float": np.empty(tile, np.float32),
-        "sum": np.empty(tile, np.uint16 if ky * 255 <= np.iinfo(np.uint16).max else np.uint32),
-        "product": np.empty(phases * (tile // block_frames), np.float32),
-    }
+    total = np.zeros((phases, height // ky, row), np.float32)
     for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
         stop = min(start + FRAME_BLOCK, used[-1] + 1)
-        block = np.asarray(frames[start:stop])
-        _weighted_tiles(block, np.ascontiguousarray(weights[:, start:stop]), total, ky, buffers)
+        block = np.ascontiguousarray(frames[start:stop]).reshape(stop - start, height, row)
+        _accumulate_block(block, np.ascontiguousarray(weights[:, start:stop]), total, ky)
     stack = total.reshape(phases, height // ky, width, *channels)
     if kx > 1:  # the column means (INTER_AREA to an integer fraction): far quicker than a numpy sum over kx
         stack = np.stack(

@@ -43,7 +43,7 @@ DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
 OPTIONAL_GROUPS = ("jitter", "motion_anchors", "phase_windows")
 SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
 _STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
-IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 4}  # one chunk per image
+IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 1}  # one chunk per image
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,6 +1,9 @@
 """What both HDF5 caches share: checksummed datasets, file attributes, opening and checksum checks.
 
 Every dataset carries a sha256 attribute of its bytes so `mer cache verify` can detect damage.
+The aligned frames, which every later stage reads whole, also carry an xxh3-128 of their bytes
+(`FAST_CHECKSUM`): a non-cryptographic hash at memory speed (~28 GB/s here, sha256 1.8 GB/s), so
+that checking the frames as they are read costs little; the sha256 stays for provenance.
 Nothing here records times (`track_times=False`), so the same inputs give byte-identical files.
 """
 
@@ -14,6 +17,7 @@ from typing import Any, Self
 
 import h5py
 import numpy as np
+import xxhash
 
 from pipeline import __version__
 from pipeline.errors import MerError
@@ -35,6 +39,15 @@ def frames_sha256(frames: np.ndarray) -> str:
     return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
 
 
+FAST_CHECKSUM = "xxh3_128"  # attribute name and algorithm of the read-time checksum of aligned frames
+
+
+def frames_xxh3(frames: np.ndarray) -> str:
+    """The FAST_CHECKSUM of a uint8 frame stack, hashed in place."""
+    data = np.ascontiguousarray(frames, dtype=np.uint8)
+    return xxhash.xxh3_128_hexdigest(memoryview(data).cast("B"))
+
+
 def write_dataset(group: h5py.Group, name: str, data: np.ndarray, **kwargs: Any) -> h5py.Dataset:
     """A dataset with the sha256 of its bytes; string arrays are stored as UTF-8 strings."""
     if data.dtype.kind in "OU":
@@ -45,10 +58,11 @@ def write_dataset(group: h5py.Group, name: str, data: np.ndarray, **kwargs: Any)
     return dataset
 
 
-def write_hashed(group: h5py.Group, name: str, data: np.ndarray, digest: str, **kwargs: Any) -> None:
-    """write_dataset with the checksum of `data` already computed."""
+def write_hashed(group: h5py.Group, name: str, data: np.ndarray, digests: Mapping[str, str], **kwargs: Any) -> None:
+    """write_dataset with the checksums of `data` already computed: {attribute: digest}, sha256 first."""
     dataset = group.create_dataset(name, data=data, track_times=False, **kwargs)
-    dataset.attrs["sha256"] = digest
+    for attribute, digest in digests.items():
+        dataset.attrs[attribute] = digest
 
 
 def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
@@ -120,12 +134,14 @@ def checksum_problems(handle: h5py.File) -> list[str]:
             problems.append(f"{name}: no stored checksum")
             return
         try:
-            actual = array_sha256(read_dataset(obj))
+            data = read_dataset(obj)
         except OSError as exc:
             problems.append(f"{name}: unreadable ({exc})")
             return
-        if actual != stored:
+        if array_sha256(data) != stored:
             problems.append(f"{name}: checksum mismatch (data damaged)")
+        elif FAST_CHECKSUM in obj.attrs and obj.attrs[FAST_CHECKSUM] != frames_xxh3(data):
+            problems.append(f"{name}: {FAST_CHECKSUM} checksum damaged (the data match their sha256)")
 
     handle.visititems(check)
     return problems
