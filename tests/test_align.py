@@ -647,3 +647,20 @@ def test_cache_preview_draws_frames_of_an_aligned_cache(tmp_path, casme_root, pr
     picks = pick_aligned_clips(keys)
     assert len(picks) == 12 and len({s for s, _ in picks}) == 12 and ("s0", "c0") in picks and ("s29", "c0") in picks
     assert pick_aligned_clips(keys[:4], 3) == [("s0", "c0"), ("s0", "c1"), ("s1", "c0")]
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_one_warp_per_clip_matches_warp_affine(channels):
+    """The clip's precomputed warp (positions once, then only interpolation per frame) places the
+    face where cv2.warpAffine does: on a smooth image within one grey level, border replicated."""
+    ys, xs = np.mgrid[0:480, 0:640].astype(np.float64)
+    smooth = (127 + 60 * np.sin(xs / 37.0) * np.cos(ys / 23.0)).astype(np.uint8)
+    frame = np.dstack([smooth, smooth[::-1], 255 - smooth]) if channels == 3 else smooth
+    angle, scale = np.deg2rad(7.0), 0.83
+    affine = np.array(
+        [[scale * np.cos(angle), -scale * np.sin(angle), -180.0], [scale * np.sin(angle), scale * np.cos(angle), -60.0]]
+    )
+    expected = cv2.warpAffine(frame, affine, (224, 224), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    got = np.empty_like(expected)
+    align_module._FixedWarp(affine, 224)(frame, got)
+    assert np.abs(got.astype(int) - expected).max() <= 1

@@ -43,7 +43,9 @@ DYNAMIC_IMAGES_SCHEMA = "mer.dynamic_images"
 OPTIONAL_GROUPS = ("jitter", "motion_anchors", "phase_windows")
 SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "apex", "offset", "apex_source")
 _STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
-IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 1}  # one chunk per image
+# one chunk per image; gzip level 1: DIs (motion on mid grey, sensor noise) compress to 64 % at level 1
+# and 63 % at level 4, which takes 1.7x the time, the largest part of the stage after the kernel
+IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 1}
 
 
 @functools.lru_cache(maxsize=4)
