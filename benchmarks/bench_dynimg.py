@@ -10,8 +10,8 @@ Prints, in one run with the machine line:
                times its coefficient, then a sum), re-implemented here from the published algorithm;
     targets: kernel >= 3x faster than the loop and >= 10x faster than the port;
   end to end, one process: reading every clip's aligned frames (the I/O floor) vs regenerating every
-    DI as the stage does, frames hashed (sha256, a background thread) and checked as they are read;
-    target: verified regeneration <= 1.5x the read;
+    DI as the stage does, frames hashed (xxh3-128, the aligned cache's read-time checksum) and checked
+    as they are read; target: verified regeneration <= 1.5x the read;
   the stage's work (`build_dynamic_images`) with --jobs 2 vs --jobs 1; target >= 1.8x.
 Every figure is the best of --repeat runs, wall-clock and CPU time (process_time: all threads of this
 process; with --jobs 2 the workers' CPU time is not counted there). On a loaded machine read the CPU
@@ -223,7 +223,7 @@ def main() -> None:
     print(f"\nend to end, one process, {len(samples)} clips (best of {args.repeat}; wall s / CPU s):")
     print(f"  read aligned frames            {read[0]:6.2f} / {read[1]:6.2f}")
     print(f"  regenerate all DIs, unverified {plain[0]:6.2f} / {plain[1]:6.2f}")
-    print(f"  regenerate, sha256 verified    {verified[0]:6.2f} / {verified[1]:6.2f}  (hashed in a background thread)")
+    print(f"  regenerate, xxh3-128 verified  {verified[0]:6.2f} / {verified[1]:6.2f}")
     print(f"  verified / read  wall {verified[0] / read[0]:5.2f}  CPU {verified[1] / read[1]:5.2f}  (target <= 1.5)")
     print(f"  cost of the check  wall {verified[0] - plain[0]:+.2f} s  CPU {verified[1] - plain[1]:+.2f} s")
     print(f"\nthe stage's work (build_dynamic_images), wall s: jobs 1 {jobs1:.2f}, jobs 2 {jobs2:.2f}")

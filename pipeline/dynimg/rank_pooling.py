@@ -113,44 +113,77 @@ def pool_factors(frame_shape: tuple[int, ...], size: int | None) -> tuple[int, i
     return height // size, width // size
 
 
-@numba.njit(cache=True, nogil=True)
-def _add_weighted_rows(acc: np.ndarray, weights: np.ndarray, used: np.ndarray, frames: np.ndarray, y: int) -> None:
-    """acc += sum over t in `used` (in order) of weights[t] * frames[t, y], four rows per pass over acc.
-
-    One rounded multiply and one rounded add per term, in frame order: numba without fastmath
-    neither reorders nor fuses them (no FMA), so the vector width does not change a bit and every
-    processor gives the same DIs (tests/test_cpu_dispatch.py plays older ones).
-    """
-    j = 0
-    while j + 4 <= len(used):
-        w0, w1, w2, w3 = weights[used[j]], weights[used[j + 1]], weights[used[j + 2]], weights[used[j + 3]]
-        r0, r1, r2, r3 = frames[used[j], y], frames[used[j + 1], y], frames[used[j + 2], y], frames[used[j + 3], y]
-        for i in range(len(acc)):
-            term0, term1 = w0 * np.float32(r0[i]), w1 * np.float32(r1[i])
-            term2, term3 = w2 * np.float32(r2[i]), w3 * np.float32(r3[i])
-            acc[i] = (((acc[i] + term0) + term1) + term2) + term3
-        j += 4
-    for t in used[j:]:
-        w, r = weights[t], frames[t, y]
-        for i in range(len(acc)):
-            acc[i] = acc[i] + w * np.float32(r[i])
+# The compiled kernel. Every phase's sum runs in frame order, acc + a_1 x_1 + a_2 x_2 + ..., one
+# rounded multiply and one rounded add per term: numba without fastmath neither reorders nor fuses
+# them (no FMA), so the vector width does not change a bit and every processor gives the same DIs
+# (tests/test_cpu_dispatch.py plays older ones). Frames are taken four at a time, each row widened
+# to float32 once for two phases; a frame outside a phase adds 0 x x = +0 to it, which changes nothing.
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate_block(block: np.ndarray, weights: np.ndarray, total: np.ndarray, ky: int) -> None:
+def _add_two_phases(acc_a, acc_b, weights_a, weights_b, rows, t: int, y: int) -> None:
+    """acc_a += weights_a[t + k] * rows[t + k, y] for k = 0..3, in that order; acc_b likewise."""
+    r0, r1, r2, r3 = rows[t, y], rows[t + 1, y], rows[t + 2, y], rows[t + 3, y]
+    a0, a1, a2, a3 = weights_a[t], weights_a[t + 1], weights_a[t + 2], weights_a[t + 3]
+    b0, b1, b2, b3 = weights_b[t], weights_b[t + 1], weights_b[t + 2], weights_b[t + 3]
+    for i in range(len(acc_a)):
+        x0, x1, x2, x3 = np.float32(r0[i]), np.float32(r1[i]), np.float32(r2[i]), np.float32(r3[i])
+        acc_a[i] = (((acc_a[i] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
+        acc_b[i] = (((acc_b[i] + b0 * x0) + b1 * x1) + b2 * x2) + b3 * x3
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_one_phase(acc, weights, rows, t: int, y: int) -> None:
+    """acc += weights[t + k] * rows[t + k, y] for k = 0..3, in that order."""
+    r0, r1, r2, r3 = rows[t, y], rows[t + 1, y], rows[t + 2, y], rows[t + 3, y]
+    a0, a1, a2, a3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+    for i in range(len(acc)):
+        x0, x1, x2, x3 = np.float32(r0[i]), np.float32(r1[i]), np.float32(r2[i]), np.float32(r3[i])
+        acc[i] = (((acc[i] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_rows(rows, weights, in_group, total, y: int, row: int) -> None:
+    """total[p, y] += sum over t of weights[p, t] * rows[t, row], for every phase p, in frame order."""
+    n, phases = rows.shape[0], len(weights)
+    active = np.empty(phases, np.int64)
+    for group in range(n // 4):
+        count = 0  # the phases with a frame among these four
+        for p in range(phases):
+            if in_group[group, p]:
+                active[count] = p
+                count += 1
+        for k in range(0, count - 1, 2):
+            a, b = active[k], active[k + 1]
+            _add_two_phases(total[a, y], total[b, y], weights[a], weights[b], rows, 4 * group, row)
+        if count % 2:
+            p = active[count - 1]
+            _add_one_phase(total[p, y], weights[p], rows, 4 * group, row)
+    for t in range(n - n % 4, n):
+        for p in range(phases):
+            w, acc, source = weights[p, t], total[p, y], rows[t, row]
+            if w != 0:
+                for i in range(len(acc)):
+                    acc[i] = acc[i] + w * np.float32(source[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_block(block, weights, total, ky: int) -> None:
     """total (P, H/ky, R) += weights (P, n) x block (n, H, R), each output row the sum of ky rows.
 
-    Row by row of the output, so the rows in use stay in L1 whatever the frame size: each phase
-    adds its frames' weighted rows (`_add_weighted_rows`), read as they are stored or, pooled
-    (ky > 1), from the sum of their ky rows widened to float32 (sums of uint8 are exact integers).
+    Row by row of the output, so the rows in use stay in L1 whatever the frame size; pooled
+    (ky > 1), a frame's row is first the sum of its ky rows widened to float32 (sums of uint8 are
+    exact integers).
     """
     n, _, width = block.shape
-    used = [np.flatnonzero(weights[p]) for p in range(len(weights))]  # each phase's frames in the block
+    in_group = np.zeros((n // 4, len(weights)), np.bool_)  # phase p has a frame among frames 4g..4g+3
+    for t in range(n - n % 4):
+        for p in range(len(weights)):
+            in_group[t // 4, p] |= weights[p, t] != 0
     pooled = np.empty((n, 1, width), np.float32)
     for y in range(total.shape[1]):
         if ky == 1:
-            for p in range(len(weights)):
-                _add_weighted_rows(total[p, y], weights[p], used[p], block, y)
+            _add_rows(block, weights, in_group, total, y, y)
             continue
         for t in range(n):
             for i in range(width):
@@ -158,8 +191,7 @@ def _accumulate_block(block: np.ndarray, weights: np.ndarray, total: np.ndarray,
             for k in range(1, ky):
                 for i in range(width):
                     pooled[t, 0, i] += np.float32(block[t, y * ky + k, i])
-        for p in range(len(weights)):
-            _add_weighted_rows(total[p, y], weights[p], used[p], pooled, 0)
+        _add_rows(pooled, weights, in_group, total, y, 0)
 
 
 def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | None = None) -> np.ndarray:

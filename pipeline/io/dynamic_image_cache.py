@@ -113,11 +113,12 @@ class DynamicImageWriter(CacheWriter):
         self._params, self._label_names = dict(params), list(label_names)
         self._handle = h5py.File(path, "w", track_order=False)
         self._group = self._handle.create_group("images")
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._digests = {phase: hashlib.sha256() for phase in self._phases}
         self._jitter_digests = {phase: hashlib.sha256() for phase in self._jitter}
         if image_shape is not None:
             for phase in self._phases:
-                self._create(phase, image_shape)
+                self._datasets[phase] = self._create(phase, image_shape)
 
     def _create(self, phase: str, shape: tuple[int, ...]) -> h5py.Dataset:
         if len(shape) != 3 or shape[2] != 3:
@@ -144,14 +145,16 @@ class DynamicImageWriter(CacheWriter):
             raise ValueError(f"more than the {self._n} samples this cache was created for")
         for phase in self._phases:
             image = np.ascontiguousarray(images[phase], dtype=np.uint8)
-            dataset = self._group[phase] if phase in self._group else self._create(phase, image.shape)
+            if phase not in self._datasets:  # kept: an h5py lookup costs ~70 us, as much as the write
+                self._datasets[phase] = self._create(phase, image.shape)
+            dataset = self._datasets[phase]
             if dataset.shape[1:] != image.shape:
                 raise ValueError(f"images/{phase}: an image of shape {image.shape}, expected {dataset.shape[1:]}")
             if encoded is None:
                 dataset[self._count] = image
             else:
                 dataset.id.write_direct_chunk((self._count, 0, 0, 0), encoded[phase])
-            self._digests[phase].update(image.tobytes())
+            self._digests[phase].update(memoryview(image).cast("B"))
         for phase, k in self._jitter.items():
             stack = np.ascontiguousarray(np.stack(list((jitter or {})[phase])), dtype=np.uint8)
             if stack.shape[0] != k:
