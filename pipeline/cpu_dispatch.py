@@ -18,6 +18,8 @@ packages; worker processes inherit the variables. The features switched off add 
 environment already switches off, and `MER_CPU_DISPATCH=native` leaves every library free to
 use everything the processor has (faster; bytes that depend on the processor). torch's kernels are
 pinned separately, in the training processes (`train.cpu_kernels`, pipeline/train/kernels.py).
+numba (the DI kernel) is not capped: its code adds in a fixed order without FMA, exact on any
+processor (pipeline/dynimg/rank_pooling.py).
 `python -m tests.check_data_stages --processor x86-64-v3` runs the stages as a processor without
 AVX-512 would, to check that the bytes match.
 """
@@ -31,31 +33,36 @@ from collections.abc import MutableMapping
 from pipeline.errors import MerError
 
 MODES = ("portable", "native")  # MER_CPU_DISPATCH
-# Lists of features to switch off (merged with any already set) and caps (set as they are).
+# Variable -> (separator, features to switch off): merged with any already listed there.
 DISABLED_FEATURES = {
     # numpy >= 2.4 dispatches to X86_V3/X86_V4 groups, older releases to single features: both listed
     "NPY_DISABLE_CPU_FEATURES": (
-        *("X86_V3", "X86_V4", "AVX512_ICL", "AVX512_SPR"),
-        *("AVX", "F16C", "FMA3", "AVX2", "AVX512F", "AVX512CD", "AVX512_SKX", "AVX512_CLX", "AVX512_CNL"),
+        " ",
+        (
+            *("X86_V3", "X86_V4", "AVX512_ICL", "AVX512_SPR"),
+            *("AVX", "F16C", "FMA3", "AVX2", "AVX512F", "AVX512CD", "AVX512_SKX", "AVX512_CLX", "AVX512_CNL"),
+        ),
     ),
-    "OPENCV_CPU_DISABLE": ("AVX", "FP16", "AVX2", "AVX512-SKX"),
+    "OPENCV_CPU_DISABLE": (",", ("AVX", "FP16", "AVX2", "AVX512-SKX")),
 }
-SEPARATORS = {"NPY_DISABLE_CPU_FEATURES": " ", "OPENCV_CPU_DISABLE": ","}
-CAPS = {"OPENCV_IPP": "sse42", "OPENBLAS_CORETYPE": "Nehalem"}
+CAPS = {"OPENCV_IPP": "sse42", "OPENBLAS_CORETYPE": "Nehalem"}  # set as they are
+
+
+def _pinned_here(mode: str) -> bool:
+    """Whether `mode` pins anything on this machine (x86-64 only: other processors run other builds)."""
+    return mode == "portable" and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def pin_cpu_dispatch(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Pin numpy's, OpenCV's, IPP's and OpenBLAS's code paths in `environ` (x86-64 only: other
-    processors run other builds); returns the variables changed. MerError for an unknown
-    MER_CPU_DISPATCH."""
+    """Pin numpy's, OpenCV's, IPP's and OpenBLAS's code paths in `environ` (x86-64 only); returns
+    the variables changed. MerError for an unknown MER_CPU_DISPATCH."""
     mode = environ.get("MER_CPU_DISPATCH", "portable")
     if mode not in MODES:
         raise MerError(f"environment variable MER_CPU_DISPATCH={mode!r}: allowed: portable (default) or native")
-    if mode == "native" or platform.machine().lower() not in ("x86_64", "amd64"):
+    if not _pinned_here(mode):
         return {}
     changed = dict(CAPS)
-    for name, features in DISABLED_FEATURES.items():
-        separator = SEPARATORS[name]
+    for name, (separator, features) in DISABLED_FEATURES.items():
         present = [f for f in environ.get(name, "").replace(",", " ").split() if f]
         changed[name] = separator.join(dict.fromkeys([*present, *features]))
     changed = {name: value for name, value in changed.items() if environ.get(name) != value}
@@ -77,13 +84,26 @@ def dispatch_state() -> str:
     blas = sorted({i.get("architecture", "?") for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
     state = (
         f"numpy {np.__version__} SIMD beyond its baseline: {', '.join(numpy_paths) or 'none'}; "
-        f"OpenCV dispatch: {', '.join(opencv_paths) or 'none'}; IPP: {ipp}; OpenBLAS kernels: {', '.join(blas) or '?'}"
+        f"OpenCV dispatch: {', '.join(opencv_paths) or 'none'}; IPP: {ipp}; OpenBLAS kernels: {', '.join(blas) or '?'}; "
+        f"numba compiles the DI kernel for: {_numba_target()} (exact whatever the processor)"
     )
     mode = os.environ.get("MER_CPU_DISPATCH", "portable")
-    if mode == "portable" and platform.machine().lower() in ("x86_64", "amd64"):
-        opencv_beyond = [p for p in opencv_paths if p.split("-")[0] in DISABLED_FEATURES["OPENCV_CPU_DISABLE"]]
+    if _pinned_here(mode):
+        opencv_off = DISABLED_FEATURES["OPENCV_CPU_DISABLE"][1]
+        opencv_beyond = [p for p in opencv_paths if p.split("-")[0] in opencv_off]
         ipp_beyond = ipp != "off" and "SSE4.2" not in ipp
         blas_beyond = any(b.lower() != CAPS["OPENBLAS_CORETYPE"].lower() for b in blas)
         if numpy_paths or opencv_beyond or ipp_beyond or blas_beyond:
             raise RuntimeError(f"not pinned ({state}): numpy or cv2 was loaded before pin_cpu_dispatch ran")
     return f"{mode}: {state}"
+
+
+def _numba_target() -> str:
+    """The processor numba compiles for (NUMBA_CPU_NAME, else this machine's)."""
+    from numba.core import config
+
+    if config.CPU_NAME:
+        return config.CPU_NAME
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_name()
