@@ -28,6 +28,8 @@ contention; 1.00 would be none) whatever else runs on the machine.
 
 Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [--jobs 2]
        what-if option: [--detect-max-side 320]
+       python -m benchmarks.bench_align --profile 15   (instead: where a worker's time goes, per frame,
+       cProfile of the per-clip work `_align_one` on the first 15 clips, in this process)
 """
 
 from __future__ import annotations
@@ -127,12 +129,37 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
     return elapsed, memory.peak, cpu
 
 
+def profile_clips(folders, params_file: Path) -> None:
+    """Per frame, the functions where one worker's alignment spends its time (cProfile, one process)."""
+    import cProfile
+    import pstats
+
+    from pipeline.align.dataset import _align_one
+    from pipeline.config import AlignSettings
+
+    section = load_section(params_file, "align")
+    settings = AlignSettings(**{k: v for k, v in section.items() if k in AlignSettings.model_fields})
+    limit_native_threads()
+    _align_one(folders[0], settings)  # dlib's models loaded outside the profile
+    n_frames = sum(len(f.frames) for f in folders)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(lambda: [_align_one(folder, settings) for folder in folders])
+    elapsed = time.perf_counter() - start
+    print(f"{len(folders)} clips, {n_frames} frames: {elapsed / n_frames * 1e3:.2f} ms per frame in all (profiled)")
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(((own, calls, name) for (_, _, name), (calls, _, own, _, _) in stats.items()), reverse=True)
+    for own, calls, name in rows[:14]:
+        print(f"  {own / n_frames * 1e3:6.3f} ms per frame  {calls:6d} calls  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips (quicker)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--detect-max-side", type=int, default=None, help="what-if: override align.detect_max_side")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile the first N clips instead")
     args = parser.parse_args()
     work = casme2_scale(args.workdir, jobs=args.jobs)
     params_file = work["params"]
@@ -144,6 +171,10 @@ def main() -> None:
     settings = load_section(params_file, "align")
     folders, _ = find_align_clips("casme2", work["root"])
     folders = folders[: args.clips]
+    if args.profile:
+        print(machine_line())
+        profile_clips(folders[: args.profile], params_file)
+        return
     half = folders[: max(1, len(folders) // 2)]
     n_frames = sum(len(f.frames) for f in folders)
     print(machine_line())
