@@ -60,11 +60,11 @@ def to_uint8(image: np.ndarray, per_channel: bool = False) -> np.ndarray:
     span = image.max(axis=axes, keepdims=True) - low
     scale = np.divide(np.float32(255), span, out=np.zeros_like(span, dtype=np.float32), where=span > 0)
     if per_channel and image.ndim == 3:
-        return np.stack([to_uint8_with(image[..., c], low.flat[c], scale.flat[c]) for c in range(image.shape[2])], -1)
-    return to_uint8_with(image, low.flat[0], scale.flat[0])
+        return np.stack([_to_uint8_with(image[..., c], low.flat[c], scale.flat[c]) for c in range(image.shape[2])], -1)
+    return _to_uint8_with(image, low.flat[0], scale.flat[0])
 
 
-def to_uint8_with(image: np.ndarray, low: np.float32, scale: np.float32) -> np.ndarray:
+def _to_uint8_with(image: np.ndarray, low: np.float32, scale: np.float32) -> np.ndarray:
     """rint((image - low) * scale) as uint8, float32 throughout (as numpy would round it), in one
     compiled pass instead of numpy's four (subtract, multiply, round, convert)."""
     values = np.ascontiguousarray(image, dtype=np.float32)
