@@ -116,3 +116,11 @@ def test_frames_outside_every_phase_are_not_read():
     frames = Counting(_clip(90, (8, 8, 3), 5))
     phase_dynamic_images(frames, phase_weights(np.arange(90), {"a": (10, 40), "b": (35, 70)}), None)
     assert frames.read == set(range(10, 71))
+
+
+def test_kernels_compile_where_numba_cannot_cache_them():
+    """Where numba finds no folder to cache machine code in, the kernels are compiled in the
+    process instead of the import failing (played with a function whose source is no file)."""
+    namespace: dict = {}
+    exec(compile("def add_one(x):\n    return x + 1\n", "<no file>", "exec"), namespace)
+    assert rank_pooling._compiled(namespace["add_one"])(41) == 42

@@ -53,6 +53,16 @@ def dynamic_image(frames: np.ndarray, variant: str = "harmonic") -> np.ndarray:
     return np.tensordot(weights, frames.astype(np.float32, copy=False), axes=(0, 0))
 
 
+def _compiled(function):
+    """numba.njit, the machine code cached beside this module or in the user's cache folder (a
+    process then loads it in ~0.3 s); where numba can write neither, compiled in each process
+    (a few seconds) instead of failing at import."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
 def to_uint8(image: np.ndarray, per_channel: bool = False) -> np.ndarray:
     """Min-max map to 0..255, over the whole image or each channel; a flat image maps to 0."""
     axes = (0, 1) if per_channel else None
@@ -73,7 +83,7 @@ def _to_uint8_with(image: np.ndarray, low: np.float32, scale: np.float32) -> np.
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _scale_to_uint8(values: np.ndarray, low: np.float32, scale: np.float32, out: np.ndarray) -> None:
     for i in range(len(values)):
         out[i] = np.uint8(np.rint((values[i] - low) * scale))
@@ -120,7 +130,7 @@ def pool_factors(frame_shape: tuple[int, ...], size: int | None) -> tuple[int, i
 # to float32 once for two phases; a frame outside a phase adds 0 x x = +0 to it, which changes nothing.
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _add_two_phases(acc_a, acc_b, weights_a, weights_b, rows, t: int, y: int) -> None:
     """acc_a += weights_a[t + k] * rows[t + k, y] for k = 0..3, in that order; acc_b likewise."""
     r0, r1, r2, r3 = rows[t, y], rows[t + 1, y], rows[t + 2, y], rows[t + 3, y]
@@ -132,7 +142,7 @@ def _add_two_phases(acc_a, acc_b, weights_a, weights_b, rows, t: int, y: int) ->
         acc_b[i] = (((acc_b[i] + b0 * x0) + b1 * x1) + b2 * x2) + b3 * x3
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _add_one_phase(acc, weights, rows, t: int, y: int) -> None:
     """acc += weights[t + k] * rows[t + k, y] for k = 0..3, in that order."""
     r0, r1, r2, r3 = rows[t, y], rows[t + 1, y], rows[t + 2, y], rows[t + 3, y]
@@ -142,7 +152,7 @@ def _add_one_phase(acc, weights, rows, t: int, y: int) -> None:
         acc[i] = (((acc[i] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _add_rows(rows, weights, in_group, total, y: int, row: int) -> None:
     """total[p, y] += sum over t of weights[p, t] * rows[t, row], for every phase p, in frame order."""
     n, phases = rows.shape[0], len(weights)
@@ -167,7 +177,7 @@ def _add_rows(rows, weights, in_group, total, y: int, row: int) -> None:
                     acc[i] = acc[i] + w * np.float32(source[i])
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _accumulate_block(block, weights, total, ky: int) -> None:
     """total (P, H/ky, R) += weights (P, n) x block (n, H, R), each output row the sum of ky rows.
 
