@@ -10,9 +10,10 @@ lock-file loader. Exits non-zero and names each output that differs.
 
 `--processor` runs the stages as on an older x86-64 processor: the libraries that pick instruction
 sets at run time are told this machine lacks the newer ones (numpy's, OpenCV's and IPP's SIMD
-dispatch, OpenBLAS's kernel, glibc's math-function variants). `mer` pins the first four itself
-(pipeline/cpu_dispatch.py) and torch's in training (`train.cpu_kernels`), so this checks that every
-process applies those pins and that what stays unpinned (glibc) leaves the bytes alone. `--train
+dispatch, OpenBLAS's kernel, the processor numba compiles the DI kernel for, glibc's math-function
+variants). `mer` pins the first four itself (pipeline/cpu_dispatch.py) and torch's in training
+(`train.cpu_kernels`), so this checks that every process applies those pins and that what stays
+unpinned (numba's code, glibc) leaves the bytes alone. `--train
 CELL` (e.g. `casme2-learnet-baseline-0`) also trains that cell of the experiment and compares its
 run folder and curve.
 

@@ -521,3 +521,40 @@ def test_degenerate_phase_policy_widen_drop_keep(tmp_path, inputs, project_param
         assert "widened within the clip" not in result.output
     else:
         assert not np.array_equal(single, single.min())
+
+
+def test_images_compressed_by_the_workers_give_the_file_the_writer_would_write(tmp_path):
+    """Phase and jittered DIs compressed in the workers (`encode_image`) and copied as chunks by the
+    writer store the very chunks the writer's own compression stores (only where HDF5 places them
+    in the file differs), and read back as the same images."""
+    from pipeline.io.dynamic_image_cache import DynamicImageWriter, encode_image
+
+    rng = np.random.default_rng(3)
+    n, k, shape = 3, 2, (16, 12, 3)
+    images = [{p: rng.integers(100, 160, shape, dtype=np.uint8) for p in ("full", "onset_apex")} for _ in range(n)]
+    jitter = [{"onset_apex": list(rng.integers(90, 170, (k, *shape), dtype=np.uint8))} for _ in range(n)]
+    samples = {field: [f"{field}{i}" for i in range(n)] for field in ("sample_id", "dataset", "subject", "clip")}
+    samples |= {field: list(range(n)) for field in ("label", "onset", "apex", "offset")}
+    samples["apex_source"] = ["annotated"] * n
+    written = {}
+    for mode in ("writer", "workers"):
+        path = tmp_path / f"{mode}.h5"
+        with DynamicImageWriter(path, n, ["full", "onset_apex"], ["a", "b", "c"], {}, jitter={"onset_apex": k}) as w:
+            for sample, draws in zip(images, jitter):
+                if mode == "writer":
+                    w.add(sample, draws)
+                else:
+                    encoded = {phase: encode_image(image) for phase, image in sample.items()}
+                    encoded_jitter = {phase: [encode_image(image) for image in d] for phase, d in draws.items()}
+                    w.add(sample, draws, encoded, encoded_jitter)
+            w.finish(samples)
+        with h5py.File(path) as handle:
+            written[mode] = {
+                (name, chunk.chunk_offset): handle[name].id.read_direct_chunk(chunk.chunk_offset)
+                for name in ("images/full", "images/onset_apex", "jitter/onset_apex")
+                for chunk in (handle[name].id.get_chunk_info(i) for i in range(handle[name].id.get_num_chunks()))
+            }
+    assert len(written["workers"]) == 2 * n + n * k and written["writer"] == written["workers"]
+    by_writer, by_workers = read_dynamic_images(tmp_path / "writer.h5"), read_dynamic_images(tmp_path / "workers.h5")
+    assert np.array_equal(by_workers.jitter("onset_apex"), np.stack([d["onset_apex"] for d in jitter]))
+    assert np.array_equal(by_workers.jitter("onset_apex"), by_writer.jitter("onset_apex"))

@@ -188,7 +188,7 @@ def estimate_aligned_apex(frames: Any, numbers: np.ndarray, onset: int, offset: 
 
 def _clip_apex(aligned_path: str, sample: dict) -> int | str:
     """The apex estimated on the clip's aligned frames, or a message naming the clip (the whole
-    clip is read, hashed and checked against its stored sha256 first)."""
+    clip is read, hashed and checked against its stored checksum first: `VerifiedFrames`)."""
     limit_native_threads()
     key = f"{sample['subject']}/{sample['clip']}"
     frames = VerifiedFrames(_aligned_handle(aligned_path), sample["subject"], sample["clip"], FRAME_BLOCK)
@@ -201,7 +201,7 @@ def _clip_apex(aligned_path: str, sample: dict) -> int | str:
 
 def _clip_motion(aligned_path: str, sample: dict, names: tuple[str, ...]) -> dict[str, int] | str:
     """The clip's motion anchors (frame numbers) on its aligned frames onset..offset, or a message
-    naming the clip (the whole clip is read, hashed and checked against its stored sha256 first)."""
+    naming the clip (the whole clip is read, hashed and checked against its stored checksum first: `VerifiedFrames`)."""
     limit_native_threads()
     key = f"{sample['subject']}/{sample['clip']}"
     frames = VerifiedFrames(_aligned_handle(aligned_path), sample["subject"], sample["clip"], FRAME_BLOCK)
@@ -260,11 +260,11 @@ def clip_jitter_windows(
 
 
 def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings, extra_windows=()):
-    """DIs of one clip, the frames each phase spans, (with extra windows their DIs,) and each DI
-    compressed as the cache stores it; or a message naming the clip.
+    """DIs of one clip, the frames each phase spans, (with extra windows their DIs,) each phase's DI
+    and each extra DI compressed as the cache stores it; or a message naming the clip.
 
     The clip's frames are read block by block and hashed as they are read; the DIs are returned
-    only when the digest equals the stored sha256 of the frames (`VerifiedFrames`).
+    only when the digest equals the checksum stored with the frames (`VerifiedFrames`).
     """
     limit_native_threads()
     key = f"{sample['subject']}/{sample['clip']}"
@@ -299,7 +299,12 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
     if problem:
         return problem
     # compressed here, in the worker: the writer then only copies each image's stored chunk
-    return (*computed, {phase: encode_image(image) for phase, image in computed[0].items()})
+    extra = computed[2] if extra_windows else []
+    return (
+        *computed,
+        {phase: encode_image(image) for phase, image in computed[0].items()},
+        [encode_image(image) for image in extra],
+    )
 
 
 def table_problems(rows: list[dict], samples: str | Path) -> list[str]:
@@ -489,10 +494,14 @@ def build_dynamic_images(
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            images, lengths, *extra, encoded = result
+            images, lengths, *extra, encoded, encoded_extra = result
             if not problems:  # after a problem the file is discarded; keep going to report every bad clip
-                draws = iter(extra[0] if extra else ())
-                writer.add(images, {n: [next(draws) for _ in range(k)] for n, k in jitter_draws.items()}, encoded)
+
+                def per_phase(draws: list) -> dict[str, list]:  # the extra windows, in order, by jittered phase
+                    remaining = iter(draws)
+                    return {name: [next(remaining) for _ in range(k)] for name, k in jitter_draws.items()}
+
+                writer.add(images, per_phase(extra[0] if extra else []), encoded, per_phase(encoded_extra))
             motion = row.get("_motion")
             for name in images:
                 start, end = phase_frames(

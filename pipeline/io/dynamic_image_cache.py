@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ def _encoder(shape: tuple[int, ...]) -> h5py.Dataset:
 
 def encode_image(image: np.ndarray) -> bytes:
     """The stored (gzip-compressed) chunk of one DI, made by HDF5's own filter, so that workers
-    compress and the writer only copies (`DynamicImageWriter.add(..., encoded=...)`): each chunk is
+    compress and the writer only copies (`DynamicImageWriter.add(..., encoded=, encoded_jitter=)`): each chunk is
     the one the filter makes in the writer, and the file is the same whatever the number of workers."""
     dataset = _encoder(image.shape)
     dataset[0] = image
@@ -113,7 +113,8 @@ class DynamicImageWriter(CacheWriter):
         self._params, self._label_names = dict(params), list(label_names)
         self._handle = h5py.File(path, "w", track_order=False)
         self._group = self._handle.create_group("images")
-        self._datasets: dict[str, h5py.Dataset] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}  # kept: an h5py lookup costs ~70 us, as much as a write
+        self._jitter_datasets: dict[str, h5py.Dataset] = {}
         self._digests = {phase: hashlib.sha256() for phase in self._phases}
         self._jitter_digests = {phase: hashlib.sha256() for phase in self._jitter}
         if image_shape is not None:
@@ -137,15 +138,16 @@ class DynamicImageWriter(CacheWriter):
         images: Mapping[str, np.ndarray],
         jitter: Mapping[str, Any] | None = None,
         encoded: Mapping[str, bytes] | None = None,
+        encoded_jitter: Mapping[str, Sequence[bytes]] | None = None,
     ) -> None:
         """The next sample's DIs, one (H,W,3) uint8 image per phase, and with jitter its K jittered
-        DIs per jittered phase. `encoded`: each phase's image already compressed (`encode_image`),
-        written as it is."""
+        DIs per jittered phase. `encoded` / `encoded_jitter`: the same images already compressed
+        (`encode_image`), written as they are."""
         if self._count >= self._n:
             raise ValueError(f"more than the {self._n} samples this cache was created for")
         for phase in self._phases:
             image = np.ascontiguousarray(images[phase], dtype=np.uint8)
-            if phase not in self._datasets:  # kept: an h5py lookup costs ~70 us, as much as the write
+            if phase not in self._datasets:
                 self._datasets[phase] = self._create(phase, image.shape)
             dataset = self._datasets[phase]
             if dataset.shape[1:] != image.shape:
@@ -159,8 +161,8 @@ class DynamicImageWriter(CacheWriter):
             stack = np.ascontiguousarray(np.stack(list((jitter or {})[phase])), dtype=np.uint8)
             if stack.shape[0] != k:
                 raise ValueError(f"jitter/{phase}: {stack.shape[0]} images, expected {k}")
-            if "jitter" not in self._handle or phase not in self._handle["jitter"]:
-                self._handle.require_group("jitter").create_dataset(
+            if phase not in self._jitter_datasets:
+                self._jitter_datasets[phase] = self._handle.require_group("jitter").create_dataset(
                     phase,
                     shape=(self._n, *stack.shape),
                     dtype=np.uint8,
@@ -168,8 +170,13 @@ class DynamicImageWriter(CacheWriter):
                     track_times=False,
                     **IMAGE_STORAGE,
                 )
-            self._handle["jitter"][phase][self._count] = stack
-            self._jitter_digests[phase].update(stack.tobytes())
+            dataset = self._jitter_datasets[phase]
+            if encoded_jitter is None:
+                dataset[self._count] = stack
+            else:  # a chunk holds one image, as in images/: the same compressed bytes
+                for draw, chunk in enumerate(encoded_jitter[phase]):
+                    dataset.id.write_direct_chunk((self._count, draw, 0, 0, 0), chunk)
+            self._jitter_digests[phase].update(memoryview(stack).cast("B"))
         self._count += 1
 
     def finish(
