@@ -37,6 +37,23 @@ def test_portable_is_what_this_test_process_runs():
     assert all(os.environ[name] == value for name, value in PORTABLE_ENV.items())
 
 
+def test_portable_convolves_every_batch_as_a_processor_without_avx2_would():
+    # NNPACK (AVX2 only) would take batches of 16 and more here, ATen's own code on an older processor
+    import torch
+
+    apply_cpu_kernels("portable")
+    weight, bias = torch.randn(32, 16, 3, 3), torch.randn(32)
+    backends = {
+        str(
+            torch._C._select_conv_backend(
+                torch.randn(batch, 16, 28, 28), weight, bias, [2, 2], [0, 0], [1, 1], False, [0, 0], 1, None
+            )
+        )
+        for batch in (1, 8, 16, 32)
+    }
+    assert backends == {"_ConvBackend.Slow2d"}
+
+
 def mer_train(cache: Path, out: Path, params: Path, kernels: str) -> str:
     """`mer train` in a new process whose environment pins nothing, with MKL's and oneDNN's own
     logging on: its output (the fold workers' included) tells which kernels really ran."""

@@ -10,6 +10,10 @@ every one of them to code that gives the same results on any x86-64 processor:
     oneDNN (convolutions)        not used: torch.backends.mkldnn.enabled = False, so convolutions run
                                  ATen's own (im2col + MKL); ONEDNN_MAX_CPU_ISA=SSE41 (and its older
                                  name DNNL_MAX_CPU_ISA) caps whatever still reaches it
+    NNPACK (forward convolutions not used: torch.backends.nnpack.set_flags(False). Its x86-64 code
+      of batches >= 16)          needs AVX2: torch uses it where the processor has AVX2 and ATen's
+                                 own elsewhere, so batches of 16 and more came out different on an
+                                 older processor
 
 `native` lets each library pick the fastest code for this processor (about 2x faster here; README
 "Reproducibility"). Both need a fixed `threads` for bytes that do not depend on the machine.
@@ -48,9 +52,11 @@ def apply_cpu_kernels(mode: str) -> str:
         for name in PORTABLE_ENV:
             os.environ.pop(name, None)
         torch.backends.mkldnn.enabled = True
+        torch.backends.nnpack.set_flags(True)
         return torch.backends.cpu.get_cpu_capability()
     os.environ.update(PORTABLE_ENV)
     torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "DEFAULT":
         raise MerError(
