@@ -24,6 +24,7 @@ cache (e.g. the demo preset's cache/dynamic_images/casme2.h5) with the params fi
 settings and prints accuracy, UF1 and UAR side by side.
 
 Usage: python benchmarks/bench_train.py [--epochs 5] [--threads N] [--device cpu|cuda] [--model M --input-size S]
+                                       [--cpu-kernels portable|native]
                                        [--loader-workers 0 2] [--compare-modes --dynamic-images FILE [--compare-epochs N]]
 """
 
@@ -44,8 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.workload import machine_line
+from pipeline.config.sections import CPU_KERNELS
 from pipeline.train.data import LosoData, prepare_images
 from pipeline.train.fold import batch_indices, fold_seed, train_epoch
+from pipeline.train.kernels import apply_cpu_kernels
 from pipeline.train.models import build_model
 from pipeline.train.settings import TrainSettings
 
@@ -301,6 +304,12 @@ def main() -> None:
     parser.add_argument(
         "--loader-workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers values to compare"
     )
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=CPU_KERNELS,
+        default="portable",
+        help="torch's CPU kernels, as train.cpu_kernels (default: portable, what `mer train` runs)",
+    )
     parser.add_argument("--skip-speed", action="store_true", help="only --compare-modes")
     parser.add_argument("--compare-modes", action="store_true", help="LOSO baseline vs dual_phase on --dynamic-images")
     parser.add_argument("--dynamic-images", type=Path, default=Path("cache/dynamic_images/casme2.h5"))
@@ -310,6 +319,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(machine_line())
+    print(f"torch CPU kernels: {args.cpu_kernels} ({apply_cpu_kernels(args.cpu_kernels)})")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.skip_speed:
