@@ -30,6 +30,8 @@ Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [
        what-if option: [--detect-max-side 320]
        python -m benchmarks.bench_align --profile 15   (instead: where a worker's time goes, per frame,
        cProfile of the per-clip work `_align_one` on the first 15 clips, in this process)
+       python -m benchmarks.bench_align --profile-writer 60   (instead: where the stage's own process,
+       the writer, spends its CPU while --jobs workers align the first 60 clips)
 """
 
 from __future__ import annotations
@@ -132,7 +134,6 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
 def profile_clips(folders, params_file: Path) -> None:
     """Per frame, the functions where one worker's alignment spends its time (cProfile, one process)."""
     import cProfile
-    import pstats
 
     from pipeline.align.dataset import _align_one
     from pipeline.config import AlignSettings
@@ -147,9 +148,34 @@ def profile_clips(folders, params_file: Path) -> None:
     profiler.runcall(lambda: [_align_one(folder, settings) for folder in folders])
     elapsed = time.perf_counter() - start
     print(f"{len(folders)} clips, {n_frames} frames: {elapsed / n_frames * 1e3:.2f} ms per frame in all (profiled)")
+    print_profile(profiler, n_frames)
+
+
+def profile_writer(folders, params_file: Path, jobs: int, workdir: Path) -> None:
+    """Per frame, the functions where the align stage's own process (the writer, with `jobs` pool
+    workers aligning) spends its CPU time (cProfile of this process; waiting for the workers is
+    time.sleep and costs no CPU)."""
+    import cProfile
+
+    align_run(folders[:4], params_file, jobs, workdir)  # imports and the pool outside the profile
+    n_frames = sum(len(f.frames) for f in folders)
+    profiler = cProfile.Profile()
+    with CpuTime() as cpu:
+        profiler.runcall(align_run, folders, params_file, jobs, workdir)
+    print(
+        f"{len(folders)} clips, {n_frames} frames, jobs {jobs}: the writer's CPU {cpu.main / n_frames * 1e3:.3f} ms "
+        f"per frame (profiled), the workers' {cpu.workers / n_frames * 1e3:.2f} ms"
+    )
+    print_profile(profiler, n_frames)
+
+
+def print_profile(profiler, n_frames: int, top: int = 14) -> None:
+    """The `top` functions by own time, per frame."""
+    import pstats
+
     stats = pstats.Stats(profiler).stats
     rows = sorted(((own, calls, name) for (_, _, name), (calls, _, own, _, _) in stats.items()), reverse=True)
-    for own, calls, name in rows[:14]:
+    for own, calls, name in rows[:top]:
         print(f"  {own / n_frames * 1e3:6.3f} ms per frame  {calls:6d} calls  {name}")
 
 
@@ -160,6 +186,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--detect-max-side", type=int, default=None, help="what-if: override align.detect_max_side")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile the first N clips instead")
+    parser.add_argument(
+        "--profile-writer", type=int, default=0, metavar="N", help="profile the stage's own process on N clips instead"
+    )
     args = parser.parse_args()
     work = casme2_scale(args.workdir, jobs=args.jobs)
     params_file = work["params"]
@@ -174,6 +203,10 @@ def main() -> None:
     if args.profile:
         print(machine_line())
         profile_clips(folders[: args.profile], params_file)
+        return
+    if args.profile_writer:
+        print(machine_line())
+        profile_writer(folders[: args.profile_writer], params_file, args.jobs, args.workdir)
         return
     half = folders[: max(1, len(folders) // 2)]
     n_frames = sum(len(f.frames) for f in folders)
