@@ -220,6 +220,11 @@ def main() -> None:
     print(f"  kernel {us['kernel']:7.1f}   loop {us['loop']:7.1f}   port {us['port']:7.1f}")
     print(f"  loop / kernel  {compute['loop'] / compute['kernel']:6.2f}  (target >= 3)")
     print(f"  port / kernel  {compute['port'] / compute['kernel']:6.2f}  (target >= 10)")
+    if ky * kx == 1:  # the weighted sums at the frames' size: one multiply and one add per phase, frame and value
+        flops = sum(2 * f[0].size * sum(e - b + 1 for b, e in _windows(s, settings).values()) for f, _, s in clips)
+        print(
+            f"  kernel arithmetic {flops / compute['kernel'] / 1e9:5.1f} GFLOP/s (uint8 mapping and bookkeeping in the time)"
+        )
     print(f"\nend to end, one process, {len(samples)} clips (best of {args.repeat}; wall s / CPU s):")
     print(f"  read aligned frames            {read[0]:6.2f} / {read[1]:6.2f}")
     print(f"  regenerate all DIs, unverified {plain[0]:6.2f} / {plain[1]:6.2f}")
