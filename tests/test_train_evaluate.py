@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from joblib.externals.loky import get_reusable_executor
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline.errors import MerError
@@ -85,6 +86,10 @@ def dual_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dual")
     cache = make_cache(folder / "di.h5")
     params = params_for(folder, mode="dual_phase", jobs=2)
+    # `mer train` starts its fold workers fresh in its own process. Workers left by earlier tests'
+    # data stages would be measured small by loky after their first task and then restarted, with a
+    # "worker stopped ... memory leak" warning, once torch had grown them past 300 MB.
+    get_reusable_executor().shutdown(wait=True)
     run, reports, metrics = folder / "run", folder / "reports", folder / "metrics" / "toy.json"
     trained = invoke("train", "--dynamic-images", cache, "--out", run, "--params", params)
     assert trained.exit_code == 0, trained.output
