@@ -486,6 +486,12 @@ def build_dynamic_images(
         batch=CLIPS_PER_TASK,
     )
     jitter_draws = {name: settings.jitter_draws for name in settings.jitter_phases}
+
+    def per_phase(draws: list) -> dict[str, list]:
+        """A clip's extra windows' items (DIs or their chunks), listed as `flat` lists them, by jittered phase."""
+        remaining = iter(draws)
+        return {name: [next(remaining) for _ in range(k)] for name, k in jitter_draws.items()}
+
     with (
         atomic_output(out) as tmp,
         DynamicImageWriter(tmp, len(rows), settings.phases, label_names, record, jitter=jitter_draws) as writer,
@@ -496,11 +502,6 @@ def build_dynamic_images(
                 continue
             images, lengths, *extra, encoded, encoded_extra = result
             if not problems:  # after a problem the file is discarded; keep going to report every bad clip
-
-                def per_phase(draws: list) -> dict[str, list]:  # the extra windows, in order, by jittered phase
-                    remaining = iter(draws)
-                    return {name: [next(remaining) for _ in range(k)] for name, k in jitter_draws.items()}
-
                 writer.add(images, per_phase(extra[0] if extra else []), encoded, per_phase(encoded_extra))
             motion = row.get("_motion")
             for name in images:
