@@ -8,6 +8,14 @@ and prints align/decode (target <= 1.5 against the warm-allocator decode), jobs1
 and the peak resident memory of this process plus its worker processes during each align run (it
 must not grow with the clip count).
 
+Beside its peer, in one process on the first --compute-clips clips (milliseconds per frame):
+  compute only - frames decoded into memory first: the stage's per-clip work (`_align_one`: detect
+                 once, warp every frame, RGB, checksums) vs per-frame alignment as MER preprocessing
+                 scripts do it, re-implemented here from that algorithm with the same dlib models and
+                 geometry: detect the face and its 68 landmarks in every frame, level and scale the
+                 eyes, warp the frame (warpAffine);
+  end to end   - the same two decoding their JPEGs, beside decoding alone.
+
 Start-up is kept out of every timing, equally for each side: the worker pool is started by a short
 decode, and a 4-clip align with --jobs N and a 2-clip one with --jobs 1 first import the stage and
 load the dlib models in the pool's workers and in this process (about 1 s of CPU per process; once
@@ -26,7 +34,7 @@ of this process (the writer) and of the pool's workers: with N jobs on N cores t
 beat total CPU / N, and total CPU jobs2 / jobs1 is the parallel overhead (pickling, copies,
 contention; 1.00 would be none) whatever else runs on the machine.
 
-Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [--jobs 2]
+Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [--jobs 2] [--compute-clips 4]
        what-if option: [--detect-max-side 320]
        python -m benchmarks.bench_align --profile 15   (instead: where a worker's time goes, per frame,
        cProfile of the per-clip work `_align_one` on the first 15 clips, in this process)
@@ -42,14 +50,18 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Self
+from unittest import mock
 
 import cv2
+import numpy as np
 import psutil
 import yaml
 
 from benchmarks.workload import TreeMemory, casme2_scale, machine_line
-from pipeline.align.dataset import find_align_clips
-from pipeline.config import load_section
+from pipeline.align.clip import detect, similarity_transform
+from pipeline.align.dataset import _align_one, find_align_clips
+from pipeline.config import AlignSettings, load_section
+from pipeline.imaging import decode_frame, is_grayscale
 from pipeline.parallel import limit_native_threads, ordered_map
 
 
@@ -131,15 +143,91 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
     return elapsed, memory.peak, cpu
 
 
+def align_settings(params_file: Path) -> AlignSettings:
+    section = load_section(params_file, "align")
+    return AlignSettings(**{k: v for k, v in section.items() if k in AlignSettings.model_fields})
+
+
+def per_frame_align(frame: np.ndarray, settings: AlignSettings) -> np.ndarray | None:
+    """One BGR frame aligned on its own, as MER preprocessing scripts align every frame: the face and
+    its 68 landmarks detected in this frame (dlib HOG + shape predictor, the stage's detector
+    settings), the eyes levelled and scaled (the stage's geometry), the frame warped, RGB out."""
+    found = detect(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), settings)
+    if found is None:
+        return None
+    size = (settings.size, settings.size)
+    crop = cv2.warpAffine(
+        frame,
+        similarity_transform(found.landmarks, settings),
+        size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def cpu_per_frame(run, n_frames: int, repeat: int) -> float:
+    """CPU milliseconds per frame of `run()` in this process, the best of `repeat` runs."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        run()
+        best = min(best, time.process_time() - start)
+    return best / n_frames * 1e3
+
+
+def side_by_side(folders, params_file: Path, repeat: int) -> None:
+    """The stage's per-clip work beside per-frame alignment, frames in memory and end to end (one process)."""
+    settings = align_settings(params_file)
+    limit_native_threads()
+    paths = [path for folder in folders for _, path in folder.frames]
+    n_frames = len(paths)
+    gray = {folder.path: is_grayscale(folder.frames[0][1]) for folder in folders}
+    decoded = {path: decode_frame(path, gray[f.path], rgb=False) for f in folders for _, path in f.frames}
+
+    def from_memory(path, grayscale, reduction=1, rgb=True, check=None):
+        if reduction != 1 or rgb:  # not on this workload (crop-sized faces): the timing would be wrong
+            raise RuntimeError(f"the in-memory frames are full-size BGR, asked reduction {reduction}, rgb {rgb}")
+        return decoded[path]
+
+    def stage() -> None:
+        for folder in folders:
+            _align_one(folder, settings)
+
+    missed = []  # frames in which per-frame detection found no face (not warped)
+
+    def peer_in_memory() -> None:
+        missed[:] = [path for path in paths if per_frame_align(decoded[path], settings) is None]
+
+    def peer() -> None:
+        for path in paths:
+            per_frame_align(cv2.imread(str(path), cv2.IMREAD_COLOR), settings)
+
+    stage()  # dlib's models loaded, page cache warm
+    with mock.patch("pipeline.align.clip.decode_frame", from_memory):
+        stage_memory = cpu_per_frame(stage, n_frames, repeat)
+    peer_memory = cpu_per_frame(peer_in_memory, n_frames, 1)
+    decode = cpu_per_frame(lambda: _decode_clip(paths), n_frames, repeat)
+    stage_e2e = cpu_per_frame(stage, n_frames, repeat)
+    peer_e2e = cpu_per_frame(peer, n_frames, 1)
+    print(f"\nbeside per-frame alignment, one process, {len(folders)} clips, {n_frames} frames (CPU ms per frame):")
+    print(
+        f"  compute only, frames in memory: stage {stage_memory:6.2f}   per-frame {peer_memory:6.2f}   "
+        f"per-frame / stage {peer_memory / stage_memory:5.1f}x"
+    )
+    print(
+        f"  end to end, JPEGs decoded:      stage {stage_e2e:6.2f}   per-frame {peer_e2e:6.2f}   "
+        f"per-frame / stage {peer_e2e / stage_e2e:5.1f}x;  decoding alone {decode:5.2f}, stage / decode {stage_e2e / decode:4.2f}"
+    )
+    if missed:
+        print(f"  (per-frame detection found no face in {len(missed)} of {n_frames} frames; those were not warped)")
+
+
 def profile_clips(folders, params_file: Path) -> None:
     """Per frame, the functions where one worker's alignment spends its time (cProfile, one process)."""
     import cProfile
 
-    from pipeline.align.dataset import _align_one
-    from pipeline.config import AlignSettings
-
-    section = load_section(params_file, "align")
-    settings = AlignSettings(**{k: v for k, v in section.items() if k in AlignSettings.model_fields})
+    settings = align_settings(params_file)
     limit_native_threads()
     _align_one(folders[0], settings)  # dlib's models loaded outside the profile
     n_frames = sum(len(f.frames) for f in folders)
@@ -184,6 +272,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mer-bench"))
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips (quicker)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--compute-clips", type=int, default=4, help="clips timed beside per-frame alignment, one process"
+    )
     parser.add_argument("--detect-max-side", type=int, default=None, help="what-if: override align.detect_max_side")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile the first N clips instead")
     parser.add_argument(
@@ -247,6 +338,7 @@ def main() -> None:
         f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})"
     )
     print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
+    side_by_side(folders[: args.compute_clips], params_file, repeat=3)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

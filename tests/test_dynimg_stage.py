@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from pipeline.io.aligned_cache import AlignedCacheWriter, AlignedClip
 from pipeline.io.dynamic_image_cache import read_dynamic_images
+from pipeline.io.provenance import dynamic_images_fingerprint
 from pipeline.io.samples import SAMPLE_COLUMNS
 from stages.cli import cli
 from tests.conftest import write_params
@@ -295,6 +296,26 @@ def test_dynimg_refuses_overwritten_aligned_frames_and_writes_nothing(tmp_path, 
     assert f"{aligned}, clip sub02/EP07_02: frames do not match their stored {checksum}" in result.output
     assert "1 of 4 clips; nothing was written" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_fingerprint_lists_the_sha256_stored_with_each_samples_frames_in_order(
+    tmp_path, inputs, project_params, jobs
+):
+    """What the DI cache's fingerprint is made of, whatever the number of workers: a clip aligned
+    again (other frames, another stored sha256) gives another fingerprint."""
+    aligned, samples = inputs
+    result, out = _dynimg(tmp_path, inputs, project_params, "--jobs", jobs)
+    assert result.exit_code == 0, result.output
+    with samples.open() as handle:
+        keys = [f"{row['subject']}/{row['clip']}/frames" for row in csv.DictReader(handle)]
+    with h5py.File(aligned) as handle:
+        stored = [handle[key].attrs["sha256"] for key in keys]
+    assert len(set(stored)) == len(keys)
+    with h5py.File(out) as handle:
+        params, fingerprint = json.loads(handle.attrs["params"]), handle.attrs["fingerprint"]
+    assert fingerprint == dynamic_images_fingerprint(samples, params, stored)
+    assert fingerprint != dynamic_images_fingerprint(samples, params, [*stored[:-1], "0" * 64])
 
 
 @pytest.mark.parametrize(

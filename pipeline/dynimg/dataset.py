@@ -261,7 +261,8 @@ def clip_jitter_windows(
 
 def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings, extra_windows=()):
     """DIs of one clip, the frames each phase spans, (with extra windows their DIs,) each phase's DI
-    and each extra DI compressed as the cache stores it; or a message naming the clip.
+    and each extra DI compressed as the cache stores it, and the sha256 stored with the clip's
+    frames (for the cache's fingerprint); or a message naming the clip.
 
     The clip's frames are read block by block and hashed as they are read; the DIs are returned
     only when the digest equals the checksum stored with the frames (`VerifiedFrames`).
@@ -304,6 +305,7 @@ def _clip_images(aligned_path: str, sample: dict, settings: DynamicImageSettings
         *computed,
         {phase: encode_image(image) for phase, image in computed[0].items()},
         [encode_image(image) for image in extra],
+        str(frames.sha256 or ""),
     )
 
 
@@ -350,14 +352,6 @@ def aligned_problems(rows: list[dict], samples: str | Path, caches: Mapping[str,
                 f"{row['onset']}..{row['offset']} are not in the aligned cache {caches[row['dataset']]}"
             )
     return problems
-
-
-def _frame_checksums(caches: Mapping[str, str], samples: list[dict]):
-    """The stored checksum of each sample's aligned frames, "-" for a clip absent from its cache."""
-    for sample in samples:
-        handle = _aligned_handle(caches[sample["dataset"]])
-        key = f"{sample['subject']}/{sample['clip']}/frames"
-        yield str(handle[key].attrs.get("sha256", "")) if key in handle else "-"
 
 
 def effective_params(record: Mapping[str, Any], widened: Mapping[str, int]) -> dict[str, Any]:
@@ -477,6 +471,7 @@ def build_dynamic_images(
     widened, short = Counter(), Counter()
     degenerate: dict[str, dict[str, list[str]]] = {"short": {}, "duplicate": {}, "dropped": {}}
     dropped_rows: dict[str, list[int]] = {}
+    frame_checksums: list[str] = []  # the sha256 stored with each sample's aligned frames, in order
     jitter = [clip_jitter_windows(settings, i, r) for i, r in zip(ids, rows)]
     flat = [[w for name in settings.jitter_phases for w in windows[name]] for windows in jitter]
     results = ordered_map(
@@ -500,7 +495,8 @@ def build_dynamic_images(
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            images, lengths, *extra, encoded, encoded_extra = result
+            images, lengths, *extra, encoded, encoded_extra, frames_sha256 = result
+            frame_checksums.append(frames_sha256)
             if not problems:  # after a problem the file is discarded; keep going to report every bad clip
                 writer.add(images, per_phase(extra[0] if extra else []), encoded, per_phase(encoded_extra))
             motion = row.get("_motion")
@@ -527,7 +523,7 @@ def build_dynamic_images(
         columns["sample_id"] = ids
         columns["label"] = [label_names.index(r["label"]) for r in rows]
         effective = effective_params(record, widened)
-        fingerprint = dynamic_images_fingerprint(samples, effective, _frame_checksums(caches, rows))
+        fingerprint = dynamic_images_fingerprint(samples, effective, frame_checksums)
         record_degenerate = {
             "policy": settings.degenerate,  # min_phase_frames: in the params when it widened a phase
             **{kind: {p: len(v) for p, v in by_phase.items()} for kind, by_phase in degenerate.items()},

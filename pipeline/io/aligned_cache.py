@@ -28,7 +28,6 @@ from pipeline.io.hdf5 import (
     frames_xxh3,
     write_dataset,
     write_file_attrs,
-    write_hashed,
 )
 
 ALIGNED_SCHEMA = "mer.aligned"
@@ -68,7 +67,15 @@ class AlignedCacheWriter(CacheWriter):
             "sha256": clip.checksums.get("frames") or frames_sha256(frames),
             FAST_CHECKSUM: clip.checksums.get(f"frames_{FAST_CHECKSUM}") or frames_xxh3(frames),
         }
-        write_hashed(group, "frames", frames, digests, chunks=(1, *frames.shape[1:]))
+        dataset = group.create_dataset(
+            "frames", shape=frames.shape, dtype=np.uint8, chunks=(1, *frames.shape[1:]), track_times=False
+        )
+        # Each frame written as its stored chunk (no filter, no conversion): the same file bytes as
+        # HDF5's own write path, which costs the writer ~1.5x the CPU for this copy.
+        for index, frame in enumerate(frames):
+            dataset.id.write_direct_chunk((index, 0, 0, 0), frame)
+        for attribute, digest in digests.items():
+            dataset.attrs[attribute] = digest
         write_dataset(group, "frame_numbers", np.asarray(clip.frame_numbers, dtype=np.int64))
         write_dataset(group, "landmarks", np.asarray(clip.landmarks, dtype=np.float32))
         write_dataset(group, "affine", np.asarray(clip.affine, dtype=np.float64))
@@ -137,9 +144,10 @@ class VerifiedFrames:
         # arithmetic on a short clip's frames
         self._dataset: h5py.Dataset = handle[f"{subject}/{clip}/frames"]
         self._where = f"{handle.filename}, clip {subject}/{clip}"
+        self.sha256: str | None = self._dataset.attrs.get("sha256")  # the frames' provenance digest, as stored
         self._algorithm, self._stored = FAST_CHECKSUM, self._dataset.attrs.get(FAST_CHECKSUM)
         if self._stored is None:
-            self._algorithm, self._stored = "sha256", self._dataset.attrs.get("sha256")
+            self._algorithm, self._stored = "sha256", self.sha256
         self._digest = xxhash.xxh3_128() if self._algorithm == FAST_CHECKSUM else hashlib.sha256()
         self._hashed = 0  # frames [0, _hashed) are in the digest
         self._block = block

@@ -58,13 +58,6 @@ def write_dataset(group: h5py.Group, name: str, data: np.ndarray, **kwargs: Any)
     return dataset
 
 
-def write_hashed(group: h5py.Group, name: str, data: np.ndarray, digests: Mapping[str, str], **kwargs: Any) -> None:
-    """write_dataset with the checksums of `data` already computed: {attribute: digest}, sha256 first."""
-    dataset = group.create_dataset(name, data=data, track_times=False, **kwargs)
-    for attribute, digest in digests.items():
-        dataset.attrs[attribute] = digest
-
-
 def read_dataset(dataset: h5py.Dataset) -> np.ndarray:
     if h5py.check_string_dtype(dataset.dtype) is not None:
         return dataset.asstr()[()]

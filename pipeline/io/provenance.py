@@ -38,5 +38,5 @@ def frame_files_fingerprint(frames: Sequence[tuple[int, Path]]) -> str:
 
 def dynamic_images_fingerprint(samples_file: str | Path, params: dict[str, Any], frame_checksums: Iterable[str]) -> str:
     """Fingerprint of everything the DIs depend on: the samples table's bytes, the recorded params,
-    and the stored checksum of each sample's aligned frames ("-" for a clip absent from the cache)."""
+    and the sha256 stored with each sample's aligned frames, in sample order."""
     return sha256_of([Path(samples_file).read_bytes(), json.dumps(params, sort_keys=True), *frame_checksums])
