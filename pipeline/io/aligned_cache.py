@@ -70,8 +70,8 @@ class AlignedCacheWriter(CacheWriter):
         dataset = group.create_dataset(
             "frames", shape=frames.shape, dtype=np.uint8, chunks=(1, *frames.shape[1:]), track_times=False
         )
-        # Each frame written as its stored chunk (no filter, no conversion): the same file bytes as
-        # HDF5's own write path, which costs the writer ~1.5x the CPU for this copy.
+        # Each frame written as its stored chunk (no filter, no conversion): ~10 % less CPU in the
+        # single writer than HDF5's own write path (which also places the chunks a few bytes apart).
         for index, frame in enumerate(frames):
             dataset.id.write_direct_chunk((index, 0, 0, 0), frame)
         for attribute, digest in digests.items():
