@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips (quicker)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
-        "--compute-clips", type=int, default=4, help="clips timed beside per-frame alignment, one process"
+        "--compute-clips", type=int, default=4, help="clips timed beside per-frame alignment, one process (0: none)"
     )
     parser.add_argument("--detect-max-side", type=int, default=None, help="what-if: override align.detect_max_side")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile the first N clips instead")
@@ -338,7 +338,8 @@ def main() -> None:
         f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})"
     )
     print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
-    side_by_side(folders[: args.compute_clips], params_file, repeat=3)
+    if args.compute_clips > 0:
+        side_by_side(folders[: args.compute_clips], params_file, repeat=3)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
