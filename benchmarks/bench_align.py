@@ -57,10 +57,10 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks.workload import TreeMemory, casme2_scale, machine_line
-from pipeline.align.clip import detect, similarity_transform
+from benchmarks.workload import TreeMemory, best_of, casme2_scale, machine_line
+from pipeline.align.clip import _warp, detect, similarity_transform
 from pipeline.align.dataset import _align_one, find_align_clips
-from pipeline.config import AlignSettings, load_section
+from pipeline.config import AlignSettings, load_params, load_section
 from pipeline.imaging import decode_frame, is_grayscale
 from pipeline.parallel import limit_native_threads, ordered_map
 
@@ -144,8 +144,8 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
 
 
 def align_settings(params_file: Path) -> AlignSettings:
-    section = load_section(params_file, "align")
-    return AlignSettings(**{k: v for k, v in section.items() if k in AlignSettings.model_fields})
+    """The align section's clip settings, validated as `mer align` reads them."""
+    return load_params(params_file).section("align").settings()
 
 
 def per_frame_align(frame: np.ndarray, settings: AlignSettings) -> np.ndarray | None:
@@ -155,25 +155,14 @@ def per_frame_align(frame: np.ndarray, settings: AlignSettings) -> np.ndarray | 
     found = detect(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), settings)
     if found is None:
         return None
-    size = (settings.size, settings.size)
-    crop = cv2.warpAffine(
-        frame,
-        similarity_transform(found.landmarks, settings),
-        size,
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
+    crop = np.empty((settings.size, settings.size, 3), np.uint8)
+    _warp(frame, similarity_transform(found.landmarks, settings), crop)  # the stage's warpAffine
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
 def cpu_per_frame(run, n_frames: int, repeat: int) -> float:
     """CPU milliseconds per frame of `run()` in this process, the best of `repeat` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best / n_frames * 1e3
+    return best_of(repeat, run)[1] / n_frames * 1e3
 
 
 def side_by_side(folders, params_file: Path, repeat: int) -> None:

@@ -33,15 +33,13 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.workload import casme2_scale, machine_line  # noqa: E402
+from benchmarks.workload import best_of, casme2_scale, machine_line  # noqa: E402
 from pipeline.config import load_section  # noqa: E402
 from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images  # noqa: E402
 from pipeline.dynimg.phases import phase_frames  # noqa: E402
@@ -51,17 +49,6 @@ from pipeline.io.samples import read_samples  # noqa: E402
 from pipeline.parallel import limit_native_threads  # noqa: E402
 
 Clip = tuple[np.ndarray, np.ndarray, dict]  # frames, frame numbers, sample row
-
-
-def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, float]:
-    """(wall, cpu) seconds, each the best of `repeat` runs."""
-    walls, cpus = [], []
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return min(walls), min(cpus)
 
 
 def _windows(s: dict, settings: DynamicImageSettings) -> dict[str, tuple[int, int]]:

@@ -7,6 +7,8 @@ import platform
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -90,6 +92,17 @@ def casme2_scale(workdir: Path, jobs: int = 2, preset: str = "casme2-scale") -> 
             str(params),
         )
     return {"params": params, "root": root, "coding": coding, "aligned": aligned, "samples": samples}
+
+
+def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, float]:
+    """(wall, cpu) seconds of `run()` in this process, each the best of `repeat` runs."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
 def _hwm_bytes(pid: int) -> int:
