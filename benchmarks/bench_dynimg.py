@@ -12,7 +12,9 @@ Prints, in one run with the machine line:
   end to end, one process: reading every clip's aligned frames (the I/O floor) vs regenerating every
     DI as the stage does, frames hashed (xxh3-128, the aligned cache's read-time checksum) and checked
     as they are read; target: verified regeneration <= 1.5x the read;
-  the stage's work (`build_dynamic_images`) with --jobs 2 vs --jobs 1; target >= 1.8x.
+  the stage's work (`build_dynamic_images`) with --jobs 2 vs --jobs 1; target >= 1.8x. Beside it, two
+    processes each running the --jobs 1 work at the same time: the ceiling of any split over two
+    processes on this machine (they share the memory bus and the L3 cache; no pool, no writer).
 Every figure is the best of --repeat runs, wall-clock and CPU time (process_time: all threads of this
 process; with --jobs 2 the workers' CPU time is not counted there). On a loaded machine read the CPU
 times; the targets are stated for a quiet one.
@@ -32,6 +34,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -140,8 +143,9 @@ def compute_only(clips: list[Clip], settings: DynamicImageSettings, repeat: int)
     return times
 
 
-def stage_jobs(work: dict[str, Path], settings: DynamicImageSettings, jobs: int, repeat: int) -> float:
-    """Wall seconds of the dynimg stage's work with `jobs` workers (the pool is warmed first)."""
+def stage_jobs(work: dict[str, Path], settings: DynamicImageSettings, jobs: int, repeat: int, barrier=None) -> float:
+    """Wall seconds of the dynimg stage's work with `jobs` workers (the pool is warmed first; with
+    `barrier`, the timing starts once every process sharing it is warm)."""
     record = {"bench": True}
     with tempfile.TemporaryDirectory() as tmp:
 
@@ -151,7 +155,31 @@ def stage_jobs(work: dict[str, Path], settings: DynamicImageSettings, jobs: int,
             )
 
         run()  # warm: worker processes started, page cache filled
+        if barrier is not None:
+            barrier.wait()
         return best_of(repeat, run)[0]
+
+
+def _stage_alone_in_child(work, settings, repeat, barrier, results) -> None:
+    limit_native_threads()
+    results.put(stage_jobs(work, settings, 1, repeat, barrier))
+
+
+def two_at_once(work: dict[str, Path], settings: DynamicImageSettings, repeat: int) -> list[float]:
+    """Wall seconds of the one-process stage (jobs 1) in each of two processes running it at the same
+    time, without a pool: what the two cores give two copies of this work once they share the memory
+    bus and the L3 cache. No split of the work over two processes can do better."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    children = [
+        context.Process(target=_stage_alone_in_child, args=(work, settings, repeat, barrier, results)) for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    times = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    return times
 
 
 def main() -> None:
@@ -201,6 +229,7 @@ def main() -> None:
         verified = best_of(args.repeat, lambda: regenerate(handle, samples, settings, verify=True))
     jobs1 = stage_jobs(work, settings, 1, max(1, args.repeat // 2))
     jobs2 = stage_jobs(work, settings, 2, max(1, args.repeat // 2))
+    together = two_at_once(work, settings, max(1, args.repeat // 2))
 
     us = {k: v / sub_frames * 1e6 for k, v in compute.items()}
     print(f"\ncompute only, frames in memory ({len(clips)} clips, {sub_frames} frames, one thread, CPU us per frame):")
@@ -220,6 +249,11 @@ def main() -> None:
     print(f"  cost of the check  wall {verified[0] - plain[0]:+.2f} s  CPU {verified[1] - plain[1]:+.2f} s")
     print(f"\nthe stage's work (build_dynamic_images), wall s: jobs 1 {jobs1:.2f}, jobs 2 {jobs2:.2f}")
     print(f"  jobs1 / jobs2  {jobs1 / jobs2:5.2f}  (target >= 1.8; needs 2 idle cores)")
+    ceiling = 2 * jobs1 / (sum(together) / 2)
+    print(
+        f"  two copies of the jobs-1 work at once (two processes, no pool): {together[0]:.2f} and {together[1]:.2f} s"
+        f" vs {jobs1:.2f} s alone,\n  so no split over two processes gets jobs1 / jobs2 above {ceiling:.2f} on this machine"
+    )
 
 
 if __name__ == "__main__":

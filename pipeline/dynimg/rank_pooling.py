@@ -181,9 +181,9 @@ def _add_rows(rows, weights, in_group, total, y: int, row: int) -> None:
 def _accumulate_block(block, weights, total, ky: int) -> None:
     """total (P, H/ky, R) += weights (P, n) x block (n, H, R), each output row the sum of ky rows.
 
-    Row by row of the output, so the rows in use stay in L1 whatever the frame size; pooled
-    (ky > 1), a frame's row is first the sum of its ky rows widened to float32 (sums of uint8 are
-    exact integers).
+    Row by row of the output, so that pooled (ky > 1) the rows in use stay in L1 whatever the frame
+    size: a frame's row is first the sum of its ky rows widened to float32 (sums of uint8 are exact
+    integers). Unpooled, `phase_dynamic_images` hands each frame over as one row.
     """
     n, _, width = block.shape
     in_group = np.zeros((n // 4, len(weights)), np.bool_)  # phase p has a frame among frames 4g..4g+3
@@ -219,11 +219,13 @@ def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | No
     height, width, *channels = frames.shape[1:]
     phases = len(weights)
     ky, kx = pool_factors((height, width), size)
-    row = width * int(np.prod(channels))
-    total = np.zeros((phases, height // ky, row), np.float32)
+    # Unpooled, each frame is handed to the kernel as one long row, streamed once per four frames:
+    # 1.2-1.3x quicker than row by row (short reads from 32 frames 150 KB apart), the same sums.
+    rows, row = (1, height * width * int(np.prod(channels))) if ky == 1 else (height, width * int(np.prod(channels)))
+    total = np.zeros((phases, rows // ky, row), np.float32)
     for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
         stop = min(start + FRAME_BLOCK, used[-1] + 1)
-        block = np.ascontiguousarray(frames[start:stop]).reshape(stop - start, height, row)
+        block = np.ascontiguousarray(frames[start:stop]).reshape(stop - start, rows, row)
         _accumulate_block(block, np.ascontiguousarray(weights[:, start:stop]), total, ky)
     stack = total.reshape(phases, height // ky, width, *channels)
     if kx > 1:  # the column means (INTER_AREA to an integer fraction): far quicker than a numpy sum over kx
