@@ -2,8 +2,8 @@
 
 Prints, in one run with the machine line:
   compute only (frames in memory, one thread), microseconds per clip frame for every phase at once:
-    kernel   - `clip_dynamic_images`, the stage's kernel (tiled, pooled at the DI size where it divides
-               the crop);
+    kernel   - `clip_dynamic_images`, the stage's kernel (frames four at a time into two phases per
+               pass; pooled at the DI size where it divides the crop);
     loop     - a naive per-frame float32 loop: per phase, acc += a_t * frame (one reused float32 frame,
                no allocation per frame), resized at the end;
     port     - the NumPy port most MER repositories copy (per channel, float64 broadcast of every frame

@@ -220,8 +220,10 @@ def phase_dynamic_images(frames: np.ndarray, weights: np.ndarray, size: int | No
     phases = len(weights)
     ky, kx = pool_factors((height, width), size)
     # Unpooled, each frame is handed to the kernel as one long row, streamed once per four frames:
-    # 1.2-1.3x quicker than row by row (short reads from 32 frames 150 KB apart), the same sums.
-    rows, row = (1, height * width * int(np.prod(channels))) if ky == 1 else (height, width * int(np.prod(channels)))
+    # 1.1-1.3x quicker than row by row (short reads from 32 frames 150 KB apart) in alternating
+    # runs, the same sums in the same order.
+    row = width * int(np.prod(channels))
+    rows, row = (1, height * row) if ky == 1 else (height, row)
     total = np.zeros((phases, rows // ky, row), np.float32)
     for start in range(used[0], used[-1] + 1, FRAME_BLOCK):
         stop = min(start + FRAME_BLOCK, used[-1] + 1)
