@@ -59,6 +59,27 @@ def test_kernel_equals_the_float64_formula(monkeypatch, frame_block, T, shape):
         assert np.abs(got[p] - expected[p]).max() <= 1e-4 * scale, name
 
 
+@pytest.mark.parametrize("frame_block", [6, rank_pooling.FRAME_BLOCK])
+@pytest.mark.parametrize(("T", "shape"), [(75, (37, 29, 3)), (14, (23, 31, 3)), (41, (19, 17))])
+def test_kernel_adds_each_frame_in_order_with_one_rounding_per_multiply_and_add(monkeypatch, frame_block, T, shape):
+    """Bit for bit the float32 sums acc + a_1 x_1 + a_2 x_2 + ... in frame order, each multiply and
+    add rounded on its own (numpy never fuses them): the DIs do not depend on how the kernel walks
+    the frames (blocks, four frames per pass, rows or whole frames) nor on the processor's vector
+    width or FMA, which is what keeps dvc.lock the same on every machine."""
+    monkeypatch.setattr(rank_pooling, "FRAME_BLOCK", frame_block)
+    frames = _clip(T, shape, T + 1)
+    numbers = np.arange(T)
+    windows = {name: phase_frames(b, 1, T // 2, T - 2) for name, b in PHASES.items()}
+    weights = phase_weights(numbers, windows)
+    expected = np.zeros((len(windows), *shape), np.float32)
+    for t in range(T):
+        for p in range(len(windows)):
+            if weights[p, t] != 0:
+                expected[p] = expected[p] + weights[p, t] * frames[t].astype(np.float32)
+    got = phase_dynamic_images(frames, weights, None)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
 @pytest.mark.parametrize(("shape", "size"), [((48, 48, 3), 24), ((44, 44, 3), 11), ((40, 40, 3), 20), ((30, 30), 15)])
 def test_pooling_at_the_smaller_size_equals_resizing_after_pooling(monkeypatch, shape, size):
     """Area-resizing every frame first (block sums of uint8) and resizing the DI afterwards agree
