@@ -156,7 +156,7 @@ def stage_jobs(work: dict[str, Path], settings: DynamicImageSettings, jobs: int,
 
         run()  # warm: worker processes started, page cache filled
         if barrier is not None:
-            barrier.wait()
+            barrier.wait(timeout=600)  # a sibling that died breaks it instead of hanging this one
         return best_of(repeat, run)[0]
 
 
@@ -176,10 +176,11 @@ def two_at_once(work: dict[str, Path], settings: DynamicImageSettings, repeat: i
     ]
     for child in children:
         child.start()
-    times = [results.get() for _ in children]
     for child in children:
         child.join()
-    return times
+    if any(child.exitcode for child in children):
+        raise SystemExit(f"two_at_once: a child process failed (exit codes {[child.exitcode for child in children]})")
+    return [results.get() for _ in children]
 
 
 def main() -> None:
