@@ -58,7 +58,7 @@ import psutil
 import yaml
 
 from benchmarks.workload import TreeMemory, best_of, casme2_scale, machine_line
-from pipeline.align.clip import _warp, detect, similarity_transform
+from pipeline.align.clip import _detection_view, _warp, detect, similarity_transform
 from pipeline.align.dataset import _align_one, find_align_clips
 from pipeline.config import AlignSettings, load_params, load_section
 from pipeline.imaging import decode_frame, is_grayscale
@@ -152,7 +152,7 @@ def per_frame_align(frame: np.ndarray, settings: AlignSettings) -> np.ndarray | 
     """One BGR frame aligned on its own, as MER preprocessing scripts align every frame: the face and
     its 68 landmarks detected in this frame (dlib HOG + shape predictor, the stage's detector
     settings), the eyes levelled and scaled (the stage's geometry), the frame warped, RGB out."""
-    found = detect(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), settings)
+    found = detect(_detection_view(frame), settings)  # the stage's detection input
     if found is None:
         return None
     crop = np.empty((settings.size, settings.size, 3), np.uint8)

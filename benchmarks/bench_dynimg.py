@@ -161,7 +161,6 @@ def stage_jobs(work: dict[str, Path], settings: DynamicImageSettings, jobs: int,
 
 
 def _stage_alone_in_child(work, settings, repeat, barrier, results) -> None:
-    limit_native_threads()
     results.put(stage_jobs(work, settings, 1, repeat, barrier))
 
 
