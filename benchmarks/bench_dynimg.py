@@ -227,9 +227,9 @@ def main() -> None:
         read = best_of(args.repeat, lambda: read_frames(handle, samples))
         plain = best_of(args.repeat, lambda: regenerate(handle, samples, settings, verify=False))
         verified = best_of(args.repeat, lambda: regenerate(handle, samples, settings, verify=True))
-    jobs1 = stage_jobs(work, settings, 1, max(1, args.repeat // 2))
-    jobs2 = stage_jobs(work, settings, 2, max(1, args.repeat // 2))
-    together = two_at_once(work, settings, max(1, args.repeat // 2))
+    jobs1 = stage_jobs(work, settings, 1, args.repeat)
+    jobs2 = stage_jobs(work, settings, 2, args.repeat)
+    together = two_at_once(work, settings, args.repeat)
 
     us = {k: v / sub_frames * 1e6 for k, v in compute.items()}
     print(f"\ncompute only, frames in memory ({len(clips)} clips, {sub_frames} frames, one thread, CPU us per frame):")

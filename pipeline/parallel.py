@@ -14,6 +14,7 @@ module's `mer-shared-<pid>-...` folders and joblib's `joblib_memmapping_folder_<
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel
 
 from pipeline.atomic import remove_orphans
 
@@ -103,24 +104,92 @@ def limit_native_threads() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def ordered_map(function: Callable[..., Any], items: Iterable[tuple], jobs: int, batch: int = 1) -> Iterator[Any]:
-    """Apply `function(*item)` to each item, yielding results in input order as they finish.
+def worker_pool(workers: int) -> Any:
+    """loky's reusable executor with `workers` processes, one native thread each, every one of which
+    exits when this process dies (`exit_with_parent`, run as the worker initializer). What killed
+    runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
+    from joblib.externals.loky import get_reusable_executor
 
-    `batch` items go to a worker as one task: for short items (a few ms of work each) it spreads
-    the pool's ~2 ms of dispatch, pickling and wake-up per task over several of them.
+    remove_stale_pool_files()
+    one_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return get_reusable_executor(
+        max_workers=workers,
+        timeout=300,  # as joblib's: workers stay up between the stage's passes over the clips
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+        env=one_thread,
+    )
 
-    Order is kept so that outputs are identical whatever the number of jobs. With jobs == 1 the
-    work runs in this process (no pickling, easy debugging). Consume the iterator to the end on
+
+def _run_batch(function: Callable[..., Any], batch: list[tuple]) -> list[Any]:
+    return [function(*item) for item in batch]
+
+
+def ordered_map(
+    function: Callable[..., Any],
+    items: Iterable[tuple],
+    jobs: int,
+    batch: int = 1,
+    here: Callable[..., Any] | None = None,
+) -> Iterator[Any]:
+    """Apply `function(*item)` to each item on `jobs` processes, yielding results in input order.
+
+    This process is one of the `jobs`: `jobs - 1` workers take `batch` items per task (for short
+    items, a few ms each, that spreads the pool's ~2 ms of dispatch, pickling and wake-up per task
+    over several), two tasks each ahead; whenever the next result in order is not ready yet, this
+    process runs the next item itself (`here(*item)`, default `function`: `here` is for work that
+    runs differently in the caller, such as results left in shared memory only by workers). So the
+    caller's time between writes goes into items, which need no pickling, instead of into waiting,
+    and two jobs on two cores do not run three busy processes.
+
+    Order is kept so that outputs are identical whatever the number of jobs. With jobs == 1 every
+    item runs in this process (no pool, easy debugging). Consume the iterator to the end on
     success: closing it early (or letting it be collected unfinished) cancels the pending tasks and
     kills the pool's workers, which is what an error path wants and a normal one does not.
     """
+    limit_native_threads()
+    here = here or function
     if jobs <= 1:
-        limit_native_threads()
         for item in items:
-            yield function(*item)
+            yield here(*item)
         return
-    runner = process_pool(jobs, return_as="generator", batch_size=batch, pre_dispatch=f"{2 * batch}*n_jobs")
-    yield from runner(delayed(function)(*item) for item in items)
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    workers, items, taken = jobs - 1, list(items), 0
+    # items held at most (in tasks and in results made here), so memory stays flat however long the
+    # next result takes; room for what this process computes while a worker runs two tasks
+    held = 4 * batch * jobs
+    executor = worker_pool(workers)
+    slots: collections.deque[tuple[Future | list, int]] = collections.deque()  # input order: (task or results, items)
+
+    def holding() -> int:
+        return sum(size for _, size in slots)
+
+    def running() -> int:
+        return sum(1 for slot, _ in slots if isinstance(slot, Future) and not slot.done())
+
+    try:
+        while True:
+            while taken < len(items) and holding() < held and running() < 2 * workers:
+                # smaller tasks towards the end, so that no process waits long for another's last one
+                size = min(batch, max(1, (len(items) - taken) // (4 * jobs)))
+                slots.append((executor.submit(_run_batch, function, items[taken : taken + size]), size))
+                taken += size
+            if not slots:
+                return
+            head = slots[0][0]
+            if isinstance(head, list) or head.done():
+                slots.popleft()
+                yield from head if isinstance(head, list) else head.result()
+            elif taken < len(items) and holding() < held:  # the next result is not ready: run an item here
+                slots.append(([here(*items[taken])], 1))
+                taken += 1
+            else:  # nothing to run here, or enough held: wait for the workers
+                wait([head], return_when=FIRST_COMPLETED)
+    finally:  # closed early, or an item failed: stop the tasks still pending, if any
+        running = [s for s, _ in slots if isinstance(s, Future) and not s.cancel() and not s.done()]
+        if running:
+            executor.shutdown(wait=False, kill_workers=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -315,10 +315,10 @@ def test_workers_exit_when_their_stage_is_killed(tmp_path, stage_inputs, stage):
         deadline, workers = time.monotonic() + 60, []
         while time.monotonic() < deadline and process.poll() is None:
             workers = [p for p in _children(process.pid) if "loky" in _cmdline(p)]
-            if len(workers) >= 2:
+            if workers:  # --jobs 2: one worker beside the stage's own process
                 break
             time.sleep(0.05)
-        assert len(workers) >= 2, "the stage finished or started no workers"
+        assert workers, "the stage finished or started no workers"
         time.sleep(1.0)  # the workers are busy with clips
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -128,6 +128,11 @@ def _align_one(
             allocator.discard()  # the files of a failed clip
 
 
+def _align_here(folder: ClipFolder, settings: AlignSettings, _shared: str | None) -> AlignedClip | ClipFailure:
+    """`_align_one` in the stage's own process (`ordered_map`'s `here`): the frames stay in its memory."""
+    return _align_one(folder, settings)
+
+
 def _write_failures(path: Path, failures: list[ClipFailure]) -> None:
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -209,7 +214,12 @@ def align_dataset(
     shm = shared_folder() if jobs > 1 and todo and SHARED_MEMORY_SUPPORTED else contextlib.nullcontext(None)
     with atomic_output(out) as tmp:  # the previous output (read by resume) is closed before the rename
         with old as old_handle, AlignedCacheWriter(tmp, dataset, params) as writer, shm as shared:
-            results = ordered_map(_align_one, ((f, settings, shared and str(shared)) for f in todo), jobs)
+            results = ordered_map(
+                _align_one,
+                ((f, settings, shared and str(shared)) for f in todo),
+                jobs,
+                here=_align_here,
+            )
             try:
                 for position, folder in enumerate(progress(folders, len(folders))):
                     if (folder.subject, folder.clip) in reusable:
