@@ -30,7 +30,8 @@ and the stage's large arrays), so align / warm decode is the ratio that compares
 and the one the target is for.
 
 Wall times on a shared machine are noisy, so each align run also reports the CPU time (user + sys)
-of this process (the writer) and of the pool's workers: with N jobs on N cores the wall time cannot
+of this process (the stage's own: it writes, and aligns a clip itself whenever the next one in
+order is not ready) and of the pool's workers: with N jobs on N cores the wall time cannot
 beat total CPU / N, and total CPU jobs2 / jobs1 is the parallel overhead (pickling, copies,
 contention; 1.00 would be none) whatever else runs on the machine.
 
@@ -39,7 +40,7 @@ Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [
        python -m benchmarks.bench_align --profile 15   (instead: where a worker's time goes, per frame,
        cProfile of the per-clip work `_align_one` on the first 15 clips, in this process)
        python -m benchmarks.bench_align --profile-writer 60   (instead: where the stage's own process,
-       the writer, spends its CPU while --jobs workers align the first 60 clips)
+       the writer, spends its CPU on the first 60 clips with --jobs; it aligns some clips itself too)
 """
 
 from __future__ import annotations
@@ -229,9 +230,9 @@ def profile_clips(folders, params_file: Path) -> None:
 
 
 def profile_writer(folders, params_file: Path, jobs: int, workdir: Path) -> None:
-    """Per frame, the functions where the align stage's own process (the writer, with `jobs` pool
-    workers aligning) spends its CPU time (cProfile of this process; waiting for the workers is
-    time.sleep and costs no CPU)."""
+    """Per frame, the functions where the align stage's own process (the writer, with `jobs - 1` pool
+    workers; it aligns the clips it does not wait for) spends its CPU time (cProfile of this
+    process; waiting for the workers costs no CPU)."""
     import cProfile
 
     align_run(folders[:4], params_file, jobs, workdir)  # imports and the pool outside the profile
@@ -240,8 +241,8 @@ def profile_writer(folders, params_file: Path, jobs: int, workdir: Path) -> None
     with CpuTime() as cpu:
         profiler.runcall(align_run, folders, params_file, jobs, workdir)
     print(
-        f"{len(folders)} clips, {n_frames} frames, jobs {jobs}: the writer's CPU {cpu.main / n_frames * 1e3:.3f} ms "
-        f"per frame (profiled), the workers' {cpu.workers / n_frames * 1e3:.2f} ms"
+        f"{len(folders)} clips, {n_frames} frames, jobs {jobs}: the stage's process {cpu.main / n_frames * 1e3:.3f} ms "
+        f"of CPU per frame (profiled; writing, and the clips it aligned), the workers' {cpu.workers / n_frames * 1e3:.2f} ms"
     )
     print_profile(profiler, n_frames)
 
@@ -308,7 +309,7 @@ def main() -> None:
     mib = 1024 * 1024
 
     def cpu(c: CpuTime) -> str:
-        return f"CPU {c.total:.1f} s (writer {c.main:.1f} s, workers {c.workers:.1f} s)"
+        return f"CPU {c.total:.1f} s (the stage's process {c.main:.1f} s: writes and aligns; workers {c.workers:.1f} s)"
 
     print(f"decode only, jobs={args.jobs}:   {t_decode:7.2f} s  ({n_frames / t_decode:.0f} frames/s)")
     print(f"decode only, warm malloc: {t_decode_warm:5.2f} s  ({n_frames / t_decode_warm:.0f} frames/s)")

@@ -1,4 +1,6 @@
-"""Process pools for per-clip work: workers compute, the calling process writes.
+"""Process pools for per-clip work: `jobs` processes compute, and the calling process, one of them,
+also writes (`ordered_map`: `jobs - 1` workers, and the caller runs an item itself whenever the
+next result is not ready).
 
 Large results (a clip's aligned frames, ~10 MB) do not travel pickled through the pool's pipe: a
 worker allocates them as files of a private folder in shared memory (/dev/shm) and fills them in
@@ -93,10 +95,11 @@ def remove_stale_pool_files() -> list[Path]:
 
 
 def limit_native_threads() -> None:
-    """One native thread per worker, so `jobs` workers use `jobs` cores and not jobs x cores.
+    """One native thread per process, so `jobs` processes use `jobs` cores and not jobs x cores.
 
-    loky workers also get OMP_NUM_THREADS / OPENBLAS_NUM_THREADS = cores // jobs from joblib; the
-    OpenCV pool is set here (called by every task: it is a cheap no-op after the first).
+    loky workers also get OMP_NUM_THREADS / OPENBLAS_NUM_THREADS in their environment (joblib's
+    cores // jobs, `worker_pool`'s 1); the OpenCV pool is set here (called by every task: it is a
+    cheap no-op after the first).
     """
     import cv2
 

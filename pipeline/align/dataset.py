@@ -8,11 +8,11 @@ draws N aligned reference frames with their landmarks into `<out>.preview.png`. 
 written under a temporary name and renamed (pipeline.atomic also removes temporaries left by a
 killed run).
 
-With `jobs` > 1, pool workers align clips and this process alone writes the cache. Workers warp
-each clip's frames straight into a file of a private shared-memory folder and hash them there;
-the writer maps the file, writes it and unlinks it (pipeline.parallel): the frames are not
-pickled through the pool's pipe, and the writer, which shares the cores with the workers, does
-little more than the HDF5 write.
+With `jobs` > 1, `jobs - 1` pool workers align clips, and so does this process whenever the next
+clip in order is not ready yet; this process alone writes the cache. Workers warp each clip's
+frames straight into a file of a private shared-memory folder and hash them there; the writer maps
+the file, writes it and unlinks it (pipeline.parallel): the frames are not pickled through the
+pool's pipe. The clips this process aligns itself stay in its memory (`_align_here`).
 """
 
 from __future__ import annotations

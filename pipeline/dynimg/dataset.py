@@ -18,8 +18,9 @@ start and end lie within `jitter_frames` of the phase's own, inside onset..offse
 min_phase_frames long, distinct while the range allows, drawn from (jitter_seed, sample id, phase)
 (`jitter_windows`); their DIs go to `jitter/<phase>` (N,K,H,W,3), the windows to
 `jitter/<phase>_frames` (N,K,2).
-Workers compute each clip's DIs; this process writes them in table order as they arrive, so memory
-stays flat whatever the number of clips and the file is the same whatever the number of jobs.
+Workers compute each clip's DIs (and so does this process while the next clip in order is not
+ready); this process writes them in table order as they arrive, so memory stays flat whatever the
+number of clips and the file is the same whatever the number of jobs.
 """
 
 from __future__ import annotations
@@ -336,11 +337,11 @@ def aligned_problems(rows: list[dict], samples: str | Path, caches: Mapping[str,
     problems = []
     for row in rows:
         where = f"{samples} line {row['_line']} ({row['subject']}/{row['clip']})"
-        handle, key = _aligned_handle(caches[row["dataset"]]), f"{row['subject']}/{row['clip']}"
-        if key not in handle or "frame_numbers" not in handle[key]:
+        key = f"{row['subject']}/{row['clip']}"
+        dataset = _aligned_handle(caches[row["dataset"]]).get(f"{key}/frame_numbers")  # one lookup: ~70 us each
+        if dataset is None:
             problems.append(f"{where}: the clip is not in the aligned cache {caches[row['dataset']]} (was it aligned?)")
             continue
-        dataset = handle[key]["frame_numbers"]
         numbers = dataset[()]
         if dataset.attrs.get("sha256") != array_sha256(numbers):
             problems.append(f"{caches[row['dataset']]}, clip {key}: frame_numbers do not match their stored sha256")
