@@ -21,13 +21,14 @@ decode, and a 4-clip align with --jobs N and a 2-clip one with --jobs 1 first im
 load the dlib models in the pool's workers and in this process (about 1 s of CPU per process; once
 per run of `mer align`, whatever the number of clips).
 
-The decode-only baseline is measured twice. First in fresh pool workers: there glibc's malloc, at
-its default thresholds, returns each decoded frame's memory to the kernel and faults it in again
-for the next frame (about 425 page faults, ~0.55 ms of a ~1.4 ms decode). Then after the align
-warm-up, once one large array has been freed in those workers and malloc keeps its memory:
-decoding alone is then ~40 % faster. The align workers are always in that second state (dlib's
-and the stage's large arrays), so align / warm decode is the ratio that compares like with like,
-and the one the target is for.
+The decode-only baseline runs as the stage does (`ordered_map`: --jobs - 1 pool workers and this
+process) and is measured twice. First with a fresh pool worker: there glibc's malloc, at its
+default thresholds, returns each decoded frame's memory to the kernel and faults it in again for
+the next frame (about 425 page faults, ~0.55 ms of a ~1.4 ms decode). Then after the align
+warm-up, once one large array has been freed in those processes and malloc keeps its memory:
+decoding alone is then ~40 % faster. The aligning processes are always in that second state
+(dlib's and the stage's large arrays), so align / warm decode is the ratio that compares like with
+like, and the one the target is for.
 
 Wall times on a shared machine are noisy, so each align run also reports the CPU time (user + sys)
 of this process (the stage's own: it writes, and aligns a clip itself whenever the next one in

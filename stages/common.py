@@ -43,7 +43,7 @@ def params_option(command):
 
 
 jobs_option = click.option(
-    "--jobs", type=int, default=None, help="Parallel worker processes (default: params, else 1)."
+    "--jobs", type=int, default=None, help="Processes working in parallel (default: params, else 1)."
 )
 
 
