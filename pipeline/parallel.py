@@ -146,9 +146,9 @@ def ordered_map(
     and two jobs on two cores do not run three busy processes.
 
     Order is kept so that outputs are identical whatever the number of jobs. With jobs == 1 every
-    item runs in this process (no pool, easy debugging). Consume the iterator to the end on
-    success: closing it early (or letting it be collected unfinished) cancels the pending tasks and
-    kills the pool's workers, which is what an error path wants and a normal one does not.
+    item runs in this process (no pool, easy debugging). Closing the iterator early (or letting it
+    be collected unfinished) drops the tasks no worker has started; the ones running finish, their
+    results unread (at most one task per worker).
     """
     limit_native_threads()
     here = here or function
@@ -189,10 +189,12 @@ def ordered_map(
                 taken += 1
             else:  # nothing to run here, or enough held: wait for the workers
                 wait([head], return_when=FIRST_COMPLETED)
-    finally:  # closed early, or an item failed: stop the tasks still pending, if any
-        running = [s for s, _ in slots if isinstance(s, Future) and not s.cancel() and not s.done()]
-        if running:
-            executor.shutdown(wait=False, kill_workers=True)
+    finally:  # closed early, or an item failed: the tasks not started are dropped
+        # (a task already running finishes in its worker, which stays in the pool: loky's
+        # shutdown with kill_workers=True races with its own manager thread over queued tasks)
+        for slot, _ in slots:
+            if isinstance(slot, Future):
+                slot.cancel()
 
 
 # ---------------------------------------------------------------------------------------------
