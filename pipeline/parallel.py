@@ -147,8 +147,8 @@ def ordered_map(
 
     Order is kept so that outputs are identical whatever the number of jobs. With jobs == 1 every
     item runs in this process (no pool, easy debugging). Closing the iterator early (or letting it
-    be collected unfinished) drops the tasks no worker has started; the ones running finish, their
-    results unread (at most one task per worker).
+    be collected unfinished) submits nothing more; the tasks already handed to the pool (two per
+    worker at most: loky queues them to the workers at once) still run, their results unread.
     """
     limit_native_threads()
     here = here or function
@@ -189,9 +189,9 @@ def ordered_map(
                 taken += 1
             else:  # nothing to run here, or enough held: wait for the workers
                 wait([head], return_when=FIRST_COMPLETED)
-    finally:  # closed early, or an item failed: the tasks not started are dropped
-        # (a task already running finishes in its worker, which stays in the pool: loky's
-        # shutdown with kill_workers=True races with its own manager thread over queued tasks)
+    finally:  # closed early, or an item failed: drop the tasks loky has not queued to a worker yet
+        # (the queued ones run, and the workers stay in the pool: loky's shutdown with
+        # kill_workers=True races with its own manager thread over queued tasks)
         for slot, _ in slots:
             if isinstance(slot, Future):
                 slot.cancel()
