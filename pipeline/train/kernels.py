@@ -8,14 +8,15 @@ every one of them to code that gives the same results on any x86-64 processor:
     MKL (matrix products)        MKL_CBWR=COMPATIBLE: conditional numerical reproducibility on the
                                  SSE2 code path, on Intel and compatible processors; MKL_DYNAMIC=FALSE
     oneDNN (convolutions)        not used: torch.backends.mkldnn.enabled = False, so convolutions run
-                                 ATen's own (im2col + MKL); ONEDNN_MAX_CPU_ISA=SSE41 (and its older
-                                 name DNNL_MAX_CPU_ISA) caps whatever still reaches it
+                                 ATen's own (im2col + MKL per image), LEARNet's one MKL product per
+                                 layer over the batch (models/gemm_conv.py); ONEDNN_MAX_CPU_ISA=SSE41
+                                 (and its older name DNNL_MAX_CPU_ISA) caps whatever still reaches it
     NNPACK (forward convolutions not used: torch.backends.nnpack.set_flags(False). Its x86-64 code
       of batches >= 16)          needs AVX2: torch uses it where the processor has AVX2 and ATen's
                                  own elsewhere, so batches of 16 and more came out different on an
                                  older processor
 
-`native` lets each library pick the fastest code for this processor (about 2x faster here; README
+`native` lets each library pick the fastest code for this processor (1.6-1.7x faster here; README
 "Reproducibility"). Both need a fixed `threads` for bytes that do not depend on the machine.
 
 The libraries read these variables once, when they first run a kernel, so `apply_cpu_kernels` must

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import MerError
+from pipeline.train.models.gemm_conv import conv2d_relu
 from pipeline.train.models.pretrained import weights_hint
 from pipeline.train.models.registry import register_model
 
@@ -45,7 +46,8 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d + ReLU with TensorFlow 'same' padding (asymmetric where TF pads asymmetrically)."""
+    """Conv2d + ReLU with TensorFlow 'same' padding (asymmetric where TF pads asymmetrically); on the CPU
+    with the portable kernels one matrix product over the batch (`conv2d_relu`, gemm_conv.py)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
@@ -57,7 +59,7 @@ class SameConv2d(nn.Conv2d):
         left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
-        return F.relu(super().forward(x))
+        return conv2d_relu(x, self.weight, self.bias, self.stride)
 
 
 class LearnetPair(nn.Module):
