@@ -7,7 +7,9 @@ What it does, in one run:
 and prints the wall time of the whole repro, per stage the wall time between dvc's
 "Running stage 'x'" lines (so each stage's figure includes dvc's hashing/caching of its outputs),
 the peak memory (see below), the params preset that ran (and what differs from the README's
-`dvc repro`) and the resulting metrics, read from cache/metrics/*.json.
+`dvc repro`), the arithmetic of the training (samples through forward + backward over every fold,
+read from the run folders' manifests, and their FLOPs as torch counts them) and the resulting
+metrics, read from cache/metrics/*.json.
 
 Memory, two figures:
   tree peak    the peak of the summed resident memory (RSS) of `dvc` and all its descendants
@@ -165,6 +167,37 @@ def workload_line(project: Path, params: dict) -> str:
     )
 
 
+def training_arithmetic(project: Path) -> tuple[int, float]:
+    """(samples through forward + backward, GFLOP) of every fold of every run: what training
+    computes whatever the kernels (FLOPs per sample counted by torch on one batch of each model)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.train.fold import steps_per_epoch
+    from pipeline.train.models import build_model
+
+    passes, gflop, per_sample = 0, 0.0, {}
+    for run_file in sorted((project / "cache" / "runs").glob("*/run.json")):
+        run = json.loads(run_file.read_text())
+        settings, classes = run["params"], len(run["label_names"])
+        key = (settings["model"], settings["input_size"], classes)
+        if key not in per_sample:
+            model = build_model(settings["model"], classes, input_size=settings["input_size"])
+            x = torch.rand(2, 3, settings["input_size"], settings["input_size"])
+            with FlopCounterMode(display=False) as counted:
+                F.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+            per_sample[key] = counted.get_total_flops() / 2 / 1e9
+        for manifest_file in (run_file.parent / "folds").glob("*/manifest.json"):
+            fold = json.loads(manifest_file.read_text())
+            n, steps = fold["n_train_samples"], fold["optimizer_steps"]
+            epoch_steps = steps_per_epoch(n, settings["batch_size"])
+            samples = (steps // epoch_steps) * n + min((steps % epoch_steps) * settings["batch_size"], n)
+            passes += samples
+            gflop += samples * per_sample[key]
+    return passes, gflop
+
+
 def metrics_table(project: Path) -> list[str]:
     rows = ["cell                          n  accuracy [95% CI]      UF1 [95% CI]           UAR [95% CI]"]
     for path in sorted((project / "cache" / "metrics").glob("*.json")):
@@ -231,6 +264,14 @@ def main() -> None:
         print("  stage                                   wall s   share   tree peak MiB")
         for name, seconds, peak in result["stages"]:
             print(f"  {name:<38} {seconds:7.1f}  {100 * seconds / result['wall']:5.1f} %  {peak / MIB:8.0f}")
+        passes, gflop = training_arithmetic(project)
+        train_wall = sum(seconds for name, seconds, _ in result["stages"] if name.startswith("train@"))
+        print(
+            f"training: {passes:,} samples through forward + backward, {gflop:,.0f} GFLOP "
+            f"({gflop / train_wall / params['train']['jobs']:.1f} GFLOPS per fold process over the train stages' "
+            f"{train_wall:.0f} s, {params['train']['jobs']} at a time; "
+            "`python -m benchmarks.bench_kernels` prints what the matrix products alone reach)"
+        )
         print("metrics (cache/metrics/*.json; pooled LOSO, subject-bootstrap intervals):")
         for row in metrics_table(project):
             print("  " + row)
