@@ -16,7 +16,7 @@ every one of them to code that gives the same results on any x86-64 processor:
                                  own elsewhere, so batches of 16 and more came out different on an
                                  older processor
 
-`native` lets each library pick the fastest code for this processor (1.6-1.7x faster here; README
+`native` lets each library pick the fastest code for this processor (1.5-1.8x faster here; README
 "Reproducibility"). Both need a fixed `threads` for bytes that do not depend on the machine.
 
 The libraries read these variables once, when they first run a kernel, so `apply_cpu_kernels` must
