@@ -106,6 +106,9 @@ def set_params(dest: Path, preset: str, epochs: int | None) -> tuple[dict, list[
 def run_repro(project: Path, log_path: Path) -> dict:
     """`dvc repro` in project; wall time, stage start times, memory figures, the log."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    # the copy's own code: `mer` would otherwise import the project where it is installed (this
+    # checkout, editable), whatever commit was copied
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))
     env.pop("DVC_NO_ANALYTICS", None)
     starts: list[tuple[str, float]] = []
     start = time.perf_counter()
