@@ -14,8 +14,8 @@ ratios, and the final loss of each (they differ: other kernels, other rounding):
   native         every library's fastest code for this processor (oneDNN's convolutions)
 
 and, for the portable epoch, the share of its time in the matrix products (torch profiler, one
-epoch after the timed ones) and their rate: the arithmetic no portable training on this processor
-runs below.
+epoch after the timed ones) and their rate: the time a portable epoch cannot go below on MKL's
+reproducible path, whatever else is made faster.
 
 Usage: python -m benchmarks.bench_kernels [--epochs 3] [--rounds 2] [--threads 1]
 """
