@@ -116,7 +116,7 @@ def main() -> None:
         f"portable epoch, profiled: matrix products {profiled['products']:.2f} s of {profiled['profiled']:.2f} s "
         f"({share:.0%}), {profiled['flops'] / 1e9:.1f} GFLOP per epoch at "
         f"{profiled['flops'] / profiled['products'] / 1e9:.1f} GFLOPS: the epoch cannot take less than "
-        f"{profiled['products'] / profiled['profiled'] * epoch['portable']:.2f} s on these kernels"
+        f"{share * epoch['portable']:.2f} s on these kernels"
     )
 
 
