@@ -19,7 +19,8 @@ environment already switches off, and `MER_CPU_DISPATCH=native` leaves every lib
 use everything the processor has (faster; bytes that depend on the processor). torch's kernels are
 pinned separately, in the training processes (`train.cpu_kernels`, pipeline/train/kernels.py).
 numba (the DI kernel) is not capped: its code adds in a fixed order without FMA, exact on any
-processor (pipeline/dynimg/rank_pooling.py).
+processor (pipeline/dynimg/rank_pooling.py). Nor is libdeflate (the DI cache's compression): its
+processor-specific code only fills tables and sums checksums, so its output depends on its version alone.
 `python -m tests.check_data_stages --processor x86-64-v3` runs the stages as a processor without
 AVX-512 would, to check that the bytes match.
 """
