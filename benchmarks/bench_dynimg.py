@@ -9,6 +9,9 @@ Prints, in one run with the machine line:
     port     - the NumPy port most MER repositories copy (per channel, float64 broadcast of every frame
                times its coefficient, then a sum), re-implemented here from the published algorithm;
     targets: kernel >= 3x faster than the loop and >= 10x faster than the port;
+  DI compression, per image (one thread, CPU): the DI cache's chunks as the stage makes them
+    (`encode_image`: libdeflate, level 1) vs HDF5's own deflate filter (zlib, level 1, what the stage
+    used before), with the stored size of each as a share of the raw bytes;
   end to end, one process: reading every clip's aligned frames (the I/O floor) vs regenerating every
     DI as the stage does, frames hashed (xxh3-128, the aligned cache's read-time checksum) and checked
     as they are read; target: verified regeneration <= 1.5x the read;
@@ -48,6 +51,7 @@ from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images  
 from pipeline.dynimg.phases import phase_frames  # noqa: E402
 from pipeline.dynimg.rank_pooling import clip_dynamic_images, pool_factors, rank_pooling_coefficients, to_uint8  # noqa: E402
 from pipeline.io.aligned_cache import VerifiedFrames  # noqa: E402
+from pipeline.io.dynamic_image_cache import IMAGE_STORAGE, encode_image  # noqa: E402
 from pipeline.io.samples import read_samples  # noqa: E402
 from pipeline.parallel import limit_native_threads  # noqa: E402
 
@@ -116,6 +120,25 @@ def port_clip(frames: np.ndarray, numbers: np.ndarray, s: dict, settings: Dynami
         image = cv2.merge(channels).astype(np.float32)
         images[name] = to_uint8(resized(image, settings.size))
     return images
+
+
+def zlib_filter_chunk(image: np.ndarray) -> bytes:
+    """The chunk HDF5's own deflate filter (zlib) stores for one image, in an in-memory file: the
+    peer of `encode_image`."""
+    with h5py.File(f"bench-{os.getpid()}", "w", driver="core", backing_store=False) as handle:
+        dataset = handle.create_dataset("image", data=image[None], chunks=(1, *image.shape), **IMAGE_STORAGE)
+        return dataset.id.read_direct_chunk((0,) * dataset.ndim)[1]
+
+
+def compression(images: list[np.ndarray], repeat: int) -> dict[str, tuple[float, float]]:
+    """{method: (CPU seconds per image, stored bytes / raw bytes)} for the stage's encoder and zlib's filter."""
+    raw = sum(image.nbytes for image in images)
+    result = {}
+    for label, encode in (("libdeflate", encode_image), ("zlib", zlib_filter_chunk)):
+        chunks = [encode(image) for image in images]
+        seconds = best_of(repeat, lambda e=encode: [e(image) for image in images])[1]
+        result[label] = (seconds / len(images), sum(map(len, chunks)) / raw)
+    return result
 
 
 def read_frames(handle: h5py.File, samples: list[dict]) -> None:
@@ -223,6 +246,9 @@ def main() -> None:
         ]
         sub_frames = sum(len(f) for f, _, _ in clips)
         compute = compute_only(clips, settings, args.repeat)
+        packed = compression(
+            [image for f, n, s in clips for image in kernel_clip(f, n, s, settings).values()], args.repeat
+        )
         read_frames(handle, samples)  # warm the page cache for everyone
         read = best_of(args.repeat, lambda: read_frames(handle, samples))
         plain = best_of(args.repeat, lambda: regenerate(handle, samples, settings, verify=False))
@@ -241,6 +267,12 @@ def main() -> None:
         print(
             f"  kernel arithmetic {flops / compute['kernel'] / 1e9:5.1f} GFLOP/s (uint8 mapping and bookkeeping in the time)"
         )
+    print(
+        f"\nDI compression ({len(clips) * len(settings.phases)} DIs, one thread, CPU ms per image; stored / raw bytes):"
+    )
+    print(f"  libdeflate (the stage) {packed['libdeflate'][0] * 1e3:6.2f}  {packed['libdeflate'][1]:6.1%}")
+    print(f"  HDF5's zlib filter     {packed['zlib'][0] * 1e3:6.2f}  {packed['zlib'][1]:6.1%}")
+    print(f"  zlib / libdeflate      {packed['zlib'][0] / packed['libdeflate'][0]:6.2f}")
     print(f"\nend to end, one process, {len(samples)} clips (best of {args.repeat}; wall s / CPU s):")
     print(f"  read aligned frames            {read[0]:6.2f} / {read[1]:6.2f}")
     print(f"  regenerate all DIs, unverified {plain[0]:6.2f} / {plain[1]:6.2f}")
