@@ -44,9 +44,10 @@ SAMPLE_FIELDS = ("sample_id", "dataset", "subject", "clip", "label", "onset", "a
 _STRING_FIELDS = {"sample_id", "dataset", "subject", "clip", "apex_source"}
 # One chunk per image, stored as a zlib stream: HDF5's deflate ("gzip") filter, which every HDF5
 # reader inflates. The streams are made by libdeflate at its level 1 (`encode_image`), not by the
-# filter (zlib): 2.1x faster on DIs (motion on mid grey, sensor noise; compression was half the
-# stage) and smaller (64 % of the raw bytes against 67 % for zlib's level 1). libdeflate's output
-# depends only on its version (pinned in requirements.lock), not on the processor.
+# filter (zlib): over 2x faster on DIs (motion on mid grey, sensor noise; zlib's compression was half
+# the stage) and smaller (64 % of the raw bytes against 67 % for zlib's level 1; `bench_dynimg`
+# prints both). libdeflate's output depends on its release alone (pinned in requirements.lock), not
+# on the processor. The level recorded here is the filter's parameter, which readers ignore.
 IMAGE_STORAGE = {"compression": "gzip", "compression_opts": 1}
 _LIBDEFLATE_LEVEL = 1
 
