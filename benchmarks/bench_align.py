@@ -3,7 +3,9 @@
 Measures, in one run on the same clip folders:
   decode - only decoding every JPEG frame (cv2.imread) with the same number of processes (joblib);
   align  - the align stage itself (decode, detect, warp, write the HDF5 cache to a temporary file)
-           with --jobs 2, then with --jobs 1, then with --jobs 2 on half the clips;
+           with --jobs 2, then with --jobs 1, then with --jobs 2 on half the clips, then twice with
+           --jobs 1 at the same time in two processes (the ceiling of any split over two processes:
+           they share the memory bus and the L3 cache);
 and prints align/decode (target <= 1.5 against the warm-allocator decode), jobs1/jobs2 (target >= 1.85)
 and the peak resident memory of this process plus its worker processes during each align run (it
 must not grow with the clip count).
@@ -59,7 +61,7 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks.workload import TreeMemory, best_of, casme2_scale, machine_line
+from benchmarks.workload import TreeMemory, best_of, casme2_scale, machine_line, two_at_once
 from pipeline.align.clip import _detection_view, _warp, detect, similarity_transform
 from pipeline.align.dataset import _align_one, find_align_clips
 from pipeline.config import AlignSettings, load_params, load_section
@@ -143,6 +145,14 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
             align.main(args, standalone_mode=False)
             elapsed = time.perf_counter() - start
     return elapsed, memory.peak, cpu
+
+
+def align_alone(folders, params_file: Path, workdir: Path, barrier) -> float:
+    """Wall seconds of the align stage with --jobs 1 on these clips, timed once every process sharing
+    `barrier` has imported the stage and loaded the dlib models (a 2-clip run first)."""
+    align_run(folders[:2], params_file, 1, workdir)
+    barrier.wait(timeout=600)  # a sibling that died breaks it instead of hanging this one
+    return align_run(folders, params_file, 1, workdir)[0]
 
 
 def align_settings(params_file: Path) -> AlignSettings:
@@ -307,6 +317,7 @@ def main() -> None:
     t_align, mem_align, cpu_align = align_run(folders, params_file, args.jobs, args.workdir)
     t_align1, mem_align1, cpu_align1 = align_run(folders, params_file, 1, args.workdir)
     t_half, mem_half, _ = align_run(half, params_file, args.jobs, args.workdir)
+    together = two_at_once(align_alone, folders, params_file, args.workdir)
     mib = 1024 * 1024
 
     def cpu(c: CpuTime) -> str:
@@ -327,6 +338,11 @@ def main() -> None:
     print(
         f"CPU time jobs{args.jobs} / jobs1: {cpu_align.total / cpu_align1.total:7.2f}  (parallel overhead; "
         f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})"
+    )
+    print(
+        f"two copies of the jobs-1 run at once (two processes, no pool): {together[0]:.2f} and {together[1]:.2f} s "
+        f"vs {t_align1:.2f} s alone,\n  so no split over two processes gets jobs1 / jobs2 above "
+        f"{2 * t_align1 / (sum(together) / 2):.2f} on this machine"
     )
     print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
     if args.compute_clips > 0:

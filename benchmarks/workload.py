@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -103,6 +104,27 @@ def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, float]:
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return min(walls), min(cpus)
+
+
+def _timed_in_child(function: Callable[..., float], args: tuple, barrier, results) -> None:
+    results.put(function(*args, barrier))
+
+
+def two_at_once(function: Callable[..., float], *args: object) -> list[float]:
+    """Seconds `function(*args, barrier)` returns in each of two processes running it at the same time
+    (spawned; `function` warms up, waits on `barrier`, then times its work): what the two cores give
+    two copies of one process's work once they share the memory bus and the L3 cache. No split of that
+    work over two processes can do better."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    children = [context.Process(target=_timed_in_child, args=(function, args, barrier, results)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    if any(child.exitcode for child in children):
+        raise SystemExit(f"two_at_once: a child process failed (exit codes {[child.exitcode for child in children]})")
+    return [results.get() for _ in children]
 
 
 def _hwm_bytes(pid: int) -> int:
