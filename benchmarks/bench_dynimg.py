@@ -21,8 +21,10 @@ Prints, in one run with the machine line:
     processes each running the --jobs 1 work at the same time: the ceiling of any split over two
     processes on this machine (they share the memory bus and the L3 cache; no pool, no writer).
 Every figure is the best of --repeat runs, wall-clock and CPU time (process_time: all threads of this
-process; with --jobs 2 the workers' CPU time is not counted there). On a loaded machine read the CPU
-times; the targets are stated for a quiet one.
+process; with --jobs 2 the workers' CPU time is not counted there). End to end and for the stage, the
+runs compared in one ratio are taken in turn, round after round, so that a slow spell of the machine
+falls on all of them; compute only, each method runs back to back, as the stage runs its kernel. On
+a loaded machine read the CPU times; the targets are stated for a quiet one.
 
 Usage: python -m benchmarks.bench_dynimg [--preset demo|casme2-scale] [--clips N] [--repeat 5]
        [--aligned FILE --samples FILE]   (an existing aligned cache instead of generating one)
@@ -39,6 +41,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,7 +50,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import xxhash  # noqa: E402
 
-from benchmarks.workload import best_of, casme2_scale, machine_line, two_at_once  # noqa: E402
+from benchmarks.workload import best_of, best_of_each, casme2_scale, machine_line, two_at_once  # noqa: E402
 from pipeline.config import load_section  # noqa: E402
 from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images  # noqa: E402
 from pipeline.dynimg.phases import phase_frames  # noqa: E402
@@ -171,28 +174,45 @@ def read_hash_compute(handle: h5py.File, samples: list[dict], numbers: list[np.n
 
 
 def compute_only(clips: list[Clip], settings: DynamicImageSettings, repeat: int) -> dict[str, float]:
-    """Seconds (CPU, best of `repeat`) of each method over the clips held in memory."""
-    times = {}
-    for label, method in (("kernel", kernel_clip), ("loop", loop_clip), ("port", port_clip)):
-        times[label] = best_of(repeat, lambda m=method: [m(f, n, s, settings) for f, n, s in clips])[1]
-    return times
+    """Seconds (CPU, best of `repeat`) of each method over the clips held in memory, each method's runs
+    back to back as the stage runs its kernel (with the port's float64 arrays made and freed between
+    two kernel runs, the kernel took 1.6x longer)."""
+    methods = {"kernel": kernel_clip, "loop": loop_clip, "port": port_clip}
+    return {
+        label: best_of(repeat, lambda m=method: [m(f, n, s, settings) for f, n, s in clips])[1]
+        for label, method in methods.items()
+    }
 
 
-def stage_jobs(work: dict[str, Path], settings: DynamicImageSettings, jobs: int, repeat: int, barrier=None) -> float:
-    """Wall seconds of the dynimg stage's work with `jobs` workers (the pool is warmed first; with
-    `barrier`, the timing starts once every process sharing it is warm)."""
+def stage_times(
+    work: dict[str, Path], settings: DynamicImageSettings, repeat: int, jobs=(1, 2), barrier=None
+) -> dict[int, float]:
+    """Wall seconds of the dynimg stage's work with each number of `jobs` (best of `repeat`, in turn),
+    every pool warmed first; with `barrier`, the timing starts once every process sharing it is warm."""
     record = {"bench": True}
     with tempfile.TemporaryDirectory() as tmp:
-
-        def run() -> None:
-            build_dynamic_images(
-                [str(work["aligned"])], work["samples"], Path(tmp) / "di.h5", settings, record, jobs=jobs
+        runs = {
+            n: functools.partial(
+                build_dynamic_images,
+                [str(work["aligned"])],
+                work["samples"],
+                Path(tmp) / f"di-jobs{n}.h5",
+                settings,
+                record,
+                jobs=n,
             )
-
-        run()  # warm: worker processes started, page cache filled
+            for n in jobs
+        }
+        for run in runs.values():  # warm: worker processes started, page cache filled
+            run()
         if barrier is not None:
             barrier.wait(timeout=600)  # a sibling that died breaks it instead of hanging this one
-        return best_of(repeat, run)[0]
+        return {n: times[0] for n, times in best_of_each(repeat, runs).items()}
+
+
+def stage_alone(work: dict[str, Path], settings: DynamicImageSettings, repeat: int, barrier) -> float:
+    """`stage_times` of the --jobs 1 work only, for `two_at_once`."""
+    return stage_times(work, settings, repeat, (1,), barrier)[1]
 
 
 def main() -> None:
@@ -240,14 +260,20 @@ def main() -> None:
             [image for f, n, s in clips for image in kernel_clip(f, n, s, settings).values()], args.repeat
         )
         read_frames(handle, samples)  # warm the page cache for everyone
-        read = best_of(args.repeat, lambda: read_frames(handle, samples))
         numbers = [handle[f"{s['subject']}/{s['clip']}/frame_numbers"][()] for s in samples]
-        floor = best_of(args.repeat, lambda: read_hash_compute(handle, samples, numbers, settings))
-        plain = best_of(args.repeat, lambda: regenerate(handle, samples, settings, verify=False))
-        verified = best_of(args.repeat, lambda: regenerate(handle, samples, settings, verify=True))
-    jobs1 = stage_jobs(work, settings, 1, args.repeat)
-    jobs2 = stage_jobs(work, settings, 2, args.repeat)
-    together = two_at_once(stage_jobs, work, settings, 1, args.repeat)
+        end_to_end = best_of_each(
+            args.repeat,
+            {
+                "read": lambda: read_frames(handle, samples),
+                "floor": lambda: read_hash_compute(handle, samples, numbers, settings),
+                "plain": lambda: regenerate(handle, samples, settings, verify=False),
+                "verified": lambda: regenerate(handle, samples, settings, verify=True),
+            },
+        )
+        read, floor, plain, verified = (end_to_end[k] for k in ("read", "floor", "plain", "verified"))
+    stage = stage_times(work, settings, args.repeat)
+    jobs1, jobs2 = stage[1], stage[2]
+    together = two_at_once(stage_alone, work, settings, args.repeat)
 
     us = {k: v / sub_frames * 1e6 for k, v in compute.items()}
     print(f"\ncompute only, frames in memory ({len(clips)} clips, {sub_frames} frames, one thread, CPU us per frame):")

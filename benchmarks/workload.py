@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Self
 
@@ -95,15 +95,24 @@ def casme2_scale(workdir: Path, jobs: int = 2, preset: str = "casme2-scale") -> 
     return {"params": params, "root": root, "coding": coding, "aligned": aligned, "samples": samples}
 
 
+def best_of_each(repeat: int, runs: Mapping[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
+    """(wall, cpu) seconds of each `run()` in this process, each the best of `repeat` runs, the runs
+    taken in turn (first one in a round, then the next, ...: a slow spell of a shared machine then
+    falls on all of them alike instead of on whichever ran during it)."""
+    walls: dict[str, list[float]] = {label: [] for label in runs}
+    cpus: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeat):
+        for label, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            walls[label].append(time.perf_counter() - wall)
+            cpus[label].append(time.process_time() - cpu)
+    return {label: (min(walls[label]), min(cpus[label])) for label in runs}
+
+
 def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, float]:
     """(wall, cpu) seconds of `run()` in this process, each the best of `repeat` runs."""
-    walls, cpus = [], []
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return min(walls), min(cpus)
+    return best_of_each(repeat, {"run": run})["run"]
 
 
 def _timed_in_child(function: Callable[..., float], args: tuple, barrier, results) -> None:
