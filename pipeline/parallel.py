@@ -12,6 +12,8 @@ Pool workers exit when the process that started them dies (`exit_with_parent`: a
 would otherwise leave loky workers idle for their 300 s timeout, holding shared memory and the
 caller's pipes), and every pool start first deletes what killed runs left in shared memory: this
 module's `mer-shared-<pid>-...` folders and joblib's `joblib_memmapping_folder_<pid>_...` ones.
+A stage that succeeded stops its idle workers instead of waiting for each one's own exit
+(`stop_idle_workers`, called by the `mer` command as it exits).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ JOBLIB_PREFIX = "joblib_memmapping_folder_"  # joblib's memmapping folders: <pre
 PARENT_POLL_SECONDS = 0.25
 _watchdog_lock = threading.Lock()
 _watched_parent: int | None = None
+_pool_started = False  # this process started loky workers (`stop_idle_workers` has something to stop)
 
 
 def exit_with_parent(parent: int | None = None) -> None:
@@ -76,7 +79,9 @@ def process_pool(jobs: int, **options: Any) -> Parallel:
     task). What killed runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
     from joblib.parallel import LokyBackend
 
+    global _pool_started
     remove_stale_pool_files()
+    _pool_started = True
     backend = LokyBackend(initializer=exit_with_parent, initargs=(os.getpid(),))
     return Parallel(n_jobs=jobs, backend=backend, **options)
 
@@ -113,7 +118,9 @@ def worker_pool(workers: int) -> Any:
     runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
     from joblib.externals.loky import get_reusable_executor
 
+    global _pool_started
     remove_stale_pool_files()
+    _pool_started = True
     one_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     return get_reusable_executor(
         max_workers=workers,
@@ -122,6 +129,22 @@ def worker_pool(workers: int) -> Any:
         initargs=(os.getpid(),),
         env=one_thread,
     )
+
+
+def stop_idle_workers() -> None:
+    """Terminate this process's pool workers now, without letting each one tear its interpreter
+    down: for a process about to exit whose every task is done. Left alone, the exit waits for the
+    workers' own exit (about 1 s for training workers, which hold torch: once per `mer train`).
+    Both `worker_pool` and `process_pool` run on loky's one reusable executor; a process that started
+    neither has nothing to stop. Not while tasks are queued: loky's kill then races with its own
+    manager thread over them."""
+    global _pool_started
+    if not _pool_started:
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    _pool_started = False
+    get_reusable_executor(reuse=True).shutdown(wait=True, kill_workers=True)
 
 
 def _run_batch(function: Callable[..., Any], batch: list[tuple]) -> list[Any]:

@@ -77,6 +77,12 @@ def main() -> None:
     try:
         cli()
     except SystemExit as exc:
+        # A command that succeeded left its pool idle: its workers are stopped rather than waited
+        # for. (pipeline.parallel is looked up, not imported: the commands that start pools have
+        # imported it, and importing it here would load numpy for every command.)
+        parallel = sys.modules.get("pipeline.parallel")
+        if not exc.code and parallel is not None:
+            parallel.stop_idle_workers()
         if _exit_hard:  # the message is out; skip the C exit handlers HDF5 can crash in after a full disk
             atexit._run_exitfuncs()  # Python's (joblib's clean-up) still run
             sys.stdout.flush()

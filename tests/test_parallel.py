@@ -1,11 +1,14 @@
-"""ordered_map: results in input order whatever the jobs, the calling process working as one of them."""
+"""ordered_map: results in input order whatever the jobs, the calling process working as one of them;
+stop_idle_workers: a finished stage's workers end without their own slow exit."""
 
+import atexit
 import os
 import time
 
+import psutil
 import pytest
 
-from pipeline.parallel import ordered_map
+from pipeline.parallel import ordered_map, stop_idle_workers
 
 
 def _where(index: int, pause: float = 0.01) -> tuple[int, int]:
@@ -63,3 +66,20 @@ def test_closing_the_map_early_drops_the_items_not_started(tmp_path):
     # the items returned and run here, the worker's task in hand: 200 x 0.2 s were not run
     assert ran <= 12, ran
     assert [i for i, _ in ordered_map(_where, ((i, 0) for i in range(4)), jobs=2)] == [0, 1, 2, 3]  # still works
+
+
+def _slow_to_exit(index: int) -> int:
+    """A worker whose interpreter takes 5 s to exit (as torch's teardown takes about 1 s)."""
+    atexit.register(time.sleep, 5)
+    return os.getpid()
+
+
+def test_stop_idle_workers_ends_the_workers_without_waiting_for_their_exit():
+    workers = {pid for pid in ordered_map(_slow_to_exit, ((i,) for i in range(6)), jobs=2) if pid != os.getpid()}
+    assert workers and all(psutil.pid_exists(pid) for pid in workers)
+    started = time.monotonic()
+    stop_idle_workers()
+    assert time.monotonic() - started < 3  # not the 5 s a worker's own exit takes
+    assert not any(psutil.pid_exists(pid) for pid in workers)
+    stop_idle_workers()  # nothing left to stop: a no-op
+    assert [i for i, _ in ordered_map(_where, ((i, 0) for i in range(4)), jobs=2)] == [0, 1, 2, 3]  # a new pool
