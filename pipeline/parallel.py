@@ -79,11 +79,17 @@ def process_pool(jobs: int, **options: Any) -> Parallel:
     task). What killed runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
     from joblib.parallel import LokyBackend
 
+    _starting_pool()
+    backend = LokyBackend(initializer=exit_with_parent, initargs=(os.getpid(),))
+    return Parallel(n_jobs=jobs, backend=backend, **options)
+
+
+def _starting_pool() -> None:
+    """What every pool start does first: delete what killed runs left (`remove_stale_pool_files`)
+    and note that this process has workers to stop (`stop_idle_workers`)."""
     global _pool_started
     remove_stale_pool_files()
     _pool_started = True
-    backend = LokyBackend(initializer=exit_with_parent, initargs=(os.getpid(),))
-    return Parallel(n_jobs=jobs, backend=backend, **options)
 
 
 def remove_stale_pool_files() -> list[Path]:
@@ -118,9 +124,7 @@ def worker_pool(workers: int) -> Any:
     runs left in shared memory is deleted first (`remove_stale_pool_files`)."""
     from joblib.externals.loky import get_reusable_executor
 
-    global _pool_started
-    remove_stale_pool_files()
-    _pool_started = True
+    _starting_pool()
     one_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     return get_reusable_executor(
         max_workers=workers,

@@ -338,19 +338,20 @@ def aligned_problems(rows: list[dict], samples: str | Path, caches: Mapping[str,
     for row in rows:
         where = f"{samples} line {row['_line']} ({row['subject']}/{row['clip']})"
         key = f"{row['subject']}/{row['clip']}"
-        dataset = _aligned_handle(caches[row["dataset"]]).get(f"{key}/frame_numbers")  # one lookup: ~70 us each
+        cache = caches[row["dataset"]]
+        dataset = _aligned_handle(cache).get(f"{key}/frame_numbers")  # one lookup: ~70 us each
         if dataset is None:
-            problems.append(f"{where}: the clip is not in the aligned cache {caches[row['dataset']]} (was it aligned?)")
+            problems.append(f"{where}: the clip is not in the aligned cache {cache} (was it aligned?)")
             continue
         numbers = dataset[()]
         if dataset.attrs.get("sha256") != array_sha256(numbers):
-            problems.append(f"{caches[row['dataset']]}, clip {key}: frame_numbers do not match their stored sha256")
+            problems.append(f"{cache}, clip {key}: frame_numbers do not match their stored sha256")
             continue
         missing = sorted(set(range(row["onset"], row["offset"] + 1)) - set(numbers.tolist()))
         if missing:
             problems.append(
                 f"{where}: frames {missing[:5]}{'...' if len(missing) > 5 else ''} of onset..offset "
-                f"{row['onset']}..{row['offset']} are not in the aligned cache {caches[row['dataset']]}"
+                f"{row['onset']}..{row['offset']} are not in the aligned cache {cache}"
             )
     return problems
 
