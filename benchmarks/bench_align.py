@@ -61,7 +61,7 @@ import numpy as np
 import psutil
 import yaml
 
-from benchmarks.workload import TreeMemory, best_of, casme2_scale, machine_line, two_at_once
+from benchmarks.workload import TreeMemory, best_of, casme2_scale, machine_line, split_ceiling_line, two_at_once
 from pipeline.align.clip import _detection_view, _warp, detect, similarity_transform
 from pipeline.align.dataset import _align_one, find_align_clips
 from pipeline.config import AlignSettings, load_params, load_section
@@ -339,11 +339,7 @@ def main() -> None:
         f"CPU time jobs{args.jobs} / jobs1: {cpu_align.total / cpu_align1.total:7.2f}  (parallel overhead; "
         f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})"
     )
-    print(
-        f"two copies of the jobs-1 run at once (two processes, no pool): {together[0]:.2f} and {together[1]:.2f} s "
-        f"vs {t_align1:.2f} s alone,\n  so no split over two processes gets jobs1 / jobs2 above "
-        f"{2 * t_align1 / (sum(together) / 2):.2f} on this machine"
-    )
+    print(split_ceiling_line(t_align1, together))
     print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
     if args.compute_clips > 0:
         side_by_side(folders[: args.compute_clips], params_file, repeat=3)

@@ -50,7 +50,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import xxhash  # noqa: E402
 
-from benchmarks.workload import best_of, best_of_each, casme2_scale, machine_line, two_at_once  # noqa: E402
+from benchmarks.workload import best_of, best_of_each, casme2_scale, machine_line, split_ceiling_line, two_at_once  # noqa: E402
 from pipeline.config import load_section  # noqa: E402
 from pipeline.dynimg.dataset import DynamicImageSettings, build_dynamic_images  # noqa: E402
 from pipeline.dynimg.phases import phase_frames  # noqa: E402
@@ -303,11 +303,7 @@ def main() -> None:
     )
     print(f"\nthe stage's work (build_dynamic_images), wall s: jobs 1 {jobs1:.2f}, jobs 2 {jobs2:.2f}")
     print(f"  jobs1 / jobs2  {jobs1 / jobs2:5.2f}  (target >= 1.8; needs 2 idle cores)")
-    ceiling = 2 * jobs1 / (sum(together) / 2)
-    print(
-        f"  two copies of the jobs-1 work at once (two processes, no pool): {together[0]:.2f} and {together[1]:.2f} s"
-        f" vs {jobs1:.2f} s alone,\n  so no split over two processes gets jobs1 / jobs2 above {ceiling:.2f} on this machine"
-    )
+    print(f"  {split_ceiling_line(jobs1, together)}")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,17 @@ def two_at_once(function: Callable[..., float], *args: object) -> list[float]:
     return [results.get() for _ in children]
 
 
+def split_ceiling_line(alone: float, together: list[float]) -> str:
+    """What `two_at_once` found, as the benchmarks print it: each copy's seconds beside one process
+    alone, and the ceiling that gives any split of the work over two processes (two copies' work in
+    their mean time, against one copy's in `alone`)."""
+    ceiling = 2 * alone / (sum(together) / 2)
+    return (
+        f"two copies of the jobs-1 work at once (two processes, no pool): {together[0]:.2f} and {together[1]:.2f} s"
+        f" vs {alone:.2f} s alone,\n  so no split over two processes gets jobs1 / jobs2 above {ceiling:.2f} on this machine"
+    )
+
+
 def _hwm_bytes(pid: int) -> int:
     """VmHWM (the kernel's exact peak resident set) of one process, 0 when it is gone."""
     try:
