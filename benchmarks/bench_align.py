@@ -3,9 +3,9 @@
 Measures, in one run on the same clip folders:
   decode - only decoding every JPEG frame (cv2.imread) with the same number of processes (joblib);
   align  - the align stage itself (decode, detect, warp, write the HDF5 cache to a temporary file)
-           with --jobs 2, then with --jobs 1, then with --jobs 2 on half the clips, then twice with
-           --jobs 1 at the same time in two processes (the ceiling of any split over two processes:
-           they share the memory bus and the L3 cache);
+           with --jobs 2, then with --jobs 1, then with --jobs 2 on half the clips; then, in two
+           more processes, the --jobs 1 run of each alone and of both at the same time, in turn (the
+           ceiling of any split over two processes: they share the memory bus and the L3 cache);
 and prints align/decode (target <= 1.5 against the warm-allocator decode), jobs1/jobs2 (target >= 1.85)
 and the peak resident memory of this process plus its worker processes during each align run (it
 must not grow with the clip count).
@@ -49,9 +49,11 @@ Usage: python -m benchmarks.bench_align [--workdir /tmp/mer-bench] [--clips N] [
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 from unittest import mock
@@ -147,12 +149,11 @@ def align_run(folders, params_file: Path, jobs: int, workdir: Path) -> tuple[flo
     return elapsed, memory.peak, cpu
 
 
-def align_alone(folders, params_file: Path, workdir: Path, barrier) -> float:
-    """Wall seconds of the align stage with --jobs 1 on these clips, timed once every process sharing
-    `barrier` has imported the stage and loaded the dlib models (a 2-clip run first)."""
-    align_run(folders[:2], params_file, 1, workdir)
-    barrier.wait(timeout=600)  # a sibling that died breaks it instead of hanging this one
-    return align_run(folders, params_file, 1, workdir)[0]
+def warm_jobs1_align(scratch: Path, folders, params_file: Path) -> Callable[[], object]:
+    """The align stage with --jobs 1 on these clips (its temporary roots and output in `scratch`),
+    once the stage is imported and the dlib models loaded by a 2-clip run: for `two_at_once`."""
+    align_run(folders[:2], params_file, 1, scratch)
+    return functools.partial(align_run, folders, params_file, 1, scratch)
 
 
 def align_settings(params_file: Path) -> AlignSettings:
@@ -317,7 +318,7 @@ def main() -> None:
     t_align, mem_align, cpu_align = align_run(folders, params_file, args.jobs, args.workdir)
     t_align1, mem_align1, cpu_align1 = align_run(folders, params_file, 1, args.workdir)
     t_half, mem_half, _ = align_run(half, params_file, args.jobs, args.workdir)
-    together = two_at_once(align_alone, folders, params_file, args.workdir)
+    copies = two_at_once(warm_jobs1_align, folders, params_file)
     mib = 1024 * 1024
 
     def cpu(c: CpuTime) -> str:
@@ -339,7 +340,7 @@ def main() -> None:
         f"CPU time jobs{args.jobs} / jobs1: {cpu_align.total / cpu_align1.total:7.2f}  (parallel overhead; "
         f"the best jobs1/jobs{args.jobs} on {args.jobs} free cores is {args.jobs * cpu_align1.total / cpu_align.total:.2f})"
     )
-    print(split_ceiling_line(t_align1, together))
+    print(split_ceiling_line(copies))
     print(f"peak memory, all clips / half the clips: {mem_align / mem_half:.2f}  (flat: about 1)")
     if args.compute_clips > 0:
         side_by_side(folders[: args.compute_clips], params_file, repeat=3)

@@ -18,8 +18,9 @@ Prints, in one run with the machine line:
     clip read whole, hashed and made into DIs while its frames are still in the cache, with none of
     h5py's per-clip lookups and attribute reads (what is left when all bookkeeping is gone);
   the stage's work (`build_dynamic_images`) with --jobs 2 vs --jobs 1; target >= 1.8x. Beside it, two
-    processes each running the --jobs 1 work at the same time: the ceiling of any split over two
-    processes on this machine (they share the memory bus and the L3 cache; no pool, no writer).
+    processes running the --jobs 1 work, each alone and then both at the same time, in turn (best of
+    --repeat rounds): the ceiling of any split over two processes on this machine (they share the
+    memory bus and the L3 cache; no pool, no writer).
 Every figure is the best of --repeat runs, wall-clock and CPU time (process_time: all threads of this
 process; with --jobs 2 the workers' CPU time is not counted there). End to end and for the stage, the
 runs compared in one ratio are taken in turn, round after round, so that a slow spell of the machine
@@ -43,6 +44,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -184,35 +186,28 @@ def compute_only(clips: list[Clip], settings: DynamicImageSettings, repeat: int)
     }
 
 
-def stage_times(
-    work: dict[str, Path], settings: DynamicImageSettings, repeat: int, jobs=(1, 2), barrier=None
-) -> dict[int, float]:
-    """Wall seconds of the dynimg stage's work with each number of `jobs` (best of `repeat`, in turn),
-    every pool warmed first; with `barrier`, the timing starts once every process sharing it is warm."""
-    record = {"bench": True}
+def stage_run(work: dict[str, Path], settings: DynamicImageSettings, out: Path, jobs: int) -> Callable[[], object]:
+    """The dynimg stage's work (`build_dynamic_images`) on the workload, writing `out`."""
+    return functools.partial(
+        build_dynamic_images, [str(work["aligned"])], work["samples"], out, settings, {"bench": True}, jobs=jobs
+    )
+
+
+def stage_times(work: dict[str, Path], settings: DynamicImageSettings, repeat: int) -> dict[int, float]:
+    """Wall seconds of the dynimg stage's work with --jobs 1 and 2 (best of `repeat`, in turn), every
+    pool warmed first."""
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {
-            n: functools.partial(
-                build_dynamic_images,
-                [str(work["aligned"])],
-                work["samples"],
-                Path(tmp) / f"di-jobs{n}.h5",
-                settings,
-                record,
-                jobs=n,
-            )
-            for n in jobs
-        }
+        runs = {n: stage_run(work, settings, Path(tmp) / f"di-jobs{n}.h5", n) for n in (1, 2)}
         for run in runs.values():  # warm: worker processes started, page cache filled
             run()
-        if barrier is not None:
-            barrier.wait(timeout=600)  # a sibling that died breaks it instead of hanging this one
         return {n: times[0] for n, times in best_of_each(repeat, runs).items()}
 
 
-def stage_alone(work: dict[str, Path], settings: DynamicImageSettings, repeat: int, barrier) -> float:
-    """`stage_times` of the --jobs 1 work only, for `two_at_once`."""
-    return stage_times(work, settings, repeat, (1,), barrier)[1]
+def warm_jobs1_stage(scratch: Path, work: dict[str, Path], settings: DynamicImageSettings) -> Callable[[], object]:
+    """The --jobs 1 work of `stage_times`, writing into `scratch`, run once: for `two_at_once`."""
+    run = stage_run(work, settings, scratch / "di.h5", 1)
+    run()
+    return run
 
 
 def main() -> None:
@@ -273,7 +268,7 @@ def main() -> None:
         read, floor, plain, verified = (end_to_end[k] for k in ("read", "floor", "plain", "verified"))
     stage = stage_times(work, settings, args.repeat)
     jobs1, jobs2 = stage[1], stage[2]
-    together = two_at_once(stage_alone, work, settings, args.repeat)
+    copies = two_at_once(warm_jobs1_stage, work, settings, rounds=args.repeat)
 
     us = {k: v / sub_frames * 1e6 for k, v in compute.items()}
     print(f"\ncompute only, frames in memory ({len(clips)} clips, {sub_frames} frames, one thread, CPU us per frame):")
@@ -303,7 +298,7 @@ def main() -> None:
     )
     print(f"\nthe stage's work (build_dynamic_images), wall s: jobs 1 {jobs1:.2f}, jobs 2 {jobs2:.2f}")
     print(f"  jobs1 / jobs2  {jobs1 / jobs2:5.2f}  (target >= 1.8; needs 2 idle cores)")
-    print(f"  {split_ceiling_line(jobs1, together)}")
+    print(f"  {split_ceiling_line(copies)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -115,35 +116,64 @@ def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, float]:
     return best_of_each(repeat, {"run": run})["run"]
 
 
-def _timed_in_child(function: Callable[..., float], args: tuple, barrier, results) -> None:
-    results.put(function(*args, barrier))
+def _wall_seconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
-def two_at_once(function: Callable[..., float], *args: object) -> list[float]:
-    """Seconds `function(*args, barrier)` returns in each of two processes running it at the same time
-    (spawned; `function` warms up, waits on `barrier`, then times its work): what the two cores give
-    two copies of one process's work once they share the memory bus and the L3 cache. No split of that
-    work over two processes can do better."""
+def _alone_and_together(
+    prepare: Callable[..., Callable[[], object]], args: tuple, index: int, rounds: int, barrier, results
+) -> None:
+    alone, together = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        work = prepare(Path(scratch), *args)
+        for _ in range(rounds):
+            for turn in range(2):  # one copy works, the other waits at the barrier
+                barrier.wait(timeout=600)  # a sibling that died times it out instead of hanging this one
+                if turn == index:
+                    alone.append(_wall_seconds(work))
+                barrier.wait(timeout=600)
+            together.append(_wall_seconds(work))  # both leave the last barrier at once
+    results.put((index, (min(alone), min(together))))
+
+
+def two_at_once(
+    prepare: Callable[..., Callable[[], object]], *args: object, rounds: int = 1
+) -> list[tuple[float, float]]:
+    """(alone, together) wall seconds of two spawned processes each running `prepare(scratch, *args)()`,
+    best of `rounds`: in each round each copy alone while the other waits, then both at the same
+    time (`prepare` loads and warms up, and returns the work to time; `scratch` is a folder of its
+    own for what the work writes). Both figures come from the same two processes, taken in turn, so
+    that neither the parent's state (its pools, its heap) nor a slow minute falls on one side only:
+    the ratio is what the two cores give two copies of one process's work once they share the memory
+    bus and the L3 cache. No split of that work over two processes can do better."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
-    children = [context.Process(target=_timed_in_child, args=(function, args, barrier, results)) for _ in range(2)]
+    children = [
+        context.Process(target=_alone_and_together, args=(prepare, args, index, rounds, barrier, results))
+        for index in range(2)
+    ]
     for child in children:
         child.start()
     for child in children:
         child.join()
     if any(child.exitcode for child in children):
         raise SystemExit(f"two_at_once: a child process failed (exit codes {[child.exitcode for child in children]})")
-    return [results.get() for _ in children]
+    timings = dict(results.get() for _ in children)
+    return [timings[index] for index in range(2)]
 
 
-def split_ceiling_line(alone: float, together: list[float]) -> str:
-    """What `two_at_once` found, as the benchmarks print it: each copy's seconds beside one process
-    alone, and the ceiling that gives any split of the work over two processes (two copies' work in
-    their mean time, against one copy's in `alone`)."""
-    ceiling = 2 * alone / (sum(together) / 2)
+def split_ceiling_line(copies: list[tuple[float, float]]) -> str:
+    """What `two_at_once` found, as the benchmarks print it: each copy's seconds alone and at once,
+    and the ceiling that gives any split of the work over two processes (two copies' work in their
+    mean time at once, against one copy's in its mean time alone)."""
+    alone, together = [a for a, _ in copies], [t for _, t in copies]
+    ceiling = 2 * sum(alone) / sum(together)
     return (
-        f"two copies of the jobs-1 work at once (two processes, no pool): {together[0]:.2f} and {together[1]:.2f} s"
-        f" vs {alone:.2f} s alone,\n  so no split over two processes gets jobs1 / jobs2 above {ceiling:.2f} on this machine"
+        f"two copies of the jobs-1 work (two processes, no pool), each alone then both at once, in turn: "
+        f"alone {alone[0]:.2f} and {alone[1]:.2f} s, at once {together[0]:.2f} and {together[1]:.2f} s,\n"
+        f"  so no split over two processes gets jobs1 / jobs2 above {ceiling:.2f} on this machine"
     )
 
 
