@@ -20,9 +20,11 @@ Memory, two figures:
                single processes, not a sum over the tree.
 
 Presets: `demo` (the default) is exactly what `dvc repro` in the README runs; `tiny` is a quick check
-(tiny demo data, 2 epochs).
+(tiny demo data, 2 epochs). `--epochs` and `--cpu-kernels` are what-ifs on top of either; the preset
+line then says what differs from the README's `dvc repro`.
 
-Usage: python -m benchmarks.bench_repro [--preset demo|tiny] [--epochs N] [--keep DIR] [--source worktree|head]
+Usage: python -m benchmarks.bench_repro [--preset demo|tiny] [--epochs N] [--cpu-kernels portable|native]
+       [--keep DIR] [--source worktree|head]
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def copy_project(dest: Path, source: str) -> str:
     return origin
 
 
-def set_params(dest: Path, preset: str, epochs: int | None) -> tuple[dict, list[str]]:
+def set_params(dest: Path, preset: str, epochs: int | None, cpu_kernels: str | None = None) -> tuple[dict, list[str]]:
     """Write the preset's params into the copy; returns them and what differs from params.yaml."""
     original = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params = yaml.safe_load((dest / "params.yaml").read_text())
@@ -92,11 +94,14 @@ def set_params(dest: Path, preset: str, epochs: int | None) -> tuple[dict, list[
         for entry in (params.get("models") or {}).values():
             if isinstance(entry, dict) and "epochs" in entry:
                 entry["epochs"] = epochs
+    if cpu_kernels is not None:
+        params["train"]["cpu_kernels"] = cpu_kernels
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     differs = []
     for key, (old, new) in {
         "demo.preset": (original["demo"]["preset"], params["demo"]["preset"]),
         "train.epochs": (original["train"]["epochs"], params["train"]["epochs"]),
+        "train.cpu_kernels": (original["train"]["cpu_kernels"], params["train"]["cpu_kernels"]),
     }.items():
         if old != new:
             differs.append(f"{key} {new} (README's repro: {old})")
@@ -223,6 +228,13 @@ def main() -> None:
         help="demo: what the README's `dvc repro` runs; tiny: a quick check (2 epochs)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="what-if: override train.epochs")
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=("portable", "native"),
+        default=None,
+        help="what-if: override train.cpu_kernels (native: each library's fastest code for this processor, "
+        "results tied to it)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="reproduce in this (new or empty) folder and keep it")
     parser.add_argument(
         "--source",
@@ -241,7 +253,7 @@ def main() -> None:
         project = Path(tmp.name)
     try:
         origin = copy_project(project, args.source)
-        params, differs = set_params(project, args.preset, args.epochs)
+        params, differs = set_params(project, args.preset, args.epochs, args.cpu_kernels)
         print(machine_line())
         print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         print(f"project: {origin}, copied to {project}")
