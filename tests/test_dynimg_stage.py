@@ -584,3 +584,17 @@ def test_images_compressed_by_the_workers_give_the_file_the_writer_would_write(t
     by_writer, by_workers = read_dynamic_images(tmp_path / "writer.h5"), read_dynamic_images(tmp_path / "workers.h5")
     assert np.array_equal(by_workers.jitter("onset_apex"), np.stack([d["onset_apex"] for d in jitter]))
     assert np.array_equal(by_workers.jitter("onset_apex"), by_writer.jitter("onset_apex"))
+
+
+@pytest.mark.parametrize("where", ["images", "jitter"])
+def test_the_writer_refuses_an_image_that_is_not_h_w_3(tmp_path, where):
+    """A phase's DI or a jittered one of another shape than (H, W, 3) is refused before anything is
+    written for it, naming its dataset."""
+    from pipeline.io.dynamic_image_cache import DynamicImageWriter
+
+    good, grey = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    sample = {"full": grey if where == "images" else good}
+    draws = {"full": [grey if where == "jitter" else good] * 2}
+    with DynamicImageWriter(tmp_path / "x.h5", 1, ["full"], ["a"], {}, jitter={"full": 2}) as writer:
+        with pytest.raises(ValueError, match=rf"^{where}/full: an image of shape \(8, 8\), expected \(H, W, 3\)"):
+            writer.add(sample, draws)

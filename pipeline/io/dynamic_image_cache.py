@@ -114,16 +114,19 @@ class DynamicImageWriter(CacheWriter):
         self._jitter_digests = {phase: hashlib.sha256() for phase in self._jitter}
         if image_shape is not None:
             for phase in self._phases:
-                self._datasets[phase] = self._create(phase, image_shape)
+                self._datasets[phase] = self._create(self._group, phase, image_shape)
 
-    def _create(self, phase: str, shape: tuple[int, ...]) -> h5py.Dataset:
+    def _create(self, group: h5py.Group, name: str, shape: tuple[int, ...], draws: int | None = None) -> h5py.Dataset:
+        """The dataset of `n` samples of one (H, W, 3) image each, or with `draws` of that many
+        (jitter); one image per chunk."""
         if len(shape) != 3 or shape[2] != 3:
-            raise ValueError(f"images/{phase}: an image of shape {shape}, expected (H, W, 3)")
-        return self._group.create_dataset(
-            phase,
-            shape=(self._n, *shape),
+            raise ValueError(f"{group.name.lstrip('/')}/{name}: an image of shape {shape}, expected (H, W, 3)")
+        per_sample = shape if draws is None else (draws, *shape)
+        return group.create_dataset(
+            name,
+            shape=(self._n, *per_sample),
             dtype=np.uint8,
-            chunks=(1, *shape),
+            chunks=(1,) * (len(per_sample) - 2) + shape,
             track_times=False,
             **IMAGE_STORAGE,
         )
@@ -143,7 +146,7 @@ class DynamicImageWriter(CacheWriter):
         for phase in self._phases:
             image = np.ascontiguousarray(images[phase], dtype=np.uint8)
             if phase not in self._datasets:
-                self._datasets[phase] = self._create(phase, image.shape)
+                self._datasets[phase] = self._create(self._group, phase, image.shape)
             dataset = self._datasets[phase]
             if dataset.shape[1:] != image.shape:
                 raise ValueError(f"images/{phase}: an image of shape {image.shape}, expected {dataset.shape[1:]}")
@@ -155,13 +158,8 @@ class DynamicImageWriter(CacheWriter):
             if stack.shape[0] != k:
                 raise ValueError(f"jitter/{phase}: {stack.shape[0]} images, expected {k}")
             if phase not in self._jitter_datasets:
-                self._jitter_datasets[phase] = self._handle.require_group("jitter").create_dataset(
-                    phase,
-                    shape=(self._n, *stack.shape),
-                    dtype=np.uint8,
-                    chunks=(1, 1, *stack.shape[1:]),
-                    track_times=False,
-                    **IMAGE_STORAGE,
+                self._jitter_datasets[phase] = self._create(
+                    self._handle.require_group("jitter"), phase, stack.shape[1:], draws=k
                 )
             dataset = self._jitter_datasets[phase]
             chunks = [encode_image(image) for image in stack] if encoded_jitter is None else encoded_jitter[phase]
