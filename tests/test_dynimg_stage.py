@@ -595,6 +595,9 @@ def test_the_writer_refuses_an_image_that_is_not_h_w_3(tmp_path, where):
     good, grey = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
     sample = {"full": grey if where == "images" else good}
     draws = {"full": [grey if where == "jitter" else good] * 2}
-    with DynamicImageWriter(tmp_path / "x.h5", 1, ["full"], ["a"], {}, jitter={"full": 2}) as writer:
-        with pytest.raises(ValueError, match=rf"^{where}/full: an image of shape \(8, 8\), expected \(H, W, 3\)"):
-            writer.add(sample, draws)
+    expected = rf"^{where}/full: an image of shape \(8, 8\), expected \(H, W, 3\)"
+    with (
+        DynamicImageWriter(tmp_path / "x.h5", 1, ["full"], ["a"], {}, jitter={"full": 2}) as writer,
+        pytest.raises(ValueError, match=expected),
+    ):
+        writer.add(sample, draws)
