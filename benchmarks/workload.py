@@ -126,15 +126,19 @@ def _alone_and_together(
     prepare: Callable[..., Callable[[], object]], args: tuple, index: int, rounds: int, barrier, results
 ) -> None:
     alone, together = [], []
-    with tempfile.TemporaryDirectory() as scratch:
-        work = prepare(Path(scratch), *args)
-        for _ in range(rounds):
-            for turn in range(2):  # one copy works, the other waits at the barrier
-                barrier.wait(timeout=600)  # a sibling that died times it out instead of hanging this one
-                if turn == index:
-                    alone.append(_wall_seconds(work))
-                barrier.wait(timeout=600)
-            together.append(_wall_seconds(work))  # both leave the last barrier at once
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            work = prepare(Path(scratch), *args)
+            for _ in range(rounds):
+                for turn in range(2):  # one copy works, the other waits at the barrier
+                    barrier.wait(timeout=600)  # a sibling killed outright times it out instead of hanging this one
+                    if turn == index:
+                        alone.append(_wall_seconds(work))
+                    barrier.wait(timeout=600)
+                together.append(_wall_seconds(work))  # both leave the last barrier at once
+    except BaseException:
+        barrier.abort()  # the sibling stops waiting at once
+        raise
     results.put((index, (min(alone), min(together))))
 
 
