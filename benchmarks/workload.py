@@ -116,12 +116,6 @@ def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, float]:
     return best_of_each(repeat, {"run": run})["run"]
 
 
-def _wall_seconds(work: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
-
-
 def _alone_and_together(
     prepare: Callable[..., Callable[[], object]], args: tuple, index: int, rounds: int, barrier, results
 ) -> None:
@@ -133,9 +127,9 @@ def _alone_and_together(
                 for turn in range(2):  # one copy works, the other waits at the barrier
                     barrier.wait(timeout=600)  # a sibling killed outright times it out instead of hanging this one
                     if turn == index:
-                        alone.append(_wall_seconds(work))
+                        alone.append(best_of(1, work)[0])
                     barrier.wait(timeout=600)
-                together.append(_wall_seconds(work))  # both leave the last barrier at once
+                together.append(best_of(1, work)[0])  # both leave the last barrier at once
     except BaseException:
         barrier.abort()  # the sibling stops waiting at once
         raise
